@@ -1,0 +1,84 @@
+"""Geometry of the utterance representations (SPLAT, Table 4).
+
+For the s1 vectors of a split: S_avg is the average cosine similarity over all pairs of different
+utterances; S_closest is the average, over utterances i, of cos(s1_i, s1_j) where j != i is the utterance
+whose TEXT [CLS] vector (from the language module) is closest to i's. Alignment should raise S_closest
+well above S_avg: utterances with similar text get similar speech representations.
+"""
+import os
+from typing import Dict, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from speechlm.data.fbank import SpeakerFeatures
+from speechlm.models.splat_speech import SplatSpeechConfig, SplatSpeechEncoder, _speech_state_from_checkpoint
+
+
+def load_speech_module(path: str) -> SplatSpeechEncoder:
+    """The speech module of any checkpoint that holds one, in eval mode (with its text projection)."""
+    arch, weights = _speech_state_from_checkpoint(path)
+    proj = weights.get("text_proj.weight")
+    cfg = SplatSpeechConfig(**arch, text_embed_dim=0 if proj is None else proj.shape[0])
+    enc = SplatSpeechEncoder(cfg)
+    enc.load_state_dict(weights)
+    return enc.eval()
+
+
+@torch.no_grad()
+def utterance_vectors(enc: SplatSpeechEncoder, feats: SpeakerFeatures, batch_size: int = 16) -> torch.Tensor:
+    """s1 of every row of ``feats`` (in the language module's space when the model projects), (N, H)."""
+    out = [None] * len(feats)
+    order = np.argsort(feats.lens)
+    for b in range(0, len(order), batch_size):
+        rows = order[b: b + batch_size]
+        xs = [torch.from_numpy(feats[int(r)]) for r in rows]
+        T = max(len(x) for x in xs)
+        src = torch.zeros(len(xs), T, xs[0].shape[1])
+        pad = torch.ones(len(xs), T, dtype=torch.bool)
+        for i, x in enumerate(xs):
+            src[i, : len(x)] = x
+            pad[i, : len(x)] = False
+        s = enc.to_text_space(enc(src, pad)["encoder_out"][:, 0])
+        for i, r in enumerate(rows):
+            out[int(r)] = s[i]
+    return torch.stack(out)
+
+
+def geometry_scores(s1: torch.Tensor, t1: torch.Tensor) -> Dict[str, float]:
+    """s1 (N, H) speech vectors, t1 (N, H') text [CLS] vectors -> {"S_avg", "S_closest"} (N >= 2)."""
+    N = s1.shape[0]
+    if N < 2:
+        raise ValueError("geometry needs at least two utterances")
+    ss = F.normalize(s1.float(), dim=-1) @ F.normalize(s1.float(), dim=-1).T
+    tt = F.normalize(t1.float(), dim=-1) @ F.normalize(t1.float(), dim=-1).T
+    off = ~torch.eye(N, dtype=torch.bool)
+    s_avg = ss[off].mean().item()
+    closest = tt.masked_fill(~off, float("-inf")).argmax(1)
+    s_closest = ss[torch.arange(N), closest].mean().item()
+    return {"S_avg": s_avg, "S_closest": s_closest}
+
+
+@torch.no_grad()
+def text_cls_vectors(bert_path: str, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+    from speechlm.splat.bert import BertBundle
+
+    bundle = BertBundle(bert_path)
+    tok, lm = bundle.get_tokenizer(), bundle.get_model(frozen=True)
+    out = []
+    for b in range(0, len(texts), batch_size):
+        enc = tok(list(texts[b: b + batch_size]), padding=True, truncation=True, max_length=128,
+                  return_tensors="pt")
+        out.append(lm(**enc).last_hidden_state[:, 0])
+    return torch.cat(out)
+
+
+def checkpoint_geometry(ckpt: str, data: str, split: str, bert_path: str, transcript_ext: str = "wrd"):
+    from speechlm.tasks.splat_alignment import read_transcripts
+
+    enc = load_speech_module(ckpt)
+    feats = SpeakerFeatures(data, split)
+    s1 = utterance_vectors(enc, feats)
+    t1 = text_cls_vectors(bert_path, read_transcripts(data, split, transcript_ext))
+    return geometry_scores(s1, t1)

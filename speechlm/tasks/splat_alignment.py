@@ -1,0 +1,80 @@
+"""Task ``splat_alignment``: align the SPLAT speech module with a frozen BERT on paired speech/text.
+
+Data: ``{split}.tsv .spk`` + fbank features (``speechlm splat features``) + ``{split}.wrd`` transcripts.
+The language module is loaded here from ``bert_path`` (a local directory, or ``packaged:all-minilm-l6-v2``)
+and kept OUT of the model: it is frozen (eval mode, no gradient), never saved in checkpoints and never
+seen by the optimizer. The model (``splat_speech``) gets ``text_embed_dim`` = BERT's width, so it adds a
+learned projection only when the widths differ. idf weights for ``alignment=tok`` are computed once from
+the ``idf_split`` transcripts.
+"""
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+from fairseq.tasks import register_task
+from omegaconf import MISSING, open_dict
+
+from speechlm.data.manifest import load_labels, load_manifest
+from speechlm.splat.bert import BertBundle, tokenize
+from speechlm.splat.idf import compute_idf
+from speechlm.tasks.splat_pretraining import SplatFbankTask, SplatFbankTaskConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SplatAlignmentConfig(SplatFbankTaskConfig):
+    bert_path: str = field(
+        default=MISSING,
+        metadata={"help": "local Hugging Face BERT directory (optionally MLM-adapted by `speechlm splat "
+                          "adapt-bert`), or packaged:all-minilm-l6-v2"},
+    )
+    transcript_ext: str = field(default="wrd", metadata={"help": "transcript file extension ({split}.EXT)"})
+    idf_split: str = field(default="train_paired", metadata={"help": "split whose transcripts give the idf"})
+    max_text_tokens: int = field(default=128, metadata={"help": "WordPiece tokens kept per transcript"})
+
+
+def read_transcripts(data: str, split: str, ext: str):
+    tsv = os.path.join(data, f"{split}.tsv")
+    _, rows = load_manifest(tsv)
+    path = os.path.join(data, f"{split}.{ext}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: missing; alignment needs one transcript per row of {tsv}")
+    return load_labels(path, len(rows), tsv)
+
+
+@register_task("splat_alignment", dataclass=SplatAlignmentConfig)
+class SplatAlignmentTask(SplatFbankTask):
+    def __init__(self, cfg: SplatAlignmentConfig):
+        super().__init__(cfg)
+        bundle = BertBundle(cfg.bert_path)
+        self.tokenizer = bundle.get_tokenizer()
+        # a plain attribute of the task, not a submodule of the model or criterion: frozen, unsaved
+        self.language_module = bundle.get_model(frozen=True)
+        self.text_embed_dim = self.language_module.config.hidden_size
+        tok = self.tokenizer
+        ids = tokenize(tok, read_transcripts(cfg.data, cfg.idf_split, cfg.transcript_ext), cfg.max_text_tokens)
+        self.idf = compute_idf(ids, len(tok), [tok.cls_token_id, tok.sep_token_id, tok.pad_token_id])
+        logger.info(f"language module {cfg.bert_path}: width {self.text_embed_dim}, frozen; "
+                    f"idf over {len(ids)} transcripts of {cfg.idf_split}")
+
+    def extras(self, split, num_rows):
+        texts = read_transcripts(self.cfg.data, split, self.cfg.transcript_ext)
+        ids = tokenize(self.tokenizer, texts, self.cfg.max_text_tokens)
+        return {"text_tokens": (ids, self.tokenizer.pad_token_id)}
+
+    def build_model(self, cfg, from_checkpoint=False):
+        with open_dict(cfg):
+            cfg.text_embed_dim = self.text_embed_dim
+        return super().build_model(cfg, from_checkpoint)
+
+    def text_representations(self, text_tokens: torch.Tensor) -> torch.Tensor:
+        """BERT outputs (B, L, H) for padded token ids, without gradient."""
+        lm = self.language_module
+        if next(lm.parameters()).device != text_tokens.device:
+            lm.to(text_tokens.device)
+        lm.eval()
+        with torch.no_grad():
+            mask = text_tokens.ne(self.tokenizer.pad_token_id)
+            return lm(input_ids=text_tokens, attention_mask=mask.long()).last_hidden_state
