@@ -1,0 +1,217 @@
+"""Audio manifest + labels as a fairseq dataset, for pre-training (frame units) and CTC (letters).
+
+Frame labels (``.phn``, ``.km``; ``label_rate`` 50 or 100 Hz) are brought to the model's 50 Hz
+frames when the dataset is built: 100 Hz labels keep every second label (the 100 Hz frame 2j has the
+same centre as the 50 Hz frame j: both windows are 400 samples, shifts 160 and 320). Each utterance
+of n samples must then have ``num_frames_50hz(n)`` labels; up to ``length_tolerance`` frames more or
+fewer are trimmed or padded with the last label (front ends round the final frame differently); a
+larger mismatch raises ``ValueError`` naming the label file, its line and the utterance.
+
+Crops start on a frame boundary (a multiple of 320 samples), so a cropped utterance keeps exactly
+its own labels. Sequence labels (``.ltr``) are encoded whole.
+"""
+import logging
+import os
+from typing import List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from fairseq.data import Dictionary, FairseqDataset, data_utils
+
+from speechlm.data.manifest import (
+    FRAME_SHIFT_SAMPLES,
+    SAMPLE_RATE,
+    load_labels,
+    load_manifest,
+    num_frames_50hz,
+    read_audio,
+)
+
+logger = logging.getLogger(__name__)
+
+MODEL_LABEL_RATE = 50  # the conv front end's frame rate (Hz)
+
+
+def _label_offsets(path: str):
+    """Byte offset and length of every line, so labels are read lazily (a LibriSpeech .km is GBs)."""
+    offsets, lengths = [], []
+    with open(path, "rb") as f:
+        pos = 0
+        for line in f:
+            offsets.append(pos)
+            lengths.append(len(line))
+            pos += len(line)
+    return offsets, lengths
+
+
+class SpeechLabelDataset(FairseqDataset):
+    """Items: ``{"id", "source": FloatTensor (S,), "label": LongTensor}``.
+
+    ``frame_labels=True``: one label per 50 Hz frame (``label_rate`` 50 or 100); else a sequence
+    (letters). ``pad_audio=True`` pads a batch to its longest utterance (with a padding mask);
+    ``False`` crops every utterance to the batch's shortest (HuBERT's behaviour). Utterances longer
+    than ``max_sample_size`` are cropped, shorter than ``min_sample_size`` are dropped.
+    """
+
+    def __init__(
+        self, manifest_path: str, label_path: str, dictionary: Dictionary, frame_labels: bool = True,
+        label_rate: int = 50, length_tolerance: int = 2, max_sample_size: Optional[int] = None,
+        min_sample_size: int = 0, pad_audio: bool = True, normalize: bool = False,
+        random_crop: bool = True, shuffle: bool = True, seed: int = 1,
+    ):
+        if frame_labels and label_rate not in (50, 100):
+            raise ValueError(f"label_rate={label_rate}: frame labels must be 50 or 100 Hz")
+        self.manifest_path, self.label_path = manifest_path, label_path
+        self.dictionary, self.frame_labels, self.label_rate = dictionary, frame_labels, label_rate
+        self.length_tolerance = length_tolerance
+        self.max_sample_size = max_sample_size or np.iinfo(np.int64).max
+        self.pad_audio, self.normalize, self.random_crop, self.shuffle = pad_audio, normalize, random_crop, shuffle
+        self.seed, self.epoch = seed, 1
+
+        self.root, rows = load_manifest(manifest_path)
+        load_labels(label_path, len(rows), manifest_path)  # line count check with a clear error
+        offsets, lengths = _label_offsets(label_path)
+        keep = [i for i, (_, n) in enumerate(rows) if n >= min_sample_size]
+        if len(keep) < len(rows):
+            logger.info(f"{manifest_path}: dropped {len(rows) - len(keep)} utterances shorter than {min_sample_size} samples")
+        if not keep:
+            raise ValueError(f"{manifest_path}: no utterance has at least min_sample_size={min_sample_size} samples")
+        self.names = [rows[i][0] for i in keep]
+        self.sizes = np.array([rows[i][1] for i in keep], dtype=np.int64)
+        self.line_numbers = np.array(keep, dtype=np.int64) + 1  # 1-based line in the label file
+        self.label_offsets = np.array([offsets[i] for i in keep], dtype=np.int64)
+        self.label_lengths = np.array([lengths[i] for i in keep], dtype=np.int64)
+        if frame_labels:
+            self._check_label_lengths()
+
+    # -------------------------------------------------------------- labels
+    def _read_label_line(self, i: int) -> str:
+        with open(self.label_path, "rb") as f:
+            f.seek(self.label_offsets[i])
+            return f.read(self.label_lengths[i]).decode("utf-8").rstrip("\n")
+
+    def _frame_tokens(self, i: int, line: str) -> List[str]:
+        """The line's labels at 50 Hz, exactly ``num_frames_50hz`` of them (or a ValueError)."""
+        tokens = line.split()
+        if self.label_rate == 100:
+            tokens = tokens[::2]
+        want = num_frames_50hz(int(self.sizes[i]))
+        if abs(len(tokens) - want) > self.length_tolerance or not tokens:
+            raise ValueError(
+                f"{self.label_path}:{self.line_numbers[i]}: utterance {self.names[i]} has "
+                f"{len(tokens)} labels at {MODEL_LABEL_RATE} Hz (label_rate={self.label_rate}) but its "
+                f"{self.sizes[i]} samples make {want} frames (tolerance {self.length_tolerance}); "
+                "regenerate the labels from this manifest or fix task.label_rate"
+            )
+        if len(tokens) > want:
+            tokens = tokens[:want]
+        elif len(tokens) < want:
+            tokens = tokens + [tokens[-1]] * (want - len(tokens))
+        return tokens
+
+    def _check_label_lengths(self):
+        """One pass over the label file (counting only) so a bad line fails before training starts."""
+        with open(self.label_path, encoding="utf-8") as f:
+            counts = [len(line.split()) for line in f]
+        for i in range(len(self.names)):
+            n = counts[self.line_numbers[i] - 1]
+            n50 = (n + 1) // 2 if self.label_rate == 100 else n
+            want = num_frames_50hz(int(self.sizes[i]))
+            if abs(n50 - want) > self.length_tolerance or n50 == 0:
+                self._frame_tokens(i, self._read_label_line(i))  # raises with the full message
+
+    def get_label(self, i: int) -> torch.Tensor:
+        line = self._read_label_line(i)
+        tokens = self._frame_tokens(i, line) if self.frame_labels else line.split()
+        ids = [self.dictionary.index(t) for t in tokens]
+        return torch.tensor(ids, dtype=torch.long)
+
+    # -------------------------------------------------------------- items
+    def __getitem__(self, i):
+        wav = read_audio(os.path.join(self.root, self.names[i]), SAMPLE_RATE)
+        if len(wav) != self.sizes[i]:
+            raise ValueError(
+                f"{self.manifest_path}:{self.line_numbers[i] + 1}: utterance {self.names[i]} has "
+                f"{len(wav)} samples but the manifest says {self.sizes[i]}; regenerate the manifest"
+            )
+        source = torch.from_numpy(wav).float()
+        if self.normalize:
+            source = F.layer_norm(source, source.shape)
+        return {"id": i, "source": source, "label": self.get_label(i)}
+
+    def __len__(self):
+        return len(self.sizes)
+
+    def num_tokens(self, index):
+        return self.size(index)
+
+    def size(self, index):
+        return min(int(self.sizes[index]), self.max_sample_size)
+
+    @property
+    def sizes_capped(self):
+        return np.minimum(self.sizes, self.max_sample_size)
+
+    def num_tokens_vec(self, indices):
+        return self.sizes_capped[indices]
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def ordered_indices(self):
+        """By length (longest first after the shuffle tie-break), as fairseq's audio datasets do."""
+        if self.shuffle:
+            order = [np.random.permutation(len(self)), self.sizes_capped]
+            return np.lexsort(order)[::-1]
+        return np.argsort(self.sizes_capped, kind="stable")[::-1]
+
+    # -------------------------------------------------------------- batches
+    def _crop(self, source, label, size, rng):
+        """Crop to ``size`` samples starting on a frame boundary; labels follow the frames."""
+        n = len(source)
+        if n <= size:
+            return source, label
+        max_start_frame = (n - size) // FRAME_SHIFT_SAMPLES
+        start_frame = int(rng.integers(0, max_start_frame + 1)) if self.random_crop else 0
+        start = start_frame * FRAME_SHIFT_SAMPLES
+        source = source[start:start + size]
+        if self.frame_labels:
+            label = label[start_frame:start_frame + num_frames_50hz(size)]
+        return source, label
+
+    def collater(self, samples):
+        """-> ``{"id", "net_input": {"source" (B,S), "padding_mask" (B,S)}, "target" (B,T),
+        "target_lengths" (B,), "ntokens", "nsentences"}``; frame targets have T = conv frames of S."""
+        samples = [s for s in samples if s is not None and len(s["source"]) > 0]
+        if not samples:
+            return {}
+        lengths = [min(len(s["source"]), self.max_sample_size) for s in samples]
+        size = max(lengths) if self.pad_audio else min(lengths)
+        ids = [s["id"] for s in samples]
+        rng = np.random.default_rng([self.seed, self.epoch, min(ids), len(ids)])
+        cropped = [self._crop(s["source"], s["label"], size, rng) for s in samples]
+        source = cropped[0][0].new_zeros(len(samples), size)
+        padding_mask = torch.zeros(len(samples), size, dtype=torch.bool)
+        for b, (wav, _) in enumerate(cropped):
+            source[b, : len(wav)] = wav
+            padding_mask[b, len(wav):] = True
+        labels = [lab for _, lab in cropped]
+        pad = self.dictionary.pad()
+        if self.frame_labels:
+            T = num_frames_50hz(size)
+            target = torch.full((len(samples), T), pad, dtype=torch.long)
+            for b, lab in enumerate(labels):
+                target[b, : len(lab)] = lab
+        else:
+            target = data_utils.collate_tokens(labels, pad_idx=pad, left_pad=False)
+        target_lengths = torch.tensor([len(lab) for lab in labels], dtype=torch.long)
+        net_input = {"source": source, "padding_mask": padding_mask if self.pad_audio else None}
+        return {
+            "id": torch.tensor(ids, dtype=torch.long),
+            "net_input": net_input,
+            "target": target,
+            "target_lengths": target_lengths,
+            "ntokens": int(target_lengths.sum()),
+            "nsentences": len(samples),
+        }

@@ -1,0 +1,63 @@
+"""fairseq's wav2vec2/HuBERT conv front end, made exact under padding.
+
+``ConvFeatureExtractionModel`` in ``extractor_mode="default"`` (the Base models) normalises its first
+conv layer with a ``GroupNorm(512, 512)``: every channel is normalised over *time*. In a padded batch
+the padded zeros then enter every real frame's statistics, so an utterance gives a different output
+alone than in a batch. ``MaskedConvFeatureExtractor`` subclasses fairseq's module (same parameters,
+same state-dict keys, so HuBERT/SpeechLM checkpoints load unchanged) and computes that first norm
+over the real samples only. Without padding it is numerically the same as fairseq's forward.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
+
+
+def conv_output_lengths(lengths: torch.Tensor, conv_layers: List[Tuple[int, int, int]]) -> torch.Tensor:
+    """Frames each conv layer stack produces for ``lengths`` input samples (no padding, floor)."""
+    out = lengths.clone()
+    for _, kernel, stride in conv_layers:
+        out = torch.div(out - kernel, stride, rounding_mode="floor") + 1
+    return out.clamp(min=0)
+
+
+class MaskedConvFeatureExtractor(ConvFeatureExtractionModel):
+    """``forward(wav (B, S), lengths (B,) or None) -> features (B, C, T)``."""
+
+    def __init__(self, conv_layers, dropout=0.0, mode="default", conv_bias=False):
+        super().__init__(conv_layers, dropout=dropout, mode=mode, conv_bias=conv_bias)
+        self.conv_spec = list(conv_layers)
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if lengths is None or self.mode != "default":
+            return super().forward(x)
+        x = x.unsqueeze(1)
+        first = self.conv_layers[0]  # Sequential(conv, dropout, Fp32GroupNorm, GELU)
+        conv, dropout, norm, act = first[0], first[1], first[2], first[3]
+        x = dropout(conv(x))
+        n_valid = conv_output_lengths(lengths, self.conv_spec[:1])  # (B,)
+        valid = (torch.arange(x.size(-1), device=x.device)[None, :] < n_valid[:, None]).unsqueeze(1)
+        xf = x.float()
+        count = n_valid.clamp(min=1).to(xf.dtype).view(-1, 1, 1)
+        mean = (xf * valid).sum(-1, keepdim=True) / count
+        var = (((xf - mean) * valid) ** 2).sum(-1, keepdim=True) / count
+        xf = (xf - mean) / torch.sqrt(var + norm.eps)
+        if norm.affine:
+            xf = xf * norm.weight.view(1, -1, 1) + norm.bias.view(1, -1, 1)
+        x = act(xf.type_as(x))
+        for layer in self.conv_layers[1:]:
+            x = layer(x)
+        return x
+
+
+def parse_conv_layers(spec: str) -> List[Tuple[int, int, int]]:
+    """``"[(512,10,5)] + [(512,3,2)] * 4"`` -> list of (dim, kernel, stride); the fairseq notation."""
+    try:
+        layers = eval(spec, {"__builtins__": {}}, {})  # the same literal syntax fairseq configs use
+    except Exception as e:
+        raise ValueError(f"conv_feature_layers={spec!r} is not a list of (dim, kernel, stride): {e}")
+    if not layers or not all(isinstance(t, tuple) and len(t) == 3 for t in layers):
+        raise ValueError(f"conv_feature_layers={spec!r} is not a list of (dim, kernel, stride)")
+    return [tuple(int(v) for v in t) for t in layers]
+

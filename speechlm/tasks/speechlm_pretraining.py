@@ -1,0 +1,149 @@
+"""Task ``speechlm_pretraining``: SpeechLM pre-training on speech + unpaired text, or CTC fine-tuning.
+
+Pre-training (``fine_tuning: false``): ``data/{split}.tsv`` with frame units ``data/{split}.{label}``
+(``labels: [phn]`` or ``[km]``) and ``data/dict.{label}.txt``; optional unpaired text in
+``text_data`` (``{text_split}.{label}-ltr.{label}/.ltr.{bin,idx}``, ``dict.ltr.txt``). Every update
+gets exactly one speech batch and one text batch (``speechlm.data.speech_text_batches``); the text
+budget is ``max_tokens / 320 * text_max_tokens_ratio`` unit frames. ``text_data`` empty = speech only.
+
+Fine-tuning (``fine_tuning: true``): ``data/{split}.ltr`` letters and ``data/dict.ltr.txt``;
+``target_dictionary`` is the letters and batches are plain padded speech batches.
+"""
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from fairseq.data import Dictionary
+from fairseq.dataclass import FairseqDataclass
+from fairseq.tasks import FairseqTask, register_task
+from omegaconf import II, MISSING
+
+from speechlm.data.speech_label_dataset import SpeechLabelDataset
+from speechlm.data.speech_text_batches import SpeechTextBatchDataset
+from speechlm.data.unit_text_dataset import load_text_dataset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SpeechLMPretrainingConfig(FairseqDataclass):
+    data: str = field(default=MISSING, metadata={"help": "speech dir: {split}.tsv, labels, dict.{label}.txt"})
+    labels: List[str] = field(
+        default_factory=lambda: ["phn"], metadata={"help": "frame unit label extension, e.g. [phn] or [km]"}
+    )
+    label_rate: int = field(default=50, metadata={"help": "frame rate of the unit labels, 50 or 100 Hz"})
+    label_length_tolerance: int = field(
+        default=2, metadata={"help": "frames a label line may differ from the audio's 50 Hz frames (else error)"}
+    )
+    text_data: Optional[str] = field(
+        default=None, metadata={"help": "dir of the binarized unpaired text; empty = speech only"}
+    )
+    text_split: str = field(default="train", metadata={"help": "text split used for training"})
+    valid_text_split: str = field(default="valid", metadata={"help": "text split used for validation"})
+    text_max_tokens_ratio: float = field(
+        default=1.0, metadata={"help": "text budget = max_tokens / 320 * this (unit frames per batch)"}
+    )
+    fine_tuning: bool = field(default=False, metadata={"help": "CTC fine-tuning/decoding on {split}.ltr"})
+    sample_rate: int = field(default=16000, metadata={"help": "audio sample rate (16 kHz only)"})
+    normalize: bool = field(default=False, metadata={"help": "zero-mean unit-variance waveform (Large models)"})
+    pad_audio: bool = field(default=True, metadata={"help": "pad batches to the longest (else crop to the shortest)"})
+    max_sample_size: Optional[int] = field(default=250000, metadata={"help": "crop utterances longer than this (samples)"})
+    min_sample_size: int = field(default=32000, metadata={"help": "drop utterances shorter than this (samples)"})
+    random_crop: bool = field(default=True, metadata={"help": "random crop offset (else crop the start)"})
+    seed: int = field(default=II("common.seed"), metadata={"help": "seed of crops and text pairing"})
+    rebuild_batches: bool = field(
+        default=True, metadata={"help": "re-pair speech and text batches every epoch"}
+    )
+
+
+@register_task("speechlm_pretraining", dataclass=SpeechLMPretrainingConfig)
+class SpeechLMPretrainingTask(FairseqTask):
+    cfg: SpeechLMPretrainingConfig
+
+    def __init__(self, cfg: SpeechLMPretrainingConfig, unit_dictionary, letter_dictionary):
+        super().__init__(cfg)
+        self.unit_dictionary, self.letter_dictionary = unit_dictionary, letter_dictionary
+
+    @staticmethod
+    def _load_dict(path: str, what: str) -> Dictionary:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: {what} dictionary not found")
+        return Dictionary.load(path)
+
+    @classmethod
+    def setup_task(cls, cfg: SpeechLMPretrainingConfig, **kwargs):
+        if cfg.sample_rate != 16000:
+            raise ValueError(f"task.sample_rate={cfg.sample_rate}: SpeechLM models take 16 kHz audio")
+        if cfg.fine_tuning:
+            letters = cls._load_dict(os.path.join(cfg.data, "dict.ltr.txt"), "letter")
+            return cls(cfg, None, letters)
+        if len(cfg.labels) != 1:
+            raise ValueError(f"task.labels={list(cfg.labels)}: SpeechLM pre-trains on exactly one unit label")
+        unit = cfg.labels[0]
+        units = cls._load_dict(os.path.join(cfg.data, f"dict.{unit}.txt"), f"{unit} unit")
+        letters = None
+        if cfg.text_data:
+            text_units = cls._load_dict(os.path.join(cfg.text_data, f"dict.{unit}.txt"), f"text {unit} unit")
+            if text_units.symbols != units.symbols:
+                raise ValueError(
+                    f"{cfg.text_data}/dict.{unit}.txt differs from {cfg.data}/dict.{unit}.txt; the text must "
+                    "be binarized with the speech side's unit dictionary (speechlm binarize --unit-dict)"
+                )
+            letters = cls._load_dict(os.path.join(cfg.text_data, "dict.ltr.txt"), "letter")
+        else:
+            ltr = os.path.join(cfg.data, "dict.ltr.txt")
+            letters = Dictionary.load(ltr) if os.path.isfile(ltr) else None
+        logger.info(f"unit dictionary: {len(units)} types; letters: {len(letters) if letters else 0} types")
+        return cls(cfg, units, letters)
+
+    @property
+    def source_dictionary(self):
+        return None
+
+    @property
+    def target_dictionary(self):
+        return self.letter_dictionary if self.cfg.fine_tuning else self.unit_dictionary
+
+    @property
+    def dictionaries(self):
+        return [self.target_dictionary]
+
+    def max_positions(self):
+        return None
+
+    def _speech_dataset(self, split: str, train: bool) -> SpeechLabelDataset:
+        label = "ltr" if self.cfg.fine_tuning else self.cfg.labels[0]
+        return SpeechLabelDataset(
+            os.path.join(self.cfg.data, f"{split}.tsv"),
+            os.path.join(self.cfg.data, f"{split}.{label}"),
+            self.letter_dictionary if self.cfg.fine_tuning else self.unit_dictionary,
+            frame_labels=not self.cfg.fine_tuning,
+            label_rate=self.cfg.label_rate,
+            length_tolerance=self.cfg.label_length_tolerance,
+            max_sample_size=self.cfg.max_sample_size,
+            min_sample_size=self.cfg.min_sample_size if train else 0,
+            pad_audio=self.cfg.pad_audio or self.cfg.fine_tuning,
+            normalize=self.cfg.normalize,
+            random_crop=self.cfg.random_crop and train,
+            shuffle=train,
+            seed=self.cfg.seed,
+        )
+
+    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
+        train = split == getattr(self.cfg, "train_subset", "train") or split.startswith("train")
+        speech = self._speech_dataset(split, train)
+        if self.cfg.fine_tuning:
+            self.datasets[split] = speech
+            return
+        text = None
+        if self.cfg.text_data:
+            text_split = self.cfg.text_split if train else self.cfg.valid_text_split
+            text = load_text_dataset(
+                self.cfg.text_data, text_split, self.cfg.labels[0], self.unit_dictionary,
+                self.letter_dictionary, shuffle=train,
+            )
+        self.datasets[split] = SpeechTextBatchDataset(
+            speech, text, text_max_tokens_ratio=self.cfg.text_max_tokens_ratio, seed=self.cfg.seed
+        )
+        logger.info(f"{split}: {len(speech)} utterances, {len(text) if text is not None else 0} text sentences")
