@@ -109,13 +109,16 @@ class RelPosTransformer(nn.Module):
         x = self.dropout(x)
         B, T, _ = x.shape
         bias = self.rel_pos_bias(T).to(x.dtype)
-        bias = bias.unsqueeze(0).expand(B, -1, -1, -1).reshape(B * self.num_heads, T, T)
+        bias = bias.unsqueeze(0).expand(B, -1, -1, -1)
+        if padding_mask is not None:  # padded keys join the additive bias (one float mask, not two kinds)
+            bias = bias.masked_fill(padding_mask[:, None, None, :], float("-inf"))
+        bias = bias.reshape(B * self.num_heads, T, T)
         x = x.transpose(0, 1)
         n = len(self.layers) if output_layer is None else output_layer
         for i, layer in enumerate(self.layers[:n]):
             if self.training and self.layerdrop > 0 and np.random.random() < self.layerdrop:
                 continue
-            x, _ = layer(x, self_attn_mask=bias, self_attn_padding_mask=padding_mask)
+            x, _ = layer(x, self_attn_mask=bias, self_attn_padding_mask=None)
         x = x.transpose(0, 1)
         if self.layer_norm_first and n == len(self.layers):
             x = self.layer_norm(x)

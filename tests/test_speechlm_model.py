@@ -1,0 +1,196 @@
+"""Unit tests of the SpeechLM model and criterion on small hand-made tensors (no corpus needed)."""
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import speechlm  # noqa: F401  (registers the components)
+from speechlm.criterions.speechlm import greedy_ctc, uctc_loss
+from speechlm.models.speechlm import SpeechLMConfig, SpeechLMModel
+from speechlm.modules.conv_frontend import MaskedConvFeatureExtractor
+from speechlm.modules.relpos_transformer import relative_position_bucket
+
+TINY = dict(
+    conv_feature_layers="[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2",
+    encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=4,
+    speech_encoder_layers=2, shared_encoder_layers=2, conv_pos=16, conv_pos_groups=4,
+    num_buckets=32, max_distance=128, encoder_layerdrop=0.0, mask_length=3,
+)
+
+
+def tiny_model(**kw):
+    torch.manual_seed(0)
+    return SpeechLMModel(SpeechLMConfig(**{**TINY, **kw}), num_units=12, unit_pad=1, num_letters=8)
+
+
+def test_swapped_positions_never_inside_masked_spans_or_padding():
+    model = tiny_model(random_swap_prob=0.5, mask_prob=0.5).train()
+    torch.manual_seed(1)
+    B, T = 8, 120
+    padding = torch.zeros(B, T, dtype=torch.bool)
+    padding[:4, 90:] = True
+    total_unmasked = total_swapped = 0
+    for _ in range(20):
+        mask = model._span_mask(B, T, padding, 0.5, "cpu")
+        swap = model.swap_positions(mask, padding)
+        assert mask.any() and swap.any()
+        assert not (swap & mask).any(), "a swapped frame lies inside a masked span"
+        assert not (swap & padding).any(), "a padded frame was swapped"
+        assert not (mask & padding).any()
+        total_unmasked += int((~mask & ~padding).sum())
+        total_swapped += int(swap.sum())
+    assert abs(total_swapped / total_unmasked - 0.5) < 0.05
+
+
+def test_forward_swaps_only_unmasked_frames_and_prob_zero_turns_swapping_off():
+    source = torch.randn(3, 8000)
+    target = torch.randint(4, 12, (3, 24))
+    model = tiny_model(random_swap_prob=0.4).train()
+    out = model(source, None, target=target)
+    assert out["swap_indices"].any() and out["mask_indices"].any()
+    assert not (out["swap_indices"] & out["mask_indices"]).any()
+    assert out["umlm_targets"].tolist() == target[out["mask_indices"]].tolist()
+    assert [t.shape for t in out["umlm_logits"]] == [(int(out["mask_indices"].sum()), 12)] * 2
+    off = tiny_model(random_swap_prob=0.0).train()(source, None, target=target)
+    assert not off["swap_indices"].any()
+
+
+def test_swapped_frames_carry_the_unit_embedding():
+    """With every unmasked frame swapped, the Shared Transformer input at those frames is e(z)."""
+    model = tiny_model(random_swap_prob=1.0, mask_prob=0.3).train()
+    seen = {}
+    model.shared_encoder.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
+    target = torch.randint(4, 12, (2, 24))
+    out = model(torch.randn(2, 8000), None, target=target)
+    swap = out["swap_indices"]
+    assert swap.sum() == (~out["mask_indices"]).sum()
+    torch.testing.assert_close(seen["x"][swap], model.unit_embed(target)[swap])
+
+
+def test_umlm_logits_are_cosine_over_temperature_on_a_hand_made_example():
+    model = tiny_model(encoder_embed_dim=4, encoder_attention_heads=2, encoder_ffn_embed_dim=8,
+                       conv_pos_groups=2, logit_temp=0.1)
+    with torch.no_grad():
+        model.umlm_proj[0].weight.copy_(torch.eye(4) * 2.0)  # W = 2 I: cosine ignores the scale
+        model.umlm_proj[0].bias.zero_()
+        emb = torch.zeros(12, 4)
+        emb[4] = torch.tensor([1.0, 0, 0, 0])
+        emb[5] = torch.tensor([0, 1.0, 0, 0])
+        emb[6] = torch.tensor([1.0, 1.0, 0, 0])
+        emb[7] = torch.tensor([-3.0, 0, 0, 0])
+        model.unit_embed.weight.copy_(emb)
+    h = torch.tensor([[1.0, 0, 0, 0], [0, 0.5, 0, 0]])
+    logits = model.umlm_logits(h, 0)
+    expect_row0 = {4: 10.0, 5: 0.0, 6: 10.0 / math.sqrt(2), 7: -10.0}
+    expect_row1 = {4: 0.0, 5: 10.0, 6: 10.0 / math.sqrt(2), 7: 0.0}
+    for row, expect in ((0, expect_row0), (1, expect_row1)):
+        for unit, value in expect.items():
+            assert logits[row, unit].item() == pytest.approx(value, abs=1e-5)
+    assert torch.isinf(logits[:, 1]).all() and (logits[:, 1] < 0).all()  # <pad> is never predicted
+
+
+def test_uctc_equals_torch_ctc_and_the_path_sum_on_a_hand_made_example():
+    # T = 3 frames, vocabulary {blank=0, a=1, b=2}, target "a b"
+    probs = torch.tensor([[[0.5, 0.4, 0.1], [0.2, 0.3, 0.5], [0.6, 0.1, 0.3]]])
+    logits = probs.log()
+    lengths, target, target_lengths = torch.tensor([3]), torch.tensor([[1, 2]]), torch.tensor([2])
+    # every length-3 path that collapses to "a b"
+    total = 0.0
+    for path in itertools.product(range(3), repeat=3):
+        collapsed = [k for k, _ in itertools.groupby(path) if k != 0]
+        if collapsed == [1, 2]:
+            total += float(probs[0, 0, path[0]] * probs[0, 1, path[1]] * probs[0, 2, path[2]])
+    ours = uctc_loss(logits, lengths, target, target_lengths, blank=0)
+    assert ours.item() == pytest.approx(-math.log(total), rel=1e-5)
+    ref = torch.nn.CTCLoss(blank=0, reduction="sum")(logits.log_softmax(-1).transpose(0, 1), target, lengths, target_lengths)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
+    # padded batch: a second utterance does not change the first one's term
+    logits2 = torch.cat([logits, torch.randn(1, 3, 3)])
+    target2 = torch.tensor([[1, 2], [2, 9]])  # 9 = padding beyond the target length
+    both = uctc_loss(logits2, torch.tensor([3, 3]), target2, torch.tensor([2, 1]), blank=0)
+    second = uctc_loss(logits2[1:], torch.tensor([3]), torch.tensor([[2]]), torch.tensor([1]), blank=0)
+    assert both.item() == pytest.approx(ours.item() + second.item(), rel=1e-5)
+
+
+def test_greedy_ctc_collapses_repeats_and_drops_blanks():
+    ids = torch.tensor([[3, 3, 0, 3, 4, 4, 0, 5]])
+    logits = F.one_hot(ids, 6).float()
+    assert greedy_ctc(logits, torch.tensor([8]), blank=0) == [[3, 3, 4, 5]]
+    assert greedy_ctc(logits, torch.tensor([3]), blank=0) == [[3]]
+
+
+def test_padding_does_not_change_a_real_frames_output():
+    model = tiny_model(random_swap_prob=0.3).eval()
+    torch.manual_seed(3)
+    lengths = [9600, 5000, 7321]
+    wavs = [torch.randn(n) for n in lengths]
+    batch = torch.zeros(3, max(lengths))
+    padding = torch.ones(3, max(lengths), dtype=torch.bool)
+    for b, w in enumerate(wavs):
+        batch[b, : len(w)] = w
+        padding[b, : len(w)] = False
+    with torch.no_grad():
+        feats, frame_pad = model.extract_features(batch, padding)
+        for layer in (1, 3):
+            mid, _ = model.extract_features(batch, padding, output_layer=layer)
+            for b, w in enumerate(wavs):
+                alone, _ = model.extract_features(w[None], None, output_layer=layer)
+                assert (mid[b, : alone.size(1)] - alone[0]).abs().max() < 1e-5
+        for b, w in enumerate(wavs):
+            alone, pad_alone = model.extract_features(w[None], None)
+            assert pad_alone is None
+            n = alone.size(1)
+            assert n == (len(w) - 400) // 320 + 1
+            assert int((~frame_pad[b]).sum()) == n
+            assert (feats[b, :n] - alone[0]).abs().max().item() < 1e-5
+        # text branch too
+        units = [torch.randint(4, 12, (n,)) for n in (7, 12, 3)]
+        ub = torch.full((3, 12), 1)
+        upad = torch.ones(3, 12, dtype=torch.bool)
+        for b, u in enumerate(units):
+            ub[b, : len(u)] = u
+            upad[b, : len(u)] = False
+        tf, _ = model.extract_text_features(ub, upad)
+        for b, u in enumerate(units):
+            alone, _ = model.extract_text_features(u[None], None)
+            assert (tf[b, : len(u)] - alone[0]).abs().max().item() < 1e-5
+
+
+def test_masked_front_end_equals_fairseq_front_end_without_padding():
+    torch.manual_seed(0)
+    fe = MaskedConvFeatureExtractor([(16, 10, 5), (16, 3, 2)], mode="default")
+    x = torch.randn(2, 3000)
+    torch.testing.assert_close(fe(x, torch.tensor([3000, 3000])), fe(x), atol=1e-5, rtol=1e-5)
+
+
+def test_relative_position_buckets_are_symmetric_exact_near_and_capped_far():
+    rel = torch.arange(-1000, 1001)
+    b = relative_position_bucket(rel, 320, 800)
+    assert b.min() >= 0 and b.max() < 320
+    assert b[1000] == 0 and len(set(b[1000:1000 + 80].tolist())) == 80  # exact for |d| < 80
+    assert (b[1000 + 1:] >= 160).all() and (b[:1000] < 160).all()  # one half per direction
+    assert b[-1] == b[-100] == 319  # beyond max_distance: the last bucket
+
+
+def test_text_branch_and_uctc_head_shapes():
+    model = tiny_model().train()
+    units = torch.randint(4, 12, (2, 21))
+    pad = torch.zeros(2, 21, dtype=torch.bool)
+    pad[1, 15:] = True
+    out = model.forward_text(units, pad)
+    assert out["uctc_logits"].shape == (2, 10, 8)  # kernel 2, stride 2: floor((21-2)/2)+1
+    assert out["uctc_lengths"].tolist() == [10, 7]
+    feats, _ = model.extract_text_features(units, pad, output_layer=1)
+    assert feats.shape == (2, 21, 32)
+    with pytest.raises(ValueError, match="output_layer=3"):
+        model.extract_text_features(units, pad, output_layer=3)
+
+
+def test_base_config_speech_encoder_has_94_7m_parameters():
+    model = SpeechLMModel(SpeechLMConfig(), num_units=45, unit_pad=1, num_letters=32)
+    n = model.speech_encoder_parameters()
+    print(f"SpeechLM Base speech encoder: {n / 1e6:.2f}M parameters (paper: 94.70M)")
+    assert abs(n / 94.70e6 - 1) < 0.01
+    assert len(model.speech_encoder.layers) + len(model.shared_encoder.layers) == 12
