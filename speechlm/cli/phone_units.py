@@ -1,0 +1,164 @@
+"""`speechlm phone-units train|label|merge|score`: speech -> frame-level phone units, without Kaldi.
+
+    speechlm phone-units train CORPUS --split train_paired --save phone_ctc.pt [--epochs 30]
+    speechlm phone-units label CORPUS train --model phone_ctc.pt --out-dir LAB [--transcripts] \\
+        [--nshard N --rank R]
+    speechlm phone-units merge LAB train --nshard N
+    speechlm phone-units score --hyp LAB/valid.phn --ref CORPUS/valid.phn
+
+``label`` writes ``LAB/{split}.phn`` (``LAB/{split}_{rank}_{nshard}.phn`` when sharded): one line per
+manifest row, one phone per 50 Hz frame. ``--transcripts`` force-aligns ``CORPUS/{split}.wrd``;
+without it the CTC posteriors decide. See ``speechlm.tokenizers.phone_recognizer``.
+"""
+import json
+import logging
+import os
+import sys
+
+
+def add_args(parser):
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = sub.add_parser("train", help="train the CTC phone recognizer on transcribed speech")
+    p.add_argument("corpus", help="directory with SPLIT.tsv and SPLIT.wrd")
+    p.add_argument("--split", default="train_paired")
+    p.add_argument("--save", required=True, help="output model (.pt)")
+    p.add_argument("--lexicon", help="'WORD PH1 PH2 ...' lexicon (default: CMU dict)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--max-updates", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--dim", type=int, default=192, help="channels of the conv blocks")
+    p.add_argument("--layers", type=int, default=6, help="residual conv blocks")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("label", help="frame-level phone units of a manifest (one shard)")
+    p.add_argument("corpus", help="directory with SPLIT.tsv (and SPLIT.wrd with --transcripts)")
+    p.add_argument("split")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--transcripts", action="store_true", help="force-align SPLIT.wrd")
+    p.add_argument("--lexicon", help="'WORD PH1 PH2 ...' lexicon (default: CMU dict)")
+    p.add_argument("--nshard", type=int, default=1)
+    p.add_argument("--rank", type=int, default=0)
+
+    p = sub.add_parser("merge", help="concatenate label shards into OUT_DIR/SPLIT.phn")
+    p.add_argument("out_dir")
+    p.add_argument("split")
+    p.add_argument("--nshard", type=int, required=True)
+
+    p = sub.add_parser("score", help="frame accuracy and PER against true frame-level phones")
+    p.add_argument("--hyp", required=True)
+    p.add_argument("--ref", required=True)
+
+
+def _load_split(corpus, split, need_words, lexicon=None):
+    from speechlm.data.manifest import load_labels, load_manifest
+    from speechlm.tokenizers.phone_recognizer import transcript_phones
+
+    tsv = os.path.join(corpus, f"{split}.tsv")
+    root, rows = load_manifest(tsv)
+    words = None
+    if need_words:
+        wrd = os.path.join(corpus, f"{split}.wrd")
+        lines = load_labels(wrd, len(rows), tsv)
+        words = []
+        for i, line in enumerate(lines):
+            wp = transcript_phones(line.split(), lexicon)
+            if wp is None:
+                missing = [w for w in line.split() if lexicon.get(w) is None]
+                words.append((i + 1, missing))
+            else:
+                words.append(wp)
+    return root, rows, words
+
+
+def _read_lines(path):
+    with open(path, encoding="utf-8") as f:
+        return [line.split() for line in f.read().splitlines()]
+
+
+def run(args):
+    logging.basicConfig(level=logging.INFO, format="[phone-units] %(message)s")
+    import numpy as np
+    import torch
+
+    from speechlm.data.manifest import read_audio
+    from speechlm.tokenizers import phone_recognizer as R
+    from speechlm.tokenizers.features import shard_range
+    from speechlm.tokenizers.lexicon import Lexicon
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if args.action == "train":
+        lexicon = Lexicon.load(args.lexicon)
+        root, rows, words = _load_split(args.corpus, args.split, True, lexicon)
+        feats, targets, skipped = [], [], []
+        for (rel, n), wp in zip(rows, words):
+            if isinstance(wp, tuple):
+                skipped.append(wp)
+                continue
+            feats.append(R.utterance_features(read_audio(os.path.join(root, rel))))
+            targets.append(R.ctc_targets(wp))
+        if skipped:
+            print(f"[phone-units] skipped {len(skipped)} utterances with words missing from the lexicon, "
+                  f"e.g. {args.split}.wrd line {skipped[0][0]}: {skipped[0][1]}", file=sys.stderr)
+        if not feats:
+            sys.exit(f"speechlm phone-units train: no usable utterance in {args.corpus}/{args.split}")
+        cfg = R.PhoneRecognizerConfig(dim=args.dim, layers=args.layers)
+        model, losses = R.train_recognizer(feats, targets, cfg, args.epochs, args.batch_size, args.lr,
+                                           args.seed, args.max_updates)
+        R.save_recognizer(model, args.save)
+        k = max(1, len(losses) // 10)
+        print(f"[phone-units] {len(losses)} updates on {len(feats)} utterances; CTC loss "
+              f"{np.mean(losses[:k]):.3f} (first 10%) -> {np.mean(losses[-k:]):.3f} (last 10%); -> {args.save}",
+              file=sys.stderr)
+    elif args.action == "label":
+        lexicon = Lexicon.load(args.lexicon) if args.transcripts else None
+        root, rows, words = _load_split(args.corpus, args.split, args.transcripts, lexicon)
+        model = R.load_recognizer(args.model)
+        start, end = shard_range(len(rows), args.nshard, args.rank)
+        os.makedirs(args.out_dir, exist_ok=True)
+        name = args.split if args.nshard == 1 else f"{args.split}_{args.rank}_{args.nshard}"
+        out = os.path.join(args.out_dir, f"{name}.phn")
+        n_fallback = 0
+        with open(out + ".tmp", "w", encoding="utf-8") as f:
+            for i in range(start, end):
+                rel, n = rows[i]
+                lp = R.posteriors(model, read_audio(os.path.join(root, rel)))
+                labels = None
+                if args.transcripts:
+                    wp = words[i]
+                    if isinstance(wp, tuple):
+                        sys.exit(f"speechlm phone-units label: {args.corpus}/{args.split}.wrd line {wp[0]}: "
+                                 f"words not in the lexicon: {wp[1]}; add them (--lexicon) or label "
+                                 "without --transcripts")
+                    try:
+                        labels = R.label_with_transcript(lp, wp)
+                    except ValueError:
+                        n_fallback += 1  # transcript does not fit in the frames: trust the posteriors
+                if labels is None:
+                    labels = R.label_without_transcript(lp)
+                f.write(" ".join(labels) + "\n")
+        os.replace(out + ".tmp", out)
+        msg = f" ({n_fallback} too short for their transcript: labelled from posteriors)" if n_fallback else ""
+        print(f"[phone-units] {end - start} utterances -> {out}{msg}", file=sys.stderr)
+    elif args.action == "merge":
+        parts = [os.path.join(args.out_dir, f"{args.split}_{r}_{args.nshard}.phn") for r in range(args.nshard)]
+        missing = [p for p in parts if not os.path.isfile(p)]
+        if missing:
+            sys.exit(f"speechlm phone-units merge: {len(missing)} shards missing, e.g. {missing[0]}")
+        out = os.path.join(args.out_dir, f"{args.split}.phn")
+        with open(out + ".tmp", "wb") as fo:
+            for p in parts:
+                with open(p, "rb") as f:
+                    fo.write(f.read())
+        os.replace(out + ".tmp", out)
+        print(f"[phone-units] merged {args.nshard} shards -> {out}", file=sys.stderr)
+    elif args.action == "score":
+        hyp, ref = _read_lines(args.hyp), _read_lines(args.ref)
+        if len(hyp) != len(ref):
+            sys.exit(f"speechlm phone-units score: {args.hyp} has {len(hyp)} lines, {args.ref} has {len(ref)}")
+        try:
+            print(json.dumps(R.score_labels(hyp, ref)))
+        except ValueError as e:
+            sys.exit(f"speechlm phone-units score: {args.hyp} vs {args.ref}: {e}")
+    return 0

@@ -1,0 +1,195 @@
+"""Frame features for the speech-side tokenizers: 39-d MFCC (first iteration) or a checkpoint's layer.
+
+Both come out at 50 Hz by default, one row per frame of fairseq's conv front end
+(``num_frames_50hz(n) = floor((n - 400) / 320) + 1``), so k-means labels line up with the ``.phn``/``.km``
+label convention. The 50 Hz frame ``i`` is centred at sample ``320 i + 200``, exactly the centre of the
+100 Hz Kaldi frame ``2 i``: MFCCs are taken at 100 Hz and every second frame kept (``rate=100`` keeps all).
+
+Dumps follow fairseq's HuBERT ``simple_kmeans`` layout: ``{feat_dir}/{split}_{rank}_{nshard}.npy``
+(all frames of the shard, float32, shape (frames, dim)) and ``.len`` (frames per utterance, one a line).
+"""
+import logging
+import os
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+from speechlm.data.manifest import SAMPLE_RATE, load_manifest, num_frames_50hz, read_audio
+
+DELTA_WINDOW = 2  # Kaldi/torchaudio compute_deltas(win_length=5)
+
+
+def shard_range(n: int, nshard: int, rank: int) -> Tuple[int, int]:
+    """Rows ``[start, end)`` of shard ``rank`` of ``nshard`` (contiguous, as fairseq's HuBERT scripts)."""
+    if nshard < 1 or not 0 <= rank < nshard:
+        raise ValueError(f"need 0 <= rank < nshard, got rank={rank} nshard={nshard}")
+    return rank * n // nshard, (rank + 1) * n // nshard
+
+
+def compute_deltas(x: np.ndarray, win: int = DELTA_WINDOW) -> np.ndarray:
+    """Regression deltas over time of ``x`` (T, D), edges replicated (as torchaudio/Kaldi)."""
+    T = x.shape[0]
+    padded = np.concatenate([np.repeat(x[:1], win, 0), x, np.repeat(x[-1:], win, 0)], 0)
+    denom = 2 * sum(k * k for k in range(1, win + 1))
+    out = np.zeros_like(x)
+    for k in range(1, win + 1):
+        out += k * (padded[win + k : win + k + T] - padded[win - k : win - k + T])
+    return out / denom
+
+
+def mfcc_39(wav: np.ndarray, rate: int = 50) -> np.ndarray:
+    """13 MFCC (no energy, no dither) + deltas + delta-deltas of a 16 kHz waveform in [-1, 1].
+
+    Returns float32 (frames, 39) at ``rate`` 100 Hz (Kaldi frames) or 50 Hz (every second one).
+    """
+    import kaldi_native_fbank as knf
+
+    opts = knf.MfccOptions()
+    opts.frame_opts.samp_freq = SAMPLE_RATE
+    opts.frame_opts.dither = 0.0  # deterministic features
+    opts.use_energy = False  # as fairseq's HuBERT dump_mfcc_feature.py
+    opts.mel_opts.num_bins = 23
+    m = knf.OnlineMfcc(opts)
+    m.accept_waveform(SAMPLE_RATE, wav.astype(np.float32).tolist())
+    m.input_finished()
+    n = m.num_frames_ready
+    if n == 0:
+        return np.zeros((0, 39), np.float32)
+    x = np.stack([m.get_frame(i) for i in range(n)]).astype(np.float32)
+    d = compute_deltas(x)
+    feats = np.concatenate([x, d, compute_deltas(d)], 1).astype(np.float32)
+    if rate == 100:
+        return feats
+    if rate != 50:
+        raise ValueError(f"MFCC rate must be 50 or 100 Hz, got {rate}")
+    return feats[::2][: num_frames_50hz(len(wav))]
+
+
+class CheckpointFeatureReader:
+    """Layer ``layer`` (1-based, output of that Transformer layer) of a fairseq ``hubert`` or a
+    ``speechlm`` checkpoint, at 50 Hz: ``__call__(wav) -> (frames, dim)`` float32."""
+
+    def __init__(self, checkpoint: str, layer: int, device: str = "cpu"):
+        import torch
+        from fairseq import checkpoint_utils
+
+        import speechlm  # noqa: F401  (registers the speechlm models; safe checkpoint loading)
+
+        self.layer = layer
+        self.device = device
+        state = checkpoint_utils.load_checkpoint_to_cpu(checkpoint)
+        cfg = state.get("cfg")
+        if cfg is None:
+            raise ValueError(f"{checkpoint}: no 'cfg' in the checkpoint; is it a fairseq (hydra) checkpoint?")
+        name = cfg.model.get("_name", None)
+        self.normalize = bool(cfg.task.get("normalize", False))
+        if name == "hubert":
+            self.model = self._load_hubert(cfg, state["model"], checkpoint)
+        else:
+            models, _, _ = checkpoint_utils.load_model_ensemble_and_task([checkpoint])
+            self.model = models[0]
+        if not hasattr(self.model, "extract_features"):
+            raise ValueError(f"{checkpoint}: model {name!r} has no extract_features(); cannot dump a layer")
+        self.model.eval().to(device)
+        self.torch = torch
+
+    @staticmethod
+    def _load_hubert(cfg, model_state, path):
+        """A HubertModel without its pre-training heads (no task or label dictionaries needed)."""
+        from fairseq.models.hubert import HubertModel
+
+        model = HubertModel(cfg.model, cfg.task, [None])
+        model.remove_pretraining_modules()
+        model.target_glu = None
+        skip = ("final_proj.", "label_embs_concat", "target_glu.")
+        kept = {k: v for k, v in model_state.items() if not k.startswith(skip)}
+        missing, unexpected = model.load_state_dict(kept, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{path}: checkpoint does not match its hubert config: missing {missing}, "
+                             f"unexpected {unexpected}")
+        return model
+
+    def __call__(self, wav: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        import torch.nn.functional as F
+
+        with torch.inference_mode():
+            x = torch.from_numpy(wav.astype(np.float32)).to(self.device).view(1, -1)
+            if self.normalize:
+                x = F.layer_norm(x, x.shape)
+            out = self.model.extract_features(source=x, padding_mask=None, output_layer=self.layer)
+            feat = out[0] if isinstance(out, (tuple, list)) else out["x"]
+            feat = feat.squeeze(0).float().cpu().numpy()
+        n = num_frames_50hz(len(wav))
+        if feat.shape[0] != n:
+            raise RuntimeError(f"model produced {feat.shape[0]} frames for {len(wav)} samples, expected {n}")
+        return feat
+
+
+def dump_features(
+    manifest: str,
+    feat_dir: str,
+    split: str,
+    extractor: Callable[[np.ndarray], np.ndarray],
+    nshard: int = 1,
+    rank: int = 0,
+    expected_frames: Optional[Callable[[int], int]] = num_frames_50hz,
+) -> Tuple[str, int]:
+    """Dump the features of shard ``rank`` of ``manifest`` to ``{feat_dir}/{split}_{rank}_{nshard}.{npy,len}``.
+
+    Returns ``(prefix, total_frames)``. Raises ``ValueError`` naming the utterance when its frame count
+    disagrees with ``expected_frames(num_samples)``.
+    """
+    root, rows = load_manifest(manifest)
+    start, end = shard_range(len(rows), nshard, rank)
+    rows = rows[start:end]
+    os.makedirs(feat_dir, exist_ok=True)
+    prefix = os.path.join(feat_dir, f"{split}_{rank}_{nshard}")
+    lens: List[int] = []
+    out = None
+    total = None
+    if expected_frames is not None:
+        total = sum(expected_frames(n) for _, n in rows)
+    offset = 0
+    for i, (rel, n) in enumerate(rows):
+        wav = read_audio(os.path.join(root, rel))
+        if len(wav) != n:
+            raise ValueError(f"{manifest}: row {start + i + 2} ({rel}) says {n} samples but the file has "
+                             f"{len(wav)}; regenerate the manifest")
+        f = extractor(wav)
+        if expected_frames is not None and f.shape[0] != expected_frames(n):
+            raise ValueError(f"{rel}: {f.shape[0]} feature frames, expected {expected_frames(n)}")
+        if out is None:
+            if total is None:
+                raise ValueError("expected_frames is needed to preallocate the dump")
+            out = np.lib.format.open_memmap(prefix + ".npy.tmp", mode="w+", dtype=np.float32,
+                                            shape=(total, f.shape[1]))
+        out[offset : offset + len(f)] = f
+        offset += len(f)
+        lens.append(len(f))
+    if out is None:  # empty shard
+        np.save(prefix + ".npy.tmp", np.zeros((0, 0), np.float32))
+        os.replace(prefix + ".npy.tmp.npy", prefix + ".npy")
+    else:
+        out.flush()
+        del out
+        os.replace(prefix + ".npy.tmp", prefix + ".npy")
+    with open(prefix + ".len", "w") as fl:
+        fl.write("".join(f"{n}\n" for n in lens))
+    return prefix, offset
+
+
+def load_feature_shard(feat_dir: str, split: str, rank: int, nshard: int) -> Tuple[np.ndarray, List[int]]:
+    """``(features (frames, dim) memory-mapped, lengths)`` of one dumped shard."""
+    prefix = os.path.join(feat_dir, f"{split}_{rank}_{nshard}")
+    if not os.path.isfile(prefix + ".npy"):
+        raise FileNotFoundError(f"{prefix}.npy: feature shard not found; run "
+                                f"`speechlm features dump ... --nshard {nshard} --rank {rank}` first")
+    feats = np.load(prefix + ".npy", mmap_mode="r")
+    with open(prefix + ".len") as f:
+        lens = [int(x) for x in f.read().split()]
+    if sum(lens) != feats.shape[0]:
+        raise ValueError(f"{prefix}.len sums to {sum(lens)} frames but {prefix}.npy has {feats.shape[0]}")
+    return feats, lens

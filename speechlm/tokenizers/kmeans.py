@@ -1,0 +1,150 @@
+"""Hidden units: MiniBatchKMeans on dumped frame features, applied in chunks with a matrix-product argmin.
+
+Learning follows fairseq's HuBERT ``simple_kmeans/learn_kmeans.py`` (scikit-learn ``MiniBatchKMeans``,
+k-means++ init, ``reassignment_ratio=0``) on a random ``percent`` of the frames. The model is stored
+as its centroids only (``.npy``, shape (K, dim)): nothing to unpickle when labelling.
+
+Applying: argmin_k ||x - c_k||^2 = argmin_k (||c_k||^2 - 2 x.c_k), the ||x||^2 term being the same for
+every k; computed with one float32 matrix product per chunk of frames over a whole shard, rather than
+per utterance with the full distance as fairseq's ``ApplyKmeans`` does (``scripts/bench_tokenizers.py``).
+"""
+import logging
+from collections import Counter
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+APPLY_CHUNK_FRAMES = 32768  # frames per matrix product: a (32768 x K) float32 block is 64 MB at K=500
+
+
+def sample_frames(shards: Sequence[np.ndarray], percent: float, seed: int) -> np.ndarray:
+    """A random ``percent`` (0 < percent <= 1) of the rows of every shard, concatenated (float32)."""
+    if not 0.0 < percent <= 1.0:
+        raise ValueError(f"percent must be in (0, 1], got {percent}")
+    rng = np.random.default_rng(seed)
+    out = []
+    for feats in shards:
+        n = feats.shape[0]
+        if percent >= 1.0:
+            out.append(np.asarray(feats, dtype=np.float32))
+            continue
+        idx = np.sort(rng.choice(n, size=max(1, int(round(n * percent))), replace=False))
+        out.append(np.asarray(feats[idx], dtype=np.float32))
+    return np.concatenate(out, 0)
+
+
+def learn_kmeans(
+    feats: np.ndarray,
+    n_clusters: int = 500,
+    seed: int = 0,
+    batch_size: int = 10000,
+    max_iter: int = 100,
+    n_init: int = 20,
+    init_size: int = None,
+    max_no_improvement: int = 100,
+) -> np.ndarray:
+    """Centroids (n_clusters, dim) of MiniBatchKMeans on ``feats`` (frames, dim)."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    if feats.shape[0] < n_clusters:
+        raise ValueError(
+            f"only {feats.shape[0]} sampled frames for {n_clusters} clusters; raise --percent or lower -k"
+        )
+    km = MiniBatchKMeans(
+        n_clusters=n_clusters,
+        init="k-means++",
+        max_iter=max_iter,
+        batch_size=batch_size,
+        tol=0.0,
+        max_no_improvement=max_no_improvement,
+        n_init=n_init,
+        init_size=init_size,
+        reassignment_ratio=0.0,
+        compute_labels=False,
+        random_state=seed,
+    )
+    km.fit(feats)
+    logger.info("k-means: %d clusters on %d frames, inertia/frame %.4f", n_clusters, len(feats),
+                km.inertia_ / max(1, len(feats)) if getattr(km, "inertia_", None) else float("nan"))
+    return km.cluster_centers_.astype(np.float32)
+
+
+def load_centroids(path: str) -> np.ndarray:
+    """Centroids (K, dim) from a ``.npy`` written by ``speechlm kmeans learn``."""
+    c = np.load(path, allow_pickle=False)
+    if c.ndim != 2:
+        raise ValueError(f"{path}: expected a (K, dim) centroid matrix, got shape {c.shape}")
+    return c.astype(np.float32)
+
+
+class KMeansApplier:
+    """Nearest centroid of every row: ``__call__(feats (N, dim)) -> (N,) int64``."""
+
+    def __init__(self, centroids: np.ndarray, chunk_frames: int = APPLY_CHUNK_FRAMES):
+        import torch
+
+        self.torch = torch
+        self.C = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32))  # (K, D)
+        self.c_norm = (self.C * self.C).sum(1)  # (K,)
+        self.chunk = chunk_frames
+
+    @property
+    def n_clusters(self) -> int:
+        return self.C.shape[0]
+
+    def __call__(self, feats: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        if feats.ndim != 2 or feats.shape[1] != self.C.shape[1]:
+            raise ValueError(f"features of shape {feats.shape} do not match centroids of dim {self.C.shape[1]}")
+        out = np.empty(feats.shape[0], dtype=np.int64)
+        with torch.inference_mode():
+            for s in range(0, feats.shape[0], self.chunk):
+                x = torch.from_numpy(np.ascontiguousarray(feats[s : s + self.chunk], dtype=np.float32))
+                d = torch.addmm(self.c_norm.unsqueeze(0), x, self.C.t(), alpha=-2.0)  # (n, K)
+                out[s : s + len(x)] = d.argmin(1).numpy()
+        return out
+
+
+def write_dict(path: str, counts: Dict[int, int], n_clusters: int) -> None:
+    """``dict.km.txt``: ``0 .. K-1`` with their frame counts (all K listed, so ids are stable)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for k in range(n_clusters):
+            f.write(f"{k} {counts.get(k, 0)}\n")
+
+
+def purity(units: List[np.ndarray], phones: List[Sequence[str]]) -> Dict[str, float]:
+    """HuBERT's label-quality measures between frame-level units and true phones (lists per utterance).
+
+    ``phone_purity``: accuracy of mapping each unit to its most frequent phone; ``cluster_purity``: of
+    mapping each phone to its most frequent unit; ``pnmi``: I(phone; unit) / H(phone).
+    """
+    joint: Counter = Counter()
+    for i, (u, p) in enumerate(zip(units, phones)):
+        if len(u) != len(p):
+            raise ValueError(f"utterance {i + 1}: {len(u)} units but {len(p)} phone frames; both must be "
+                             "50 Hz labels of the same manifest row")
+        joint.update(zip(np.asarray(u).tolist(), p))
+    if not joint:
+        raise ValueError("no frames to score")
+    unit_ids = sorted({u for u, _ in joint})
+    phone_ids = sorted({p for _, p in joint})
+    ui = {u: i for i, u in enumerate(unit_ids)}
+    pi = {p: i for i, p in enumerate(phone_ids)}
+    m = np.zeros((len(unit_ids), len(phone_ids)))
+    for (u, p), c in joint.items():
+        m[ui[u], pi[p]] = c
+    n = m.sum()
+    pj = m / n
+    pu, pp = pj.sum(1, keepdims=True), pj.sum(0, keepdims=True)
+    nz = pj > 0
+    mi = (pj[nz] * np.log(pj[nz] / (pu @ pp)[nz])).sum()
+    h_p = -(pp[pp > 0] * np.log(pp[pp > 0])).sum()
+    return {
+        "frames": int(n),
+        "units_used": len(unit_ids),
+        "phone_purity": float(m.max(1).sum() / n),
+        "cluster_purity": float(m.max(0).sum() / n),
+        "pnmi": float(mi / h_p) if h_p > 0 else 0.0,
+    }
