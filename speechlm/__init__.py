@@ -10,3 +10,4 @@ from speechlm import checkpoint as _checkpoint
 _checkpoint.install()
 
 from speechlm import criterions, models, tasks  # noqa: E402,F401  (registration side effects)
+from speechlm import distributed as _distributed  # noqa: E402,F401  (CPU/gloo shims, see module)
