@@ -3,19 +3,31 @@
 ``prepare_st_data`` turns fairseq audio manifests (``{split}.tsv``) plus one target sentence per row
 into what ``--task speech_to_text`` reads:
 
-- ``{split}.tsv``: columns ``id audio n_frames tgt_text src_text speaker``; ``audio`` is the absolute
-  path of the 16 kHz wav, ``n_frames`` its number of SAMPLES (raw audio input, so fairseq's length
-  filter and batching count samples: set ``max_source_positions`` accordingly);
+- ``{split}.tsv``: columns ``id audio n_frames tgt_text src_text speaker``; ``audio`` points into
+  ``{split}_audio.zip`` (below). ``n_frames`` is the number of 50 Hz frames the encoder will see
+  (``num_frames_50hz``), not samples: fairseq uses it only for length filtering and batching, so
+  ``--max-tokens`` counts encoder frames and the task's default ``--max-source-positions 6000``
+  admits utterances up to 120 s, with no extra flag to fairseq-generate;
+- ``{split}_audio.zip``: the waveforms as float32 ``.npy`` arrays in an uncompressed zip, fairseq's
+  own S2T storage (``audio`` = ``zip:byte_offset:byte_size``). fairseq reads ``.wav`` through
+  ``torchaudio`` even when nothing needs converting, and no torchaudio build exists for every torch;
+  ``.npy`` entries in a zip are read with numpy alone, and decoded audio is read once per epoch
+  without a decoder;
 - ``spm_char.model`` / ``spm_char.vocab``: a character SentencePiece model trained on the training
   targets, and ``spm_char.txt``, the matching fairseq dictionary (``piece 1`` per line);
 - ``config.yaml``: ``use_audio_input: true``, the vocabulary and the SentencePiece tokenizer.
 """
 import csv
+import io
 import logging
 import os
+import struct
+import zipfile
 from typing import Dict, List, Sequence
 
-from speechlm.data.manifest import load_labels, load_manifest, num_frames_50hz
+import numpy as np
+
+from speechlm.data.manifest import load_labels, load_manifest, num_frames_50hz, read_audio
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +86,35 @@ def build_rows(
             {
                 "id": uid,
                 "audio": os.path.abspath(os.path.join(root, rel)),
-                "n_frames": str(n),
+                "n_frames": str(num_frames_50hz(n)),
                 "tgt_text": " ".join(targets[i].split()),
                 "src_text": " ".join(sources[i].split()),
                 "speaker": speakers[i].strip() if speakers else "None",
             }
         )
     return out
+
+
+def pack_audio_zip(rows: List[Dict[str, str]], zip_path: str) -> None:
+    """Store each row's audio as ``{id}.npy`` (float32 in [-1, 1]) in an uncompressed zip and point
+    its ``audio`` field at it (``zip_path:byte_offset:byte_size``, what fairseq's S2T datasets read).
+    """
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_STORED) as z:
+        for r in rows:
+            buf = io.BytesIO()
+            np.save(buf, read_audio(r["audio"]).astype(np.float32))
+            z.writestr(r["id"] + ".npy", buf.getvalue())
+    zip_abs = os.path.abspath(zip_path)
+    with zipfile.ZipFile(zip_path) as z, open(zip_path, "rb") as f:
+        where = {}
+        for info in z.infolist():
+            f.seek(info.header_offset)
+            header = f.read(30)  # local file header: name and extra-field lengths at bytes 26..29
+            name_len, extra_len = struct.unpack("<HH", header[26:30])
+            where[info.filename] = (info.header_offset + 30 + name_len + extra_len, info.file_size)
+    for r in rows:
+        offset, size = where[r["id"] + ".npy"]
+        r["audio"] = f"{zip_abs}:{offset}:{size}"
 
 
 def write_tsv(path: str, rows: List[Dict[str, str]]) -> None:
@@ -192,6 +226,7 @@ def prepare_st_data(
         spk_path = os.path.join(data_dir, f"{split}.spk")
         speakers = load_labels(spk_path, len(rows), tsv) if os.path.isfile(spk_path) else None
         all_rows[split] = build_rows(tsv, targets, sources, speakers, tgt_path)
+        pack_audio_zip(all_rows[split], os.path.join(out_dir, f"{split}_audio.zip"))
         write_tsv(os.path.join(out_dir, f"{split}.tsv"), all_rows[split])
         logger.info("%s: %d utterances", split, len(all_rows[split]))
     spm_model = train_char_spm([r["tgt_text"] for r in all_rows[train_split]], out_dir)
