@@ -18,8 +18,9 @@ from fairseq.dataclass import FairseqDataclass
 
 def spans_to_frames(span_s: torch.Tensor, frame_rate: float, lengths: torch.Tensor) -> torch.Tensor:
     """(B, 2) seconds -> (B, 2) inclusive frame indices, clipped to each utterance's length."""
-    start = torch.floor(span_s[:, 0] * frame_rate).long()
-    end = torch.ceil(span_s[:, 1] * frame_rate).long() - 1
+    eps = 1e-3  # seconds x rate in float32: 0.3 * 50 must give frame 15, not 15.0000006
+    start = torch.floor(span_s[:, 0] * frame_rate + eps).long()
+    end = torch.ceil(span_s[:, 1] * frame_rate - eps).long() - 1
     last = lengths - 1
     start = torch.minimum(start, last)
     end = torch.minimum(torch.maximum(end, start), last)

@@ -157,6 +157,19 @@ def _speech_state_from_checkpoint(path: str):
     return arch, sub
 
 
+def resolve_speech_architecture(cfg) -> None:
+    """Copy the speech-module architecture of ``cfg.init_from`` into ``cfg`` (in place).
+
+    Tasks call this on the trainer's own model config before fairseq builds the model (which works on
+    a merged copy), so that the config saved in every checkpoint describes the model it holds.
+    """
+    if getattr(cfg, "init_from", ""):
+        arch, _ = _speech_state_from_checkpoint(cfg.init_from)
+        with open_dict(cfg):
+            for k, v in arch.items():
+                setattr(cfg, k, v)
+
+
 def build_speech_module(cfg: SplatSpeechConfig) -> SplatSpeechEncoder:
     """A speech module from ``cfg``; with ``cfg.init_from``, its architecture and weights come from
     that checkpoint (written back into ``cfg`` so the saved config describes the model)."""

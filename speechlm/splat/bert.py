@@ -125,3 +125,26 @@ def adapt_mlm(
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return losses
+
+
+def build_tiny_bert(out_dir: str, texts: Sequence[str], hidden: int = 32, layers: int = 2,
+                    heads: int = 2, seed: int = 1) -> str:
+    """A small randomly initialised uncased BERT (with MLM head) whose WordPiece vocabulary is the
+    words of ``texts`` plus the special tokens; saved with ``save_pretrained`` to ``out_dir``.
+
+    For tests and smoke runs of the pipeline: it exercises every code path of a real BERT directory.
+    """
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
+
+    words = sorted({w.lower() for t in texts for w in t.split()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    os.makedirs(out_dir, exist_ok=True)
+    vocab_file = os.path.join(out_dir, "vocab.txt")
+    with open(vocab_file, "w", encoding="utf-8") as f:
+        f.write("".join(f"{w}\n" for w in vocab))
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
+                     num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=256)
+    BertForMaskedLM(cfg).save_pretrained(out_dir)
+    BertTokenizer(vocab_file, do_lower_case=True).save_pretrained(out_dir)
+    return out_dir

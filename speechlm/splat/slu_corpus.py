@@ -49,13 +49,13 @@ INTENT_VOICES = {
 }
 
 
-def intent_sentences() -> List[Tuple[str, str]]:
-    """Every (sentence, intent label) of the grid: 26 intents x 4 phrasings."""
+def intent_sentences(phrasings: int = 4) -> List[Tuple[str, str]]:
+    """(sentence, intent label) for the grid: 26 intents x the first ``phrasings`` phrasings (max 4)."""
     out = []
     for action, obj, locs in INTENT_GRID:
         for loc in locs:
             label = f"{action}_{obj}_{loc}"
-            for p in PHRASINGS[action]:
+            for p in PHRASINGS[action][:phrasings]:
                 text = p.format(obj=obj.upper())
                 if loc != "none":
                     text += f" IN THE {loc.upper()}"
@@ -83,7 +83,8 @@ def _write_lines(path: str, lines: Sequence[str]):
         f.write("".join(f"{x}\n" for x in lines))
 
 
-def build_intent_corpus(out_dir: str, voices_per_sentence: int = 3, seed: int = 1) -> Dict[str, int]:
+def build_intent_corpus(out_dir: str, voices_per_sentence: int = 3, seed: int = 1,
+                        phrasings: int = 4) -> Dict[str, int]:
     """Synthesize the intent corpus into ``out_dir``; returns utterances per split.
 
     Each sentence is spoken by ``voices_per_sentence`` random training voices in train, and by one
@@ -92,7 +93,7 @@ def build_intent_corpus(out_dir: str, voices_per_sentence: int = 3, seed: int = 
     from speechlm.data.synth import synthesize
 
     rng = random.Random(seed)
-    sentences = intent_sentences()
+    sentences = intent_sentences(phrasings)
     counts = {}
     for split, voices in INTENT_VOICES.items():
         n_voices = voices_per_sentence if split == "train" else 1

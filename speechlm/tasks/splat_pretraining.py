@@ -15,6 +15,7 @@ from omegaconf import MISSING
 
 from speechlm.data.fbank import SpeakerFeatures
 from speechlm.data.splat_dataset import SplatFbankDataset
+from speechlm.models.splat_speech import resolve_speech_architecture
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,10 @@ class SplatFbankTask(FairseqTask):
     @property
     def target_dictionary(self):
         return None
+
+    def build_model(self, cfg, from_checkpoint=False):
+        resolve_speech_architecture(cfg)
+        return super().build_model(cfg, from_checkpoint)
 
     def max_positions(self):
         return self.cfg.max_frames or 10**9
