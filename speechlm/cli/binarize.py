@@ -71,7 +71,7 @@ def binarize(units, letters, unit_dict, letter_dict, dest, split="train", worker
         summary[kind] = {
             "tokens": s.num_tok,
             "replaced_by_unk": s.num_replaced,
-            "replaced": dict((s.replaced or {}).most_common(20)),
+            "replaced": dict(s.replaced.most_common(20)) if s.replaced else {},
         }
         target = os.path.join(dest, f"dict.{sym}.txt")
         if not (os.path.exists(target) and os.path.samefile(dict_path, target)):

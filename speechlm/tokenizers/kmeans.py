@@ -101,7 +101,7 @@ class KMeansApplier:
         out = np.empty(feats.shape[0], dtype=np.int64)
         with torch.inference_mode():
             for s in range(0, feats.shape[0], self.chunk):
-                x = torch.from_numpy(np.ascontiguousarray(feats[s : s + self.chunk], dtype=np.float32))
+                x = torch.from_numpy(np.array(feats[s : s + self.chunk], dtype=np.float32))  # copy out of the mmap
                 d = torch.addmm(self.c_norm.unsqueeze(0), x, self.C.t(), alpha=-2.0)  # (n, K)
                 out[s : s + len(x)] = d.argmin(1).numpy()
         return out

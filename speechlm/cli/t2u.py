@@ -1,0 +1,117 @@
+"""`speechlm t2u generate|merge`: unpaired text -> hidden units with a trained ``text_to_unit`` model.
+
+    speechlm phonemize lm.txt --out-prefix out/lm                        # out/lm.phn, out/lm.ltr
+    speechlm t2u generate --checkpoint EXP/checkpoint_best.pt --units out/lm.phn --letters out/lm.ltr \\
+        --out-prefix out/lm_km [--nshard N --rank R]                    # out/lm_km.km, out/lm_km.ltr
+    speechlm t2u merge --out-prefix out/lm_km --nshard N
+    speechlm binarize --units out/lm_km.km --letters out/lm_km.ltr --unit-dict LAB/dict.km.txt ...
+
+Each ``.km`` line has one unit per 50 Hz frame of the input's upsampled phone line: the durations the
+phonemizer sampled are kept (``--predicted-durations`` uses the model's duration predictor instead).
+Greedy (argmax) decoding: deterministic, so 1 shard and N shards merged give identical files.
+"""
+import logging
+import os
+import sys
+
+
+def add_args(parser):
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = sub.add_parser("generate", help="upsampled phones (+ letters) -> hidden units (+ letters)")
+    p.add_argument("--checkpoint", required=True, help="text_to_unit checkpoint (fairseq-hydra-train)")
+    p.add_argument("--units", required=True, help="upsampled phone lines (speechlm phonemize)")
+    p.add_argument("--letters", required=True, help="the matching .ltr lines")
+    p.add_argument("--out-prefix", required=True, help="writes PREFIX.km and PREFIX.ltr")
+    p.add_argument("--data", help="directory with dict.phn.txt/dict.km.txt (default: the checkpoint's task.data)")
+    p.add_argument("--predicted-durations", action="store_true", help="use the duration predictor")
+    p.add_argument("--max-frames", type=int, default=20000, help="frames per batch")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--nshard", type=int, default=1)
+    p.add_argument("--rank", type=int, default=0)
+
+    p = sub.add_parser("merge", help="concatenate PREFIX_{r}_{N}.{km,ltr} into PREFIX.{km,ltr}")
+    p.add_argument("--out-prefix", required=True)
+    p.add_argument("--nshard", type=int, required=True)
+
+
+def _read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+def generate(model, task, phone_lines, max_frames=20000, predicted=False, device="cpu"):
+    """Unit strings for each phone line, in input order."""
+    import torch
+
+    ds = task.build_inference_dataset(phone_lines)
+    order = sorted(range(len(ds)), key=lambda i: (ds.sizes[i], i))
+    results = [None] * len(ds)
+    unit_dict = task.target_dictionary
+    batch, frames = [], 0
+    batches = []
+    for i in order:
+        if batch and (len(batch) + 1) * max(frames, ds.sizes[i]) > max_frames:
+            batches.append(batch)
+            batch, frames = [], 0
+        batch.append(i)
+        frames = max(frames, ds.sizes[i])
+    if batch:
+        batches.append(batch)
+    for b in batches:
+        s = ds.collater([ds[i] for i in b])
+        net = {k: v.to(device) for k, v in s["net_input"].items()}
+        outs = model.generate(net["src_tokens"], net["src_lengths"], None if predicted else net["durations"])
+        for i, u in zip(b, outs):
+            results[i] = " ".join(unit_dict[int(x)] for x in u.tolist())
+    return results
+
+
+def _merge(prefix, nshard):
+    parts = [f"{prefix}_{r}_{nshard}" for r in range(nshard)]
+    missing = [p for p in parts if not os.path.isfile(p + ".km")]
+    if missing:
+        sys.exit(f"speechlm t2u merge: {len(missing)} shards missing, e.g. {missing[0]}.km")
+    for ext in ("km", "ltr"):
+        with open(f"{prefix}.{ext}.tmp", "wb") as fo:
+            for p in parts:
+                with open(f"{p}.{ext}", "rb") as f:
+                    fo.write(f.read())
+        os.replace(f"{prefix}.{ext}.tmp", f"{prefix}.{ext}")
+
+
+def run(args):
+    logging.basicConfig(level=logging.INFO, format="[t2u] %(message)s")
+    if args.action == "merge":
+        _merge(args.out_prefix, args.nshard)
+        print(f"[t2u] merged {args.nshard} shards -> {args.out_prefix}.km/.ltr", file=sys.stderr)
+        return 0
+    import torch
+    from fairseq import checkpoint_utils
+
+    import speechlm  # noqa: F401  (registers text_to_unit; safe checkpoint loading)
+    from speechlm.tokenizers.features import shard_range
+
+    phones, letters = _read(args.units), _read(args.letters)
+    if len(phones) != len(letters):
+        sys.exit(f"speechlm t2u generate: {args.units} has {len(phones)} lines but {args.letters} has "
+                 f"{len(letters)}; they must be line-aligned (write both with one phonemize run)")
+    overrides = {"data": os.path.abspath(args.data)} if args.data else {}
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([args.checkpoint], arg_overrides=overrides)
+    model = models[0].eval().to(args.device)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    start, end = shard_range(len(phones), args.nshard, args.rank)
+    phone_lines = phones[start:end]
+    unk = task.source_dictionary.unk_word
+    n_unk = sum(1 for line in phone_lines for p in set(line.split()) if task.source_dictionary.index(p) == task.source_dictionary.unk())
+    units = generate(model, task, phone_lines, args.max_frames, args.predicted_durations, args.device)
+    prefix = args.out_prefix if args.nshard == 1 else f"{args.out_prefix}_{args.rank}_{args.nshard}"
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    with open(prefix + ".km.tmp", "w", encoding="utf-8") as fk, open(prefix + ".ltr.tmp", "w", encoding="utf-8") as fl:
+        for u, ltr in zip(units, letters[start:end]):
+            fk.write(u + "\n")
+            fl.write(ltr + "\n")
+    os.replace(prefix + ".km.tmp", prefix + ".km")
+    os.replace(prefix + ".ltr.tmp", prefix + ".ltr")
+    print(f"[t2u] {len(units)} lines -> {prefix}.km/.ltr ({n_unk} lines hold a phone outside dict.phn.txt, "
+          f"read as {unk}, e.g. the phonemizer's SPN)", file=sys.stderr)
+    return 0
