@@ -404,21 +404,60 @@ def _cmudict() -> Dict[str, List[Tuple[str, ...]]]:
     return _CMUDICT
 
 
+def _edit_distance(a: Sequence[str], b: Sequence[str]) -> int:
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
 def _flite_words(text: str, phones: List[Phone]) -> Optional[List[Word]]:
-    """Word times from flite's phones: each word must match one CMU dictionary pronunciation."""
+    """Word times from flite's phones, split where they best match CMU dictionary pronunciations.
+
+    flite's lexicon and post-lexical rules differ from cmudict now and then ("poor": P UH R vs
+    P UW R), so each word may take its pronunciation's length +-1 phones at edit-distance cost;
+    a word missing from cmudict may take 1..len+2 phones at a flat cost. None if the best
+    segmentation still disagrees with the dictionary on more than ~1 phone in 5.
+    """
     lex = _cmudict()
     seq = [p for p in phones if p[0] != SIL]
-    out, pos = [], 0
-    for w in text.split():
-        prons = sorted(lex.get(w.lower(), []), key=len, reverse=True)
-        match = next(
-            (pr for pr in prons if tuple(p for p, _, _ in seq[pos:pos + len(pr)]) == pr), None
-        )
-        if match is None:
+    labels = [p for p, _, _ in seq]
+    words = text.split()
+    n = len(seq)
+    best = {0: (0.0, None)}  # position -> (cost, backpointer) after the words so far
+    trail = []
+    for w in words:
+        prons = set(lex.get(w.lower(), []))
+        nxt = {}
+        for pos, (cost, _) in best.items():
+            options = []
+            if prons:
+                for length in sorted({len(p) + d for p in prons for d in (-1, 0, 1)}):
+                    if 1 <= length <= n - pos:
+                        seg = labels[pos:pos + length]
+                        options.append((length, min(_edit_distance(seg, p) for p in prons)))
+            else:
+                options = [(k, 1.0) for k in range(1, min(len(w) + 2, n - pos) + 1)]
+            for length, c in options:
+                end = pos + length
+                if end not in nxt or cost + c < nxt[end][0]:
+                    nxt[end] = (cost + c, pos)
+        if not nxt:
             return None
-        out.append((w, seq[pos][1], seq[pos + len(match) - 1][2]))
-        pos += len(match)
-    return out if pos == len(seq) else None
+        trail.append(nxt)
+        best = nxt
+    if n not in best or best[n][0] > 1 + 0.2 * n:
+        return None
+    bounds, pos = [], n
+    for nxt in reversed(trail):
+        prev = nxt[pos][1]
+        bounds.append((prev, pos))
+        pos = prev
+    bounds.reverse()
+    return [(w, seq[a][1], seq[b - 1][2]) for w, (a, b) in zip(words, bounds)]
 
 
 def _synth_flite(text: str, voice: Voice) -> Utterance:
