@@ -160,17 +160,17 @@ def _synth_worker(job: _Job):
 
 
 def _pool_init():
-    # Load once per worker: the espeak library (pristine, see synth._espeak_forked) and cmudict.
+    # The espeak library (initialized, never used for synthesis: see synth._espeak_forked), cmudict.
     synth._espeak()
     synth._cmudict()
 
 
 def _run_jobs(jobs: List[_Job], n_workers: int):
+    _pool_init()  # in the parent, so that forked workers share it (cmudict takes seconds to load)
     if n_workers <= 1:
-        _pool_init()
         return [_synth_worker(j) for j in jobs]
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(n_workers, initializer=_pool_init) as pool:
+    with ctx.Pool(n_workers) as pool:
         return list(pool.imap_unordered(_synth_worker, jobs, chunksize=4))
 
 

@@ -12,9 +12,10 @@ Phones are mapped to 39 ARPAbet phones without stress plus ``SIL`` by explicit t
 ``UnknownPhoneError`` on a mnemonic they do not know: a new espeak-ng version must not silently produce
 wrong labels.
 
-    >>> utt = synthesize("AND GOD SAID LET THERE BE LIGHT", VOICE_BY_NAME["es-us-m3"])
-    >>> utt.wav.dtype, utt.phones[1]            # int16 at 16 kHz; (phone, start_s, end_s)
-    (dtype('int16'), ('AE', 0.0, 0.09...))
+    utt = synthesize("AND GOD SAID LET THERE BE LIGHT", VOICE_BY_NAME["es-us-m3"])
+    utt.wav        # int16 (num_samples,) at 16 kHz
+    utt.phones     # [("AE", 0.0, 0.078), ("N", 0.078, 0.151), ...] contiguous, SIL-padded
+    utt.words      # [("AND", 0.0, 0.222), ("GOD", 0.222, ...), ...] or None
 """
 import ctypes
 import os
