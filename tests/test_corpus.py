@@ -81,6 +81,25 @@ def test_labels_match_audio_and_alignments_cover_it(mini_corpus):
             assert sil < 0.5, f"{rel}: {sil:.0%} of frames are silence"
 
 
+def test_silence_labels_fall_on_quiet_frames(mini_corpus):
+    """The true alignments line up with the audio: SIL frames are far quieter than vowel frames."""
+    root, rows = load_manifest(mini_corpus / "train.tsv")
+    phn = load_labels(mini_corpus / "train.phn", len(rows))
+    spk = load_labels(mini_corpus / "train.spk", len(rows))
+    energy = {}
+    for (rel, _), labels, voice in zip(rows, phn, spk):
+        x = read_audio(os.path.join(root, rel))
+        for i, label in enumerate(labels.split()):
+            frame = x[i * 320:i * 320 + 400]
+            kind = "SIL" if label == "SIL" else "vowel" if label[0] in "AEIOU" else None
+            if kind:
+                energy.setdefault((voice, kind), []).append(10 * np.log10(np.mean(frame**2) + 1e-10))
+    for voice in set(spk):
+        if (voice, "SIL") in energy:
+            sil, vowel = np.mean(energy[voice, "SIL"]), np.mean(energy[voice, "vowel"])
+            assert sil < vowel - 15, f"{voice}: SIL {sil:.1f} dB vs vowels {vowel:.1f} dB"
+
+
 def test_same_seed_gives_identical_files(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     build_mini_corpus(a, hours=0.008, seed=7, jobs=1, verbose=False)

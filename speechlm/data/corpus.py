@@ -153,7 +153,10 @@ def _plan(sentences: List[str], hours: float, seed: int):
 def _synth_worker(job: _Job):
     import soundfile as sf
 
-    utt = synth.synthesize(job.text, synth.VOICE_BY_NAME[job.voice])
+    try:
+        utt = synth.synthesize(job.text, synth.VOICE_BY_NAME[job.voice])
+    except Exception as e:  # name the utterance: the pool would only show the worker's traceback
+        raise RuntimeError(f"{job.uttid} ({job.voice}) {job.text!r}: {e}") from e
     os.makedirs(os.path.dirname(job.path), exist_ok=True)
     sf.write(job.path, utt.wav, mf.SAMPLE_RATE, subtype="PCM_16")
     return job.uttid, len(utt.wav), utt.phones, utt.words, sorted(set(utt.engine_phones))
