@@ -274,7 +274,9 @@ def run(args):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(message)s")
     cfg = compose_config(args.config_dir, args.config_name, args.overrides)
     use_cuda = torch.cuda.is_available() and not cfg.common.cpu
-    task_overrides = OmegaConf.to_container(cfg.task) if cfg.task else None
+    task_overrides = OmegaConf.to_container(cfg.task) if cfg.task else {}
+    if task_overrides.get("data") is None:  # null: keep the data dir saved in the checkpoint
+        task_overrides.pop("data", None)
     model_overrides = eval(cfg.common_eval.model_overrides)  # fairseq's own convention: a dict literal
     model, task, saved = load_model_and_task(
         cfg.common_eval.path, task_overrides, model_overrides, use_cuda

@@ -1,0 +1,104 @@
+"""`speechlm infer` building blocks on hand-made tensors: decoders, WER, config composition."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from fairseq.data import Dictionary
+
+from speechlm.cli.infer import (
+    KENLM_MISSING,
+    DecodingConfig,
+    KenLMDecoder,
+    ViterbiDecoder,
+    compose_config,
+    emissions,
+    word_errors,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DECODE_DIRS = [REPO / "examples/mini/config/decode", REPO / "examples/librispeech/config/decode"]
+
+
+def letters():
+    d = Dictionary()
+    for c in "|ABC":
+        d.add_symbol(c)
+    return d
+
+
+def one_hot_lprobs(ids, V):
+    lp = torch.full((len(ids), V), -10.0)
+    lp[torch.arange(len(ids)), torch.tensor(ids)] = 0.0
+    return lp.log_softmax(-1)
+
+
+def test_viterbi_merges_repeats_and_drops_blanks():
+    d = letters()
+    A, B, bar, blank = d.index("A"), d.index("B"), d.index("|"), d.bos()
+    # A A <b> A B B | <b> -> A A B |   (a blank separates the two A's)
+    lp = one_hot_lprobs([A, A, blank, A, B, B, bar, blank], len(d))
+    assert ViterbiDecoder(d, blank).decode(lp) == [A, A, B, bar]
+    assert ViterbiDecoder(d, blank).decode(one_hot_lprobs([blank] * 4, len(d))) == []
+
+
+def test_word_errors_counts_words_and_characters():
+    assert word_errors("THE CAT SAT", "THE CAT SAT") == (0, 3, 0, 9)
+    we, nw, ce, nc = word_errors("THE BAT", "THE CAT SAT")
+    assert (we, nw) == (2, 3) and (ce, nc) == (4, 9)
+    assert word_errors("", "A B") == (2, 2, 2, 2)
+
+
+class _Padded(torch.nn.Module):
+    """A CTC 'model' returning fixed logits and a padding mask, as SpeechLMCtc does."""
+
+    def __init__(self, logits, pad):
+        super().__init__()
+        self.logits, self.pad = logits, pad
+
+    def forward(self, **kw):
+        return {"encoder_out": self.logits, "padding_mask": self.pad}
+
+    def get_normalized_probs(self, net_output, log_probs):
+        return net_output["encoder_out"].log_softmax(-1)
+
+
+def test_emissions_give_each_utterance_its_real_frames_only():
+    logits = torch.randn(7, 2, 5)  # (T, B, V)
+    pad = torch.zeros(2, 7, dtype=torch.bool)
+    pad[1, 4:] = True
+    lp, lengths = emissions(_Padded(logits, pad), {"net_input": {}})
+    assert lp.shape == (2, 7, 5) and lengths.tolist() == [7, 4]
+    lp, lengths = emissions(_Padded(logits, None), {"net_input": {}})
+    assert lengths.tolist() == [7, 7]
+
+
+@pytest.mark.parametrize("config_dir", DECODE_DIRS, ids=lambda p: p.parts[-3])
+def test_decode_configs_compose_and_type_check(config_dir, tmp_path):
+    cfg = compose_config(str(config_dir), "infer_viterbi", [
+        "common_eval.path=x.pt", "dataset.gen_subset=test,test_other", "task.data=/d",
+    ])
+    assert cfg.decoding.type == "viterbi"
+    assert cfg.dataset.gen_subset == "test,test_other"  # a list of subsets, not a hydra sweep
+    assert cfg.task.max_sample_size is None and cfg.task.data == "/d"  # never crop
+    with pytest.raises(SystemExit, match="common_eval.path"):
+        compose_config(str(config_dir), "infer_viterbi", [])
+    with pytest.raises(SystemExit, match="decoding.type|Invalid value|not a valid"):
+        compose_config(str(config_dir), "infer_viterbi", ["common_eval.path=x", "decoding.type=foo"])
+    with pytest.raises(SystemExit, match="nope.yaml: decode config not found"):
+        compose_config(str(config_dir), "nope", [])
+
+
+def test_kenlm_config_composes():
+    cfg = compose_config(str(DECODE_DIRS[1]), "infer_kenlm", ["common_eval.path=x.pt",
+                                                              "decoding.lm_path=lm.arpa"])
+    assert cfg.decoding.type == "kenlm" and cfg.decoding.lm_path == "lm.arpa"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyctcdecode") is not None,
+                    reason="pyctcdecode is installed: the missing-decoder message cannot show")
+def test_kenlm_without_a_decoder_says_what_to_install():
+    with pytest.raises(SystemExit) as e:
+        KenLMDecoder(letters(), 0, DecodingConfig(type="kenlm", lm_path="lm.arpa"))
+    assert str(e.value) == KENLM_MISSING
+    assert "pip install pyctcdecode kenlm" in KENLM_MISSING and "infer_viterbi" in KENLM_MISSING
