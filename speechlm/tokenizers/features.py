@@ -87,6 +87,8 @@ class CheckpointFeatureReader:
         self.normalize = bool(cfg.task.get("normalize", False))
         if name == "hubert":
             self.model = self._load_hubert(cfg, state["model"], checkpoint)
+        elif name == "speechlm":
+            self.model = self._load_speechlm(cfg, state["model"], checkpoint)
         else:
             models, _, _ = checkpoint_utils.load_model_ensemble_and_task([checkpoint])
             self.model = models[0]
@@ -109,6 +111,20 @@ class CheckpointFeatureReader:
         if missing or unexpected:
             raise ValueError(f"{path}: checkpoint does not match its hubert config: missing {missing}, "
                              f"unexpected {unexpected}")
+        return model
+
+    @staticmethod
+    def _load_speechlm(cfg, model_state, path):
+        """A SpeechLMModel sized from its own weights (no task data directory needed)."""
+        from omegaconf import OmegaConf
+
+        from speechlm.models.speechlm import SpeechLMConfig, SpeechLMModel
+
+        model_cfg = OmegaConf.merge(OmegaConf.structured(SpeechLMConfig), cfg.model)
+        num_units = model_state["unit_embed.weight"].shape[0]
+        num_letters = model_state["uctc_proj.weight"].shape[0] if "uctc_proj.weight" in model_state else 0
+        model = SpeechLMModel(model_cfg, num_units, 1, num_letters)  # fairseq Dictionary: pad index 1
+        model.load_state_dict(model_state, strict=True)
         return model
 
     def __call__(self, wav: np.ndarray) -> np.ndarray:
