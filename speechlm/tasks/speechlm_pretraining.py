@@ -92,6 +92,10 @@ class SpeechLMPretrainingTask(FairseqTask):
                 )
             letters = cls._load_dict(os.path.join(cfg.text_data, "dict.ltr.txt"), "letter")
         else:
+            logger.warning(
+                "task.text_data is not set: speech-only pre-training (the no-text ablation, UMLM only); "
+                "give task.text_data=TEXT_DIR for SpeechLM's UCTC on unpaired text"
+            )
             ltr = os.path.join(cfg.data, "dict.ltr.txt")
             letters = Dictionary.load(ltr) if os.path.isfile(ltr) else None
         logger.info(f"unit dictionary: {len(units)} types; letters: {len(letters) if letters else 0} types")
