@@ -98,9 +98,10 @@ def main():
     p.add_argument("--bert", default="packaged:all-minilm-l6-v2", help="language module directory")
     p.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.1])
     p.add_argument("--variants", nargs="+", default=["scratch", "speech", "seq", "seq_mlm", "tok", "tok_mlm"])
-    p.add_argument("--pretrain-updates", type=int, default=600)
-    p.add_argument("--align-epochs", type=int, default=15)
-    p.add_argument("--mlm-steps", type=int, default=200)
+    p.add_argument("--pretrain-updates", type=int, default=400)
+    p.add_argument("--align-epochs", type=int, default=60,
+                   help="the mini corpus has ~20 paired utterances: one update per epoch")
+    p.add_argument("--mlm-steps", type=int, default=60)
     p.add_argument("--intent-epochs", type=int, default=10)
     p.add_argument("--qa-epochs", type=int, default=4)
     args = p.parse_args()
@@ -151,7 +152,8 @@ def main():
             log(f"alignment {name}")
             train(os.path.join(CONFIG, "align"), c.alignment, os.path.join(ck, name),
                   [f"task.data={corpus}", f"task.bert_path={berts[bool(c.mlm)]}", f"model.init_from={speech_ckpt}",
-                   f"optimization.max_epoch={args.align_epochs}", "optimization.lr=[0.0003]"], L(name))
+                   f"optimization.max_epoch={args.align_epochs}", "optimization.lr=[0.0003]",
+                   "dataset.validate_interval=10", "lr_scheduler.warmup_updates=10"], L(name))
             init[v] = os.path.join(ck, name, "checkpoint_last.pt")
 
     # 5. downstream
