@@ -37,6 +37,9 @@ def add_args(parser):
     p.add_argument("--model", required=True)
     p.add_argument("--out-dir", required=True)
     p.add_argument("--transcripts", action="store_true", help="force-align SPLIT.wrd")
+    p.add_argument("--strict", action="store_true",
+                   help="with --transcripts: a word missing from the lexicon is an error (default: that "
+                        "utterance is labelled from the posteriors, and counted)")
     p.add_argument("--lexicon", help="'WORD PH1 PH2 ...' lexicon (default: CMU dict)")
     p.add_argument("--nshard", type=int, default=1)
     p.add_argument("--rank", type=int, default=0)
@@ -119,7 +122,7 @@ def run(args):
         os.makedirs(args.out_dir, exist_ok=True)
         name = args.split if args.nshard == 1 else f"{args.split}_{args.rank}_{args.nshard}"
         out = os.path.join(args.out_dir, f"{name}.phn")
-        n_fallback = 0
+        n_fallback, oov_lines = 0, []
         with open(out + ".tmp", "w", encoding="utf-8") as f:
             for i in range(start, end):
                 rel, n = rows[i]
@@ -128,19 +131,27 @@ def run(args):
                 if args.transcripts:
                     wp = words[i]
                     if isinstance(wp, tuple):
-                        sys.exit(f"speechlm phone-units label: {args.corpus}/{args.split}.wrd line {wp[0]}: "
-                                 f"words not in the lexicon: {wp[1]}; add them (--lexicon) or label "
-                                 "without --transcripts")
-                    try:
-                        labels = R.label_with_transcript(lp, wp)
-                    except ValueError:
-                        n_fallback += 1  # transcript does not fit in the frames: trust the posteriors
+                        if args.strict:
+                            sys.exit(f"speechlm phone-units label: {args.corpus}/{args.split}.wrd line {wp[0]}: "
+                                     f"words not in the lexicon: {wp[1]}; add them (--lexicon) or drop --strict")
+                        oov_lines.append(wp)
+                    else:
+                        try:
+                            labels = R.label_with_transcript(lp, wp)
+                        except ValueError:
+                            n_fallback += 1  # transcript does not fit in the frames: trust the posteriors
                 if labels is None:
                     labels = R.label_without_transcript(lp)
                 f.write(" ".join(labels) + "\n")
         os.replace(out + ".tmp", out)
-        msg = f" ({n_fallback} too short for their transcript: labelled from posteriors)" if n_fallback else ""
-        print(f"[phone-units] {end - start} utterances -> {out}{msg}", file=sys.stderr)
+        print(f"[phone-units] {end - start} utterances -> {out}", file=sys.stderr)
+        if n_fallback:
+            print(f"[phone-units] {n_fallback} utterances too short for their transcript: labelled from the "
+                  "posteriors", file=sys.stderr)
+        if oov_lines:
+            eg = "; ".join(f"line {n}: {' '.join(w)}" for n, w in oov_lines[:5])
+            print(f"[phone-units] {len(oov_lines)} transcripts with words missing from the lexicon, labelled "
+                  f"from the posteriors ({args.split}.wrd {eg})", file=sys.stderr)
     elif args.action == "merge":
         parts = [os.path.join(args.out_dir, f"{args.split}_{r}_{args.nshard}.phn") for r in range(args.nshard)]
         missing = [p for p in parts if not os.path.isfile(p)]

@@ -1,0 +1,136 @@
+"""Speech -> phone units: CTC phone recognizer, forced alignment with optional SIL, labelling, scoring."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from speechlm.cli.main import main as speechlm_main
+from speechlm.data.manifest import load_manifest, num_frames_50hz, read_audio
+from speechlm.tokenizers import phone_recognizer as R
+from speechlm.tokenizers.lexicon import Lexicon
+
+SIL = R.PHONE_UNITS.index("SIL") + 1
+
+
+def _posteriors(frame_units, V=len(R.PHONE_UNITS) + 1):
+    lp = np.full((len(frame_units), V), -20.0)
+    lp[np.arange(len(frame_units)), frame_units] = 0.0
+    return lp
+
+
+def test_forced_align_takes_optional_sil_only_where_the_audio_has_it():
+    a, b, c = 5, 6, 7
+    # frames: SIL SIL a a blank b | SIL SIL | c c  (pause between word 1 and word 2, none at the end)
+    lp = _posteriors([SIL, SIL, a, a, 0, b, SIL, SIL, c, c])
+    tokens = [SIL, a, b, SIL, c, SIL]
+    optional = [True, False, False, True, False, True]
+    path = R.forced_align(lp, tokens, optional)
+    assert path.tolist() == [0, 0, 1, 1, -1, 2, 3, 3, 4, 4]
+    # no pause in the audio: the optional SILs are skipped
+    lp = _posteriors([a, a, b, b, c, c, 0])
+    assert R.forced_align(lp, tokens, optional).tolist() == [1, 1, 2, 2, 4, 4, -1]
+
+
+def test_forced_align_needs_a_blank_between_repeated_tokens_and_fails_when_too_short():
+    lp = _posteriors([5, 0, 5])
+    assert R.forced_align(lp, [5, 5], [False, False]).tolist() == [0, -1, 1]
+    with pytest.raises(ValueError, match="no CTC path for 2 tokens in 2 frames"):
+        R.forced_align(_posteriors([5, 5]), [5, 5], [False, False])
+
+
+def test_blank_frames_go_to_the_neighbouring_phone():
+    assert R.fill_blanks(np.array([0, 3, 0, 0, 0, 0, 4, 0])).tolist() == [3, 3, 3, 3, 4, 4, 4, 4]
+    assert R.fill_blanks(np.array([0, 0])).tolist() == [SIL, SIL]
+
+
+def test_score_labels_on_a_hand_made_example():
+    ref = [["SIL", "AH", "AH", "B", "SIL"]]
+    hyp = [["SIL", "AH", "B", "B", "B"]]
+    r = R.score_labels(hyp, ref)
+    assert r["frame_accuracy"] == pytest.approx(3 / 5) and r["phone_error_rate"] == 0.0
+    r = R.score_labels([["SIL", "AH", "AH", "D", "SIL"]], ref)
+    assert r["phone_error_rate"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="utterance 1: 2 hypothesis frames but 5"):
+        R.score_labels([["SIL", "AH"]], ref)
+
+
+@pytest.fixture(scope="module")
+def recognizer(mini_corpus, tmp_path_factory):
+    """A tiny recognizer trained for a few dozen updates (on `train`: the tiny corpus's train_paired has
+    too few utterances whose words are all in the CMU dictionary)."""
+    lexicon = Lexicon.cmudict()
+    root, rows = load_manifest(str(mini_corpus / "train.tsv"))
+    words = (mini_corpus / "train.wrd").read_text().splitlines()
+    feats, targets = [], []
+    for (rel, _), w in zip(rows, words):
+        wp = R.transcript_phones(w.split(), lexicon)
+        if wp is not None:
+            feats.append(R.utterance_features(read_audio(os.path.join(root, rel))))
+            targets.append(R.ctc_targets(wp))
+    assert len(feats) >= 8
+    cfg = R.PhoneRecognizerConfig(dim=64, layers=3)
+    model, losses = R.train_recognizer(feats, targets, cfg, epochs=100, batch_size=8, lr=3e-3, max_updates=40,
+                                       log_every=0)
+    path = tmp_path_factory.mktemp("pr") / "phone_ctc.pt"
+    R.save_recognizer(model, str(path))
+    return path, losses
+
+
+def test_ctc_loss_falls(recognizer):
+    _, losses = recognizer
+    assert len(losses) == 40
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_label_score_shard_and_merge(mini_corpus, recognizer, tmp_path, capsys):
+    model_path, _ = recognizer
+    _, rows = load_manifest(str(mini_corpus / "valid.tsv"))
+    out = tmp_path / "lab"
+    assert speechlm_main(["phone-units", "label", str(mini_corpus), "valid", "--model", str(model_path),
+                          "--out-dir", str(out), "--transcripts"]) == 0
+    lines = (out / "valid.phn").read_text().splitlines()
+    assert [len(x.split()) for x in lines] == [num_frames_50hz(n) for _, n in rows]
+    assert set(u for x in lines for u in x.split()) <= set(R.PHONE_UNITS)
+    capsys.readouterr()
+    assert speechlm_main(["phone-units", "score", "--hyp", str(out / "valid.phn"),
+                          "--ref", str(mini_corpus / "valid.phn")]) == 0
+    forced = json.loads(capsys.readouterr().out)
+    assert forced["frames"] == sum(num_frames_50hz(n) for _, n in rows)
+    assert 0.0 < forced["frame_accuracy"] <= 1.0
+    # without transcripts, sharded then merged == one shard
+    for rank in range(2):
+        assert speechlm_main(["phone-units", "label", str(mini_corpus), "valid", "--model", str(model_path),
+                              "--out-dir", str(tmp_path / "sh"), "--nshard", "2", "--rank", str(rank)]) == 0
+    assert speechlm_main(["phone-units", "merge", str(tmp_path / "sh"), "valid", "--nshard", "2"]) == 0
+    assert speechlm_main(["phone-units", "label", str(mini_corpus), "valid", "--model", str(model_path),
+                          "--out-dir", str(tmp_path / "one")]) == 0
+    assert (tmp_path / "sh" / "valid.phn").read_bytes() == (tmp_path / "one" / "valid.phn").read_bytes()
+    free = [x.split() for x in (tmp_path / "one" / "valid.phn").read_text().splitlines()]
+    assert [len(x) for x in free] == [num_frames_50hz(n) for _, n in rows]
+    ref = [x.split() for x in (mini_corpus / "valid.phn").read_text().splitlines()]
+    # forced alignment keeps the transcript's phones: fewer phone errors than the barely trained model alone
+    assert forced["phone_error_rate"] < R.score_labels(free, ref)["phone_error_rate"]
+
+
+def test_words_missing_from_the_lexicon(mini_corpus, recognizer, tmp_path, capsys):
+    import shutil
+
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    for ext in ("tsv", "wrd"):
+        shutil.copy(mini_corpus / f"valid.{ext}", corpus / f"valid.{ext}")
+    words = ["AND THE LORD SAID"] * len((corpus / "valid.wrd").read_text().splitlines())
+    words[1] = "AND THE QXZZYV SAID"
+    (corpus / "valid.wrd").write_text("\n".join(words) + "\n")
+    with pytest.raises(SystemExit, match=r"valid.wrd line 2: words not in the lexicon: \['QXZZYV'\]"):
+        speechlm_main(["phone-units", "label", str(corpus), "valid", "--model", str(recognizer[0]),
+                       "--out-dir", str(tmp_path / "o"), "--transcripts", "--strict"])
+    # by default the utterance is labelled from the posteriors and reported
+    assert speechlm_main(["phone-units", "label", str(corpus), "valid", "--model", str(recognizer[0]),
+                          "--out-dir", str(tmp_path / "o"), "--transcripts"]) == 0
+    err = capsys.readouterr().err
+    assert "with words missing from the lexicon" in err and "line 2:" in err and "QXZZYV" in err
+    _, rows = load_manifest(str(corpus / "valid.tsv"))
+    lines = (tmp_path / "o" / "valid.phn").read_text().splitlines()
+    assert [len(x.split()) for x in lines] == [num_frames_50hz(n) for _, n in rows]
