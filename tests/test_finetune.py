@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 import speechlm  # noqa: F401  (registers the components)
 from speechlm.cli.infer import ViterbiDecoder, decode_dataset, load_model_and_task
+from speechlm.cli.main import main as cli_main
 from speechlm.data.manifest import load_labels, load_manifest
 from speechlm.models.speechlm_ctc import SpeechLMCtc, SpeechLMCtcConfig
 from speechlm.tasks.speechlm_pretraining import SpeechLMPretrainingConfig, SpeechLMPretrainingTask
@@ -43,12 +44,13 @@ def pretrained(mini_corpus, tmp_path_factory) -> Path:
     lines = (mini_corpus / "unpaired.wrd").read_text().splitlines()
     for split, part in (("train", lines[:400]), ("valid", lines[400:440] or lines[:40])):
         (work / f"{split}.txt").write_text("\n".join(part) + "\n")
-        run([sys.executable, "-m", "speechlm", "phonemize", work / f"{split}.txt",
-             "--out-prefix", text / split], work / f"phonemize_{split}.log")
-        run([sys.executable, "-m", "speechlm", "binarize", "--units", text / f"{split}.phn",
-             "--letters", text / f"{split}.ltr", "--unit-dict", mini_corpus / "dict.phn.txt",
-             "--letter-dict", mini_corpus / "dict.ltr.txt", "--dest", work / "textbin",
-             "--split", split], work / f"binarize_{split}.log")
+        # the CLI in-process (a subprocess would pay fairseq's import time again)
+        assert cli_main(["phonemize", str(work / f"{split}.txt"), "--out-prefix",
+                         str(text / split)]) == 0
+        assert cli_main(["binarize", "--units", str(text / f"{split}.phn"), "--letters",
+                         str(text / f"{split}.ltr"), "--unit-dict", str(mini_corpus / "dict.phn.txt"),
+                         "--letter-dict", str(mini_corpus / "dict.ltr.txt"), "--dest",
+                         str(work / "textbin"), "--split", split]) == 0
     save = work / "ckpt"
     run([BIN / "fairseq-hydra-train", "--config-dir", REPO / "examples/mini/config/pretrain",
          "--config-name", "speechlm_tiny", f"task.data={mini_corpus}",
@@ -61,7 +63,7 @@ def pretrained(mini_corpus, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def finetuned(pretrained, mini_corpus, tmp_path_factory):
-    """speechlm_ctc fine-tuned on train_paired for 40 updates; the pre-trained file is then moved
+    """speechlm_ctc fine-tuned on train_paired for 30 updates; the pre-trained file is then moved
     away, so everything after must work from the fine-tuned checkpoint alone."""
     work = tmp_path_factory.mktemp("ft_ctc")
     w2v = work / "pretrained.pt"
@@ -69,8 +71,8 @@ def finetuned(pretrained, mini_corpus, tmp_path_factory):
     log = run([BIN / "fairseq-hydra-train", "--config-dir", REPO / "examples/mini/config/finetune",
                "--config-name", "speechlm_ctc_tiny", "common.user_dir=speechlm",
                f"task.data={mini_corpus}", f"model.w2v_path={w2v}",
-               f"checkpoint.save_dir={work / 'ckpt'}", "optimization.max_update=40",
-               "dataset.validate_interval_updates=20", "optimization.lr=[2e-3]"],
+               f"checkpoint.save_dir={work / 'ckpt'}", "optimization.max_update=30",
+               "dataset.validate_interval_updates=15", "optimization.lr=[2e-3]"],
               work / "finetune.log")
     w2v.rename(work / "moved_away.pt")
     return work / "ckpt" / "checkpoint_best.pt", log
@@ -203,3 +205,32 @@ def test_w2v_path_errors_name_the_file(finetuned, mini_corpus, tmp_path):
         SpeechLMCtc.build_model(_ctc_cfg(tmp_path / "nope.pt"), _task(mini_corpus))
     with pytest.raises(ValueError, match=r"is a checkpoint of model 'speechlm_ctc'"):
         SpeechLMCtc.build_model(_ctc_cfg(ckpt), _task(mini_corpus))
+
+
+CONFIGS = REPO / "examples"
+
+
+@pytest.mark.parametrize("path", [
+    "mini/config/finetune/speechlm_ctc_tiny.yaml",
+    "librispeech/config/finetune/speechlm_base_100h.yaml",
+    "librispeech/config/finetune/speechlm_large_960h.yaml",
+    "mini/config/st/speechlm_st_tiny.yaml",
+    "covost2/config/speechlm_st_base.yaml",
+])
+def test_recipe_configs_match_the_model_and_task_dataclasses(path):
+    """Every model key is a field of the registered dataclass (a typo would fail at train time)."""
+    from speechlm.models.speechlm_st import SpeechLMSTConfig
+
+    cfg = OmegaConf.load(CONFIGS / path)
+    model = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "_name"}
+    schema = {"speechlm_ctc": SpeechLMCtcConfig, "speechlm_st": SpeechLMSTConfig}[cfg.model._name]
+    merged = OmegaConf.merge(OmegaConf.structured(schema), model)
+    assert OmegaConf.is_missing(merged, "w2v_path")  # the user must give it
+    if cfg.task._name == "speechlm_pretraining":
+        task = {k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "_name"}
+        merged = OmegaConf.merge(OmegaConf.structured(SpeechLMPretrainingConfig), task)
+        assert merged.fine_tuning and merged.max_sample_size is None
+        assert cfg.criterion._name == "ctc" and cfg.checkpoint.best_checkpoint_metric == "wer"
+    else:
+        assert cfg.task._name == cfg.task.task == "speech_to_text"
+    assert cfg.dataset.required_batch_size_multiple == 1
