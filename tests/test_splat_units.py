@@ -158,3 +158,22 @@ def test_features_errors_name_file_and_fix(tmp_path):
     (tmp_path / "train.spk").write_text("a\nc\n")
     with pytest.raises(ValueError, match=r"train.spk:2: speaker 'c' has no statistics"):
         SpeakerFeatures(str(tmp_path), "train")
+
+
+def test_slu_corpus_cli_is_idempotent(tmp_path, capsys):
+    from speechlm.cli.main import main as speechlm_main
+
+    (tmp_path / "done").touch()
+    assert speechlm_main(["splat", "slu-corpus", str(tmp_path)]) == 0
+    assert "already built" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done"]  # nothing synthesized
+
+
+def test_intent_grid_has_enough_intents_and_disjoint_voices():
+    from speechlm.splat.slu_corpus import INTENT_VOICES, intent_sentences
+
+    sents = intent_sentences()
+    labels = {lab for _, lab in sents}
+    assert len(labels) >= 20 and len(sents) == 4 * len(labels) == len(set(s for s, _ in sents))
+    v = {k: set(x) for k, x in INTENT_VOICES.items()}
+    assert not (v["train"] & v["test"]) and not (v["train"] & v["valid"]) and not (v["valid"] & v["test"])
