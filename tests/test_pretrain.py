@@ -103,7 +103,7 @@ def tiny_run(mini_corpus, text_dir, tmp_path_factory):
     save = tmp_path_factory.mktemp("tiny_run")
     cmd = train_command(
         mini_corpus, text_dir, save, "optimization.max_update=24", "optimization.update_freq=[2]",
-        "common.log_interval=2", "checkpoint.save_interval_updates=24",
+        "common.log_interval=2", "checkpoint.save_interval_updates=24", "lr_scheduler.warmup_updates=8",
         "dataset.validate_interval_updates=24",
     )
     proc = subprocess.run(cmd, cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=400)
