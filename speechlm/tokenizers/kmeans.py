@@ -6,7 +6,8 @@ as its centroids only (``.npy``, shape (K, dim)): nothing to unpickle when label
 
 Applying: argmin_k ||x - c_k||^2 = argmin_k (||c_k||^2 - 2 x.c_k), the ||x||^2 term being the same for
 every k; computed with one float32 matrix product per chunk of frames over a whole shard, rather than
-per utterance with the full distance as fairseq's ``ApplyKmeans`` does (``scripts/bench_tokenizers.py``).
+per utterance with the full distance as fairseq's ``ApplyKmeans`` does (``scripts/bench_tokenizers.py``
+compares the two).
 """
 import logging
 from collections import Counter
@@ -16,7 +17,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-APPLY_CHUNK_FRAMES = 32768  # frames per matrix product: a (32768 x K) float32 block is 64 MB at K=500
+APPLY_CHUNK_FRAMES = 1024  # frames per matrix product: a (1024 x 500) float32 block (2 MB) stays in cache
 
 
 def sample_frames(shards: Sequence[np.ndarray], percent: float, seed: int) -> np.ndarray:
@@ -80,30 +81,33 @@ def load_centroids(path: str) -> np.ndarray:
 
 
 class KMeansApplier:
-    """Nearest centroid of every row: ``__call__(feats (N, dim)) -> (N,) int64``."""
+    """Nearest centroid of every row: ``__call__(feats (N, dim)) -> (N,) int64``.
+
+    Per chunk of frames: one float32 GEMM with the pre-scaled ``-2 C^T``, ``|c|^2`` added in place, argmin.
+    Chunks of ~1k frames keep the (chunk x K) block in cache (measured faster than 32k-frame blocks).
+    """
 
     def __init__(self, centroids: np.ndarray, chunk_frames: int = APPLY_CHUNK_FRAMES):
-        import torch
-
-        self.torch = torch
-        self.C = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32))  # (K, D)
-        self.c_norm = (self.C * self.C).sum(1)  # (K,)
+        C = np.ascontiguousarray(centroids, dtype=np.float32)  # (K, D)
+        self.minus_2_ct = np.ascontiguousarray(-2.0 * C.T)  # (D, K)
+        self.c_norm = (C * C).sum(1)[None, :]  # (1, K)
         self.chunk = chunk_frames
 
     @property
     def n_clusters(self) -> int:
-        return self.C.shape[0]
+        return self.c_norm.shape[1]
 
     def __call__(self, feats: np.ndarray) -> np.ndarray:
-        torch = self.torch
-        if feats.ndim != 2 or feats.shape[1] != self.C.shape[1]:
-            raise ValueError(f"features of shape {feats.shape} do not match centroids of dim {self.C.shape[1]}")
+        if feats.ndim != 2 or feats.shape[1] != self.minus_2_ct.shape[0]:
+            raise ValueError(
+                f"features of shape {feats.shape} do not match centroids of dim {self.minus_2_ct.shape[0]}"
+            )
         out = np.empty(feats.shape[0], dtype=np.int64)
-        with torch.inference_mode():
-            for s in range(0, feats.shape[0], self.chunk):
-                x = torch.from_numpy(np.array(feats[s : s + self.chunk], dtype=np.float32))  # copy out of the mmap
-                d = torch.addmm(self.c_norm.unsqueeze(0), x, self.C.t(), alpha=-2.0)  # (n, K)
-                out[s : s + len(x)] = d.argmin(1).numpy()
+        for s in range(0, feats.shape[0], self.chunk):
+            x = np.asarray(feats[s : s + self.chunk], dtype=np.float32)  # reads the chunk out of the mmap
+            d = x @ self.minus_2_ct
+            d += self.c_norm
+            out[s : s + len(x)] = d.argmin(1)
         return out
 
 
