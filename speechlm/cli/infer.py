@@ -13,6 +13,7 @@ only, so a batch and one-at-a-time decoding give the same hypotheses. For each s
 manifest order) under ``common_eval.results_path`` and prints WER/CER (editdistance) and the
 real-time factor.
 """
+import ast
 import logging
 import os
 import time
@@ -277,7 +278,7 @@ def run(args):
     task_overrides = OmegaConf.to_container(cfg.task) if cfg.task else {}
     if task_overrides.get("data") is None:  # null: keep the data dir saved in the checkpoint
         task_overrides.pop("data", None)
-    model_overrides = eval(cfg.common_eval.model_overrides)  # fairseq's own convention: a dict literal
+    model_overrides = ast.literal_eval(cfg.common_eval.model_overrides)  # a dict literal, as in fairseq
     model, task, saved = load_model_and_task(
         cfg.common_eval.path, task_overrides, model_overrides, use_cuda
     )
@@ -296,7 +297,9 @@ def run(args):
             model, task, ds, decoder, post, cfg.dataset.max_tokens, cfg.dataset.batch_size,
             use_cuda, cfg.dataset.num_workers,
         )
-        ids = utterance_ids(saved.task.get("data"), subset, len(ds))
+        names = getattr(ds, "names", None)  # SpeechLabelDataset: manifest paths of its rows
+        ids = ([os.path.splitext(n)[0] for n in names] if names is not None
+               else utterance_ids(saved.task.get("data"), subset, len(ds)))
         errs = [word_errors(h, r) for h, r in results.values() if r is not None]
         we, nw, ce, nc = (sum(x) for x in zip(*errs)) if errs else (0, 0, 0, 0)
         if out_dir:
