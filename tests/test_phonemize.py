@@ -147,6 +147,8 @@ def test_binarize_round_trips_through_fairseq_readers(phonemized, mini_corpus, t
         expected = [unit_dict.unk_word if u == "SPN" else u for u in phn[i].split()]
         assert unit_dict.string(units[i][:-1]).split() == expected  # same ids as the speech side
         assert int(units[i][-1]) == unit_dict.eos()
+        # the same ids as fairseq-preprocess's Dictionary.encode_line
+        assert units[i].tolist() == unit_dict.encode_line(phn[i], add_if_not_exist=False).tolist()
     spn = phn[200].split().count("SPN")
     assert spn >= 1 and int((units[200] == unit_dict.unk()).sum()) == spn
     summary = json.loads((dest / "train.phn-ltr.summary.json").read_text())
