@@ -1,7 +1,6 @@
 """SPLAT building blocks on hand-made tensors: alignment losses, idf, masking statistics, QA metrics,
 geometry scores, fbank + per-speaker normalisation."""
 import math
-import os
 
 import numpy as np
 import pytest

@@ -20,9 +20,9 @@ All models are tiny (see MINI below) so the whole run fits a CPU; the numbers sh
 paper's figures.
 """
 import argparse
-import glob
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -207,7 +207,8 @@ def main():
     print(f"{'model':<34}{'S_avg':>8}{'S_closest':>11}")
     for label, bert, s_avg, s_closest in geo:
         print(f"{label:<34}{s_avg:8.3f}{s_closest:11.3f}")
-    print(f"\ntotal wall time {time.time() - t0:.0f} s")
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(f"\ntotal wall time {time.time() - t0:.0f} s; CPU time of the steps {cpu.ru_utime + cpu.ru_stime:.0f} s")
 
 
 if __name__ == "__main__":

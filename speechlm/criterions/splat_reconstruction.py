@@ -4,10 +4,8 @@ The input is masked by ``splat_mask`` (frame spans and channels set to zero); th
 the whole sequence and the loss is the L1 distance to the clean input over every non-padding frame
 (``masked_only`` restricts it to the masked entries, as in Mockingjay).
 """
-import math
 from dataclasses import dataclass, field
 
-import torch
 from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass

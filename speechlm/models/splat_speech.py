@@ -12,8 +12,7 @@ speech module (classifier, spoken QA) subclass ``SplatSpeechConfig`` and build i
 ``build_speech_module``.
 """
 import logging
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 import torch

@@ -8,11 +8,10 @@ of it starts from a freshly initialised head (the transform and decoder layers; 
 tied to the word embeddings as usual), which ``adapt_mlm`` logs.
 """
 import logging
-import math
 import os
 import random
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence
 
 import torch
 

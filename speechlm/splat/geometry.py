@@ -5,7 +5,6 @@ utterances; S_closest is the average, over utterances i, of cos(s1_i, s1_j) wher
 whose TEXT [CLS] vector (from the language module) is closest to i's. Alignment should raise S_closest
 well above S_avg: utterances with similar text get similar speech representations.
 """
-import os
 from typing import Dict, Sequence
 
 import numpy as np

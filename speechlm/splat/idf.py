@@ -3,7 +3,6 @@
 idf(w) = log((N + 1) / (df(w) + 1)), N the number of transcripts and df(w) the number of transcripts
 that contain WordPiece w; [CLS] and [SEP] (and padding) weigh 0.
 """
-import math
 from typing import Iterable, Sequence
 
 import torch
