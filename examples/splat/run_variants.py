@@ -102,8 +102,11 @@ def main():
     p.add_argument("--align-epochs", type=int, default=60,
                    help="the mini corpus has ~20 paired utterances: one update per epoch")
     p.add_argument("--mlm-steps", type=int, default=60)
-    p.add_argument("--intent-epochs", type=int, default=10)
-    p.add_argument("--qa-epochs", type=int, default=4)
+    p.add_argument("--intent-epochs", type=int, default=20)
+    p.add_argument("--intent-batch", type=int, default=32)
+    p.add_argument("--intent-lr", type=float, default=1e-3, help="the paper's 3e-4 is for 768-d models")
+    p.add_argument("--qa-epochs", type=int, default=5)
+    p.add_argument("--qa-lr", type=float, default=1e-3)
     args = p.parse_args()
     t0 = time.time()
     W = os.path.abspath(args.work)
@@ -165,13 +168,14 @@ def main():
                       "dataset.valid_subset='valid,test'"] + MINI_SPEECH
             log(f"intent {tag}")
             train(os.path.join(CONFIG, "downstream"), "intent", os.path.join(ck, f"intent_{tag}"),
-                  [f"task.data={intent}", f"optimization.max_epoch={args.intent_epochs}"] + common,
+                  [f"task.data={intent}", f"optimization.max_epoch={args.intent_epochs}",
+                   f"dataset.batch_size={args.intent_batch}", f"optimization.lr=[{args.intent_lr}]"] + common,
                   L(f"intent_{tag}"))
             acc, _ = best_on_valid(L(f"intent_{tag}"), "accuracy")
             log(f"qa {tag}")
             train(os.path.join(CONFIG, "downstream"), "spoken_qa", os.path.join(ck, f"qa_{tag}"),
                   [f"task.data={qa}", f"task.bert_path={args.bert}", f"optimization.max_epoch={args.qa_epochs}",
-                   "optimization.lr=[0.0003]"] + common + MINI_QA, L(f"qa_{tag}"))
+                   f"optimization.lr=[{args.qa_lr}]"] + common + MINI_QA, L(f"qa_{tag}"))
             aos, _ = best_on_valid(L(f"qa_{tag}"), "aos")
             f1, _ = best_on_valid(L(f"qa_{tag}"), "f1")
             results[(v, frac)] = (acc, aos, f1)
