@@ -3,7 +3,6 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]

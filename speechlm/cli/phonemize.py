@@ -7,7 +7,6 @@ Sharded (one Slurm array task per shard), then merged::
 
 Same seed -> byte-identical ``P.phn``/``P.ltr`` whatever the number of shards.
 """
-import json
 import logging
 import os
 import sys
