@@ -66,12 +66,11 @@ def test_slurm_overlay_composes_a_submitit_launch():
         "+slurm=submitit_4x8", "hydra.launcher.partition=gpu", "task.data=speech", "task.text_data=text",
         f"common.user_dir={REPO / 'speechlm'}",
     ]
-    hydra_cfg = subprocess.run(cmd + ["--cfg", "hydra"], capture_output=True, text=True, timeout=300)
-    assert hydra_cfg.returncode == 0, hydra_cfg.stderr[-2000:]
-    launcher = OmegaConf.create(hydra_cfg.stdout).hydra.launcher
+    out = subprocess.run(cmd + ["--cfg", "all"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    composed = OmegaConf.create(out.stdout)
+    launcher = composed.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node, launcher.partition) == (4, 1, 8, "gpu")
-    job = subprocess.run(cmd + ["--cfg", "job"], capture_output=True, text=True, timeout=300)
-    assert job.returncode == 0, job.stderr[-2000:]
-    dist = OmegaConf.create(job.stdout).distributed_training
+    dist = composed.distributed_training
     assert dist.distributed_world_size == launcher.nodes * launcher.gpus_per_node == 32
