@@ -111,7 +111,7 @@ class TextToUnitConfig(FairseqDataclass):
     unit_label: str = field(default="km", metadata={"help": "extension of the frame-level unit files"})
     max_source_positions: int = field(default=1024, metadata={"help": "longest phone sequence kept"})
     max_target_positions: int = field(default=4096, metadata={"help": "longest frame sequence kept"})
-    seed: int = II("common.seed")
+    seed: int = field(default=II("common.seed"), metadata={"help": "random seed (from common.seed)"})
 
 
 @register_task("text_to_unit", dataclass=TextToUnitConfig)
