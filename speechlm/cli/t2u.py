@@ -34,9 +34,7 @@ def add_args(parser):
     p.add_argument("--nshard", type=int, required=True)
 
 
-def _read(path):
-    with open(path, encoding="utf-8") as f:
-        return f.read().splitlines()
+GENERATE_CHUNK_LINES = 10000  # lines read, sorted by length and batched at a time
 
 
 def generate(model, task, phone_lines, max_frames=20000, predicted=False, device="cpu"):
@@ -91,27 +89,48 @@ def run(args):
     import speechlm  # noqa: F401  (registers text_to_unit; safe checkpoint loading)
     from speechlm.tokenizers.features import shard_range
 
-    phones, letters = _read(args.units), _read(args.letters)
-    if len(phones) != len(letters):
-        sys.exit(f"speechlm t2u generate: {args.units} has {len(phones)} lines but {args.letters} has "
-                 f"{len(letters)}; they must be line-aligned (write both with one phonemize run)")
+    from speechlm.tokenizers.phonemizer import count_lines
+
+    n_phones, n_letters = count_lines(args.units), count_lines(args.letters)
+    if n_phones != n_letters:
+        sys.exit(f"speechlm t2u generate: {args.units} has {n_phones} lines but {args.letters} has "
+                 f"{n_letters}; they must be line-aligned (write both with one phonemize run)")
     overrides = {"data": os.path.abspath(args.data)} if args.data else {}
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([args.checkpoint], arg_overrides=overrides)
     model = models[0].eval().to(args.device)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    start, end = shard_range(len(phones), args.nshard, args.rank)
-    phone_lines = phones[start:end]
-    unk = task.source_dictionary.unk_word
-    n_unk = sum(1 for line in phone_lines for p in set(line.split()) if task.source_dictionary.index(p) == task.source_dictionary.unk())
-    units = generate(model, task, phone_lines, args.max_frames, args.predicted_durations, args.device)
+    start, end = shard_range(n_phones, args.nshard, args.rank)
     prefix = args.out_prefix if args.nshard == 1 else f"{args.out_prefix}_{args.rank}_{args.nshard}"
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    with open(prefix + ".km.tmp", "w", encoding="utf-8") as fk, open(prefix + ".ltr.tmp", "w", encoding="utf-8") as fl:
-        for u, ltr in zip(units, letters[start:end]):
-            fk.write(u + "\n")
-            fl.write(ltr + "\n")
+    phone_dict = task.source_dictionary
+    n_lines = n_unk_lines = 0
+    with open(args.units, encoding="utf-8") as fin_p, open(args.letters, encoding="utf-8") as fin_l, \
+            open(prefix + ".km.tmp", "w", encoding="utf-8") as fk, open(prefix + ".ltr.tmp", "w", encoding="utf-8") as fl:
+        chunk_p, chunk_l = [], []
+
+        def flush():
+            for u, ltr in zip(generate(model, task, chunk_p, args.max_frames, args.predicted_durations, args.device),
+                              chunk_l):
+                fk.write(u + "\n")
+                fl.write(ltr + "\n")
+            chunk_p.clear()
+            chunk_l.clear()
+
+        for i, (p, l) in enumerate(zip(fin_p, fin_l)):  # streamed: a shard of a 40M-line file never sits in RAM
+            if i < start:
+                continue
+            if i >= end:
+                break
+            p = p.rstrip("\n")
+            chunk_p.append(p)
+            chunk_l.append(l.rstrip("\n"))
+            n_lines += 1
+            n_unk_lines += any(phone_dict.index(x) == phone_dict.unk() for x in set(p.split()))
+            if len(chunk_p) == GENERATE_CHUNK_LINES:
+                flush()
+        flush()
     os.replace(prefix + ".km.tmp", prefix + ".km")
     os.replace(prefix + ".ltr.tmp", prefix + ".ltr")
-    print(f"[t2u] {len(units)} lines -> {prefix}.km/.ltr ({n_unk} lines hold a phone outside dict.phn.txt, "
-          f"read as {unk}, e.g. the phonemizer's SPN)", file=sys.stderr)
+    print(f"[t2u] {n_lines} lines -> {prefix}.km/.ltr ({n_unk_lines} lines hold a phone outside "
+          f"dict.{task.cfg.phone_label}.txt, read as {phone_dict.unk_word}, e.g. the phonemizer's SPN)", file=sys.stderr)
     return 0
