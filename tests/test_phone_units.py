@@ -134,3 +134,36 @@ def test_words_missing_from_the_lexicon(mini_corpus, recognizer, tmp_path, capsy
     _, rows = load_manifest(str(corpus / "valid.tsv"))
     lines = (tmp_path / "o" / "valid.phn").read_text().splitlines()
     assert [len(x.split()) for x in lines] == [num_frames_50hz(n) for _, n in rows]
+
+
+def test_recognizer_on_checkpoint_features(mini_corpus, tmp_path):
+    """A layer of a (tiny, random) fairseq hubert checkpoint as the recognizer's input: 50 Hz, stride 1."""
+    import torch
+    from fairseq.data import Dictionary
+    from fairseq.models.hubert import HubertConfig, HubertModel
+    from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
+    from omegaconf import OmegaConf
+
+    torch.manual_seed(0)
+    mcfg = OmegaConf.structured(HubertConfig(
+        conv_feature_layers="[(32,10,5)] + [(32,3,2)]*4 + [(32,2,2)]*2", encoder_layers=1, encoder_embed_dim=32,
+        encoder_ffn_embed_dim=64, encoder_attention_heads=2, final_dim=16, conv_pos=16, conv_pos_groups=4,
+        label_rate=50))
+    tcfg = OmegaConf.structured(HubertPretrainingConfig(data="/nonexistent", labels=["km"], label_rate=50))
+    d = Dictionary()
+    model = HubertModel(mcfg, tcfg, [d])
+    mc, tc = (OmegaConf.to_container(c, enum_to_str=True) for c in (mcfg, tcfg))
+    mc["_name"], tc["_name"] = "hubert", "hubert_pretraining"
+    torch.save({"cfg": {"model": mc, "task": tc}, "model": model.state_dict(), "extra_state": {},
+                "optimizer_history": [{"criterion_name": "x", "optimizer_name": "Adam", "lr_scheduler_state": {},
+                                       "num_updates": 0}]}, tmp_path / "hubert.pt")
+    assert speechlm_main(["phone-units", "train", str(mini_corpus), "--split", "train", "--save",
+                          str(tmp_path / "pr.pt"), "--checkpoint", str(tmp_path / "hubert.pt"), "--layer", "1",
+                          "--max-updates", "3", "--dim", "32", "--layers", "1"]) == 0
+    rec = R.load_recognizer(str(tmp_path / "pr.pt"))
+    assert rec.cfg.input_rate == 50 and rec.cfg.input_dim == 32 and rec.stride == 1
+    assert speechlm_main(["phone-units", "label", str(mini_corpus), "valid", "--model", str(tmp_path / "pr.pt"),
+                          "--out-dir", str(tmp_path / "lab")]) == 0
+    _, rows = load_manifest(str(mini_corpus / "valid.tsv"))
+    lines = (tmp_path / "lab" / "valid.phn").read_text().splitlines()
+    assert [len(x.split()) for x in lines] == [num_frames_50hz(n) for _, n in rows]

@@ -30,6 +30,8 @@ def add_args(parser):
     p.add_argument("--dim", type=int, default=192, help="channels of the conv blocks")
     p.add_argument("--layers", type=int, default=6, help="residual conv blocks")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", default="", help="input = a layer of this hubert/speechlm checkpoint (default: MFCC)")
+    p.add_argument("--layer", type=int, default=0, help="the layer (1-based), with --checkpoint")
 
     p = sub.add_parser("label", help="frame-level phone units of a manifest (one shard)")
     p.add_argument("corpus", help="directory with SPLIT.tsv (and SPLIT.wrd with --transcripts)")
@@ -94,19 +96,25 @@ def run(args):
     if args.action == "train":
         lexicon = Lexicon.load(args.lexicon)
         root, rows, words = _load_split(args.corpus, args.split, True, lexicon)
+        if args.checkpoint and args.layer < 1:
+            sys.exit("speechlm phone-units train: --checkpoint needs --layer N (1-based Transformer layer)")
+        featurize = R.make_featurizer(args.checkpoint, args.layer)
         feats, targets, skipped = [], [], []
         for (rel, n), wp in zip(rows, words):
             if isinstance(wp, tuple):
                 skipped.append(wp)
                 continue
-            feats.append(R.utterance_features(read_audio(os.path.join(root, rel))))
+            feats.append(featurize(read_audio(os.path.join(root, rel))))
             targets.append(R.ctc_targets(wp))
         if skipped:
             print(f"[phone-units] skipped {len(skipped)} utterances with words missing from the lexicon, "
                   f"e.g. {args.split}.wrd line {skipped[0][0]}: {skipped[0][1]}", file=sys.stderr)
         if not feats:
             sys.exit(f"speechlm phone-units train: no usable utterance in {args.corpus}/{args.split}")
-        cfg = R.PhoneRecognizerConfig(dim=args.dim, layers=args.layers)
+        cfg = R.PhoneRecognizerConfig(dim=args.dim, layers=args.layers, input_dim=feats[0].shape[1],
+                                      input_rate=50 if args.checkpoint else 100,
+                                      feature_checkpoint=os.path.abspath(args.checkpoint) if args.checkpoint else "",
+                                      feature_layer=args.layer)
         model, losses = R.train_recognizer(feats, targets, cfg, args.epochs, args.batch_size, args.lr,
                                            args.seed, args.max_updates)
         R.save_recognizer(model, args.save)

@@ -3,8 +3,9 @@
 Recipe (``speechlm phone-units``):
 
 1. ``train``: 39-d MFCC at 100 Hz (per-utterance mean/variance normalized) -> a stride-2 convolution that
-   puts output frame ``i`` at the centre of the 50 Hz frame ``i`` -> a bidirectional LSTM -> 40 units
-   (39 ARPAbet + SIL) plus the CTC blank. Targets come from the ``.wrd`` transcripts of ``train_paired``
+   puts output frame ``i`` at the centre of the 50 Hz frame ``i`` -> residual dilated conv blocks -> 40 units
+   (39 ARPAbet + SIL) plus the CTC blank. Or, as input, a layer of a pre-trained hubert/speechlm checkpoint
+   (already 50 Hz: stride 1). Targets come from the ``.wrd`` transcripts of ``train_paired``
    through the lexicon, with ``SIL`` at both edges (what a user has: words, not alignments).
 2. ``label``: one unit per 50 Hz frame (``num_frames_50hz``). With a transcript: CTC Viterbi forced
    alignment of its phones, ``SIL`` optional at both edges and between words. Without: per-frame argmax of
@@ -37,6 +38,9 @@ NEG_INF = -1e30
 @dataclass
 class PhoneRecognizerConfig:
     input_dim: int = 39
+    input_rate: int = 100  # 100: Kaldi MFCC frames (a stride-2 conv brings them to 50 Hz); 50: checkpoint features
+    feature_checkpoint: str = ""  # "" = MFCC; else a hubert/speechlm checkpoint whose layer is the input
+    feature_layer: int = 0
     dim: int = 192
     layers: int = 6  # residual conv blocks at 50 Hz, dilations cycling 1, 2, 4
     kernel: int = 5
@@ -64,11 +68,15 @@ class PhoneRecognizer(nn.Module):
     def __init__(self, cfg: PhoneRecognizerConfig):
         super().__init__()
         self.cfg = cfg
+        if cfg.input_rate not in (50, 100):
+            raise ValueError(f"input_rate must be 50 or 100 Hz, got {cfg.input_rate}")
+        self.stride = cfg.input_rate // 50
+        self._featurizer = None
         self.front = nn.Sequential(
             nn.Conv1d(cfg.input_dim, cfg.dim, 5, padding=2),
             nn.GELU(),
             # kernel 3, stride 2, padding 1: output i is centred on input 2i, the 50 Hz frame i's centre
-            nn.Conv1d(cfg.dim, cfg.dim, 3, stride=2, padding=1),
+            nn.Conv1d(cfg.dim, cfg.dim, 3, stride=self.stride, padding=1),
             nn.GELU(),
         )
         self.blocks = nn.ModuleList(
@@ -79,19 +87,40 @@ class PhoneRecognizer(nn.Module):
 
     def forward(self, feats, lengths):
         x = self.front(feats.transpose(1, 2)).transpose(1, 2)
-        out_lengths = (lengths + 1) // 2
+        out_lengths = (lengths + self.stride - 1) // self.stride
         mask = torch.arange(x.shape[1]).unsqueeze(0) >= out_lengths.unsqueeze(1)
         for block in self.blocks:
             x = block(x, mask)
         return self.proj(self.norm(x)).log_softmax(-1), out_lengths
 
 
+    def featurize(self, wav: np.ndarray) -> np.ndarray:
+        """The input features this model was trained on, for one waveform."""
+        if self._featurizer is None:
+            self._featurizer = make_featurizer(self.cfg.feature_checkpoint, self.cfg.feature_layer)
+        return self._featurizer(wav)
+
+
+def _normalize(f: np.ndarray) -> np.ndarray:
+    return ((f - f.mean(0)) / (f.std(0) + 1e-5)).astype(np.float32)
+
+
 def utterance_features(wav: np.ndarray) -> np.ndarray:
     """MFCC 39-d at 100 Hz with per-utterance mean/variance normalization, (T100, 39) float32."""
     from speechlm.tokenizers.features import mfcc_39
 
-    f = mfcc_39(wav, rate=100)
-    return ((f - f.mean(0)) / (f.std(0) + 1e-5)).astype(np.float32)
+    return _normalize(mfcc_39(wav, rate=100))
+
+
+def make_featurizer(checkpoint: str = "", layer: int = 0):
+    """``wav -> (frames, dim)``: MFCC at 100 Hz, or layer ``layer`` of a hubert/speechlm checkpoint at 50 Hz
+    (per-utterance mean/variance normalized either way)."""
+    if not checkpoint:
+        return utterance_features
+    from speechlm.tokenizers.features import CheckpointFeatureReader
+
+    reader = CheckpointFeatureReader(checkpoint, layer)
+    return lambda wav: _normalize(reader(wav))
 
 
 def transcript_phones(words: Sequence[str], lexicon: Lexicon) -> Optional[List[List[str]]]:
@@ -181,7 +210,7 @@ def load_recognizer(path: str) -> PhoneRecognizer:
 @torch.inference_mode()
 def posteriors(model: PhoneRecognizer, wav: np.ndarray) -> np.ndarray:
     """CTC log posteriors at 50 Hz, (num_frames_50hz(len(wav)), 41)."""
-    f = torch.from_numpy(utterance_features(wav)).unsqueeze(0)
+    f = torch.from_numpy(model.featurize(wav)).unsqueeze(0)
     lp, _ = model(f, torch.tensor([f.shape[1]]))
     lp = lp[0].numpy()
     n = num_frames_50hz(len(wav))
