@@ -2,6 +2,10 @@
 # The mini recipe: the whole pipeline on the embedded synthesized corpus, on a laptop CPU.
 # Stages run in order; each is skipped when its output is already there (delete it to redo).
 #   bash examples/mini/run.sh [--stage N] [--stop-stage M] [--exp DIR] [--hours H]
+#   0 synthesize the corpus           1 check it
+#   2 text -> phoneme units, binarized (unpaired text for UCTC; valid.wrd for validation)
+#   3 SpeechLM-P tiny pre-training on train (speech units: the corpus's true 50 Hz phones)
+#   4 CTC fine-tuning on train_paired  5 decoding of test and test_other: a WER table
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 stage=0; stop_stage=100; exp="$REPO/exp/mini"; hours=1.0
@@ -28,5 +32,42 @@ fi
 if run_stage 1; then
   say "stage 1: check the corpus"
   "$PY" -m speechlm corpus check "$corpus"
+fi
+text="$exp/text"; text_bin="$exp/text_bin"
+if run_stage 2; then
+  say "stage 2: text -> phoneme units -> $text_bin"
+  for pair in "train:$corpus/unpaired.wrd" "valid:$corpus/valid.wrd"; do
+    split=${pair%%:*}; src=${pair#*:}
+    if [ -f "$text_bin/$split.phn-ltr.phn.idx" ]; then say "  $split: exists, skipped"; continue; fi
+    "$PY" -m speechlm phonemize "$src" --out-prefix "$text/$split" --seed 1
+    "$PY" -m speechlm binarize --units "$text/$split.phn" --letters "$text/$split.ltr" \
+      --unit-dict "$corpus/dict.phn.txt" --letter-dict "$corpus/dict.ltr.txt" --dest "$text_bin" --split "$split"
+  done
+fi
+pre="$exp/pretrain"
+if run_stage 3; then
+  if [ -f "$pre/checkpoint_last.pt" ] && [ -f "$pre/done" ]; then say "stage 3: pre-training done, skipped"; else
+    say "stage 3: SpeechLM-P tiny pre-training -> $pre (resumes from checkpoint_last.pt)"
+    (cd "$REPO" && fairseq-hydra-train --config-dir examples/mini/config/pretrain --config-name speechlm_tiny \
+      task.data="$corpus" task.text_data="$text_bin" task.labels='[phn]' common.user_dir="$REPO/speechlm" \
+      checkpoint.save_dir="$pre" hydra.run.dir="$pre/hydra" optimization.update_freq='[2]')
+    touch "$pre/done"
+  fi
+fi
+ft="$exp/finetune"
+if run_stage 4; then
+  if [ -f "$ft/done" ]; then say "stage 4: fine-tuning done, skipped"; else
+    say "stage 4: CTC fine-tuning on train_paired -> $ft"
+    (cd "$REPO" && fairseq-hydra-train --config-dir examples/mini/config/finetune --config-name speechlm_ctc_tiny \
+      task.data="$corpus" model.w2v_path="$pre/checkpoint_last.pt" common.user_dir="$REPO/speechlm" \
+      checkpoint.save_dir="$ft" hydra.run.dir="$ft/hydra")
+    touch "$ft/done"
+  fi
+fi
+if run_stage 5; then
+  say "stage 5: Viterbi decoding of test and test_other -> $exp/decode"
+  (cd "$REPO" && "$PY" -m speechlm infer --config-dir examples/mini/config/decode --config-name infer_viterbi \
+    common_eval.path="$ft/checkpoint_best.pt" dataset.gen_subset=test,test_other \
+    common_eval.results_path="$exp/decode")
 fi
 say "done; log: $log"
