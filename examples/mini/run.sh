@@ -6,9 +6,11 @@
 #   2 text -> phoneme units, binarized (unpaired text for UCTC; valid.wrd for validation)
 #   3 SpeechLM-P tiny pre-training on train (speech units: the corpus's true 50 Hz phones)
 #   4 CTC fine-tuning on train_paired  5 decoding of test and test_other: a WER table
+#   6 the same fine-tuning from random weights, and both last checkpoints decoded side by side
+#   7 (only when asked: --stage 7 --stop-stage 7; ~30 min) speech translation into a SYNTHETIC language
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-stage=0; stop_stage=100; exp="$REPO/exp/mini"; hours=1.0
+stage=0; stop_stage=6; exp="$REPO/exp/mini"; hours=1.0
 while [ $# -gt 0 ]; do
   case "$1" in
     --stage) stage=$2; shift 2;; --stop-stage) stop_stage=$2; shift 2;;
@@ -69,5 +71,36 @@ if run_stage 5; then
   (cd "$REPO" && "$PY" -m speechlm infer --config-dir examples/mini/config/decode --config-name infer_viterbi \
     common_eval.path="$ft/checkpoint_best.pt" dataset.gen_subset=test,test_other \
     common_eval.results_path="$exp/decode")
+fi
+ft0="$exp/finetune_scratch"
+if run_stage 6; then
+  if [ -f "$ft0/done" ]; then say "stage 6: from-scratch baseline done, skipped"; else
+    say "stage 6: the same CTC fine-tuning from random weights (baseline) -> $ft0"
+    (cd "$REPO" && fairseq-hydra-train --config-dir examples/mini/config/finetune --config-name speechlm_ctc_tiny \
+      task.data="$corpus" model.w2v_path="$pre/checkpoint_last.pt" model.no_pretrained_weights=true \
+      common.user_dir="$REPO/speechlm" checkpoint.save_dir="$ft0" hydra.run.dir="$ft0/hydra")
+    touch "$ft0/done"
+  fi
+  say "WER / CER of the last checkpoints (pre-trained vs random initialisation, same updates):"
+  for run in finetune finetune_scratch; do
+    (cd "$REPO" && "$PY" -m speechlm infer --config-dir examples/mini/config/decode --config-name infer_viterbi \
+      common_eval.path="$exp/$run/checkpoint_last.pt" dataset.gen_subset=test,test_other \
+      common_eval.results_path="$exp/decode_last_$run") | grep '^test' | sed "s/^/$run  /"
+  done
+fi
+st="$exp/st_data"; st_exp="$exp/st"
+if run_stage 7; then
+  say "stage 7: speech translation into the SYNTHETIC Cipherese (speechlm/data/st_synthetic.py)"
+  [ -f "$st/config.yaml" ] || "$PY" -m speechlm st prepare "$corpus" "$st" --synthetic cipherese --splits train,valid,test
+  "$PY" -m speechlm st baseline "$st" --split test
+  if [ ! -f "$st_exp/done" ]; then
+    (cd "$REPO" && fairseq-hydra-train --config-dir examples/mini/config/st --config-name speechlm_st_tiny \
+      task.data="$st" model.w2v_path="$pre/checkpoint_last.pt" common.user_dir="$REPO/speechlm" \
+      checkpoint.save_dir="$st_exp" hydra.run.dir="$st_exp/hydra")
+    touch "$st_exp/done"
+  fi
+  (cd "$REPO" && fairseq-generate "$st" --user-dir "$REPO/speechlm" --task speech_to_text \
+    --path "$st_exp/checkpoint_best.pt" --gen-subset test --beam 5 --max-tokens 20000 \
+    --required-batch-size-multiple 1 --scoring sacrebleu) | tail -1
 fi
 say "done; log: $log"
