@@ -2,7 +2,7 @@
 
 A manifest ``{split}.tsv`` is fairseq's wav2vec/HuBERT format::
 
-    /abs/root/dir
+    /abs/path/of/the/audio
     relative/path.wav<TAB>num_samples
     ...
 
