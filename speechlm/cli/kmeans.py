@@ -13,6 +13,8 @@ import os
 import sys
 from collections import Counter
 
+from speechlm.tokenizers.shards import check_shards, shard_prefixes
+
 
 def add_args(parser):
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -90,11 +92,11 @@ def run(args):
         n_clusters = K.load_centroids(args.km_path).shape[0]
         counts = Counter()
         out = os.path.join(args.lab_dir, f"{args.split}.km")
-        parts = [os.path.join(args.lab_dir, f"{args.split}_{r}_{args.nshard}.km") for r in range(args.nshard)]
-        missing = [p for p in parts if not os.path.isfile(p)]
-        if missing:
-            sys.exit(f"speechlm kmeans merge: {len(missing)} shards missing, e.g. {missing[0]}; "
-                     "run `speechlm kmeans apply` for those ranks")
+        parts = [p + ".km" for p in shard_prefixes(os.path.join(args.lab_dir, args.split), args.nshard)]
+        try:
+            check_shards(parts, "run `speechlm kmeans apply` for those ranks")
+        except FileNotFoundError as e:
+            sys.exit(f"speechlm kmeans merge: {e}")
         with open(out + ".tmp", "w", encoding="utf-8") as fo:
             for p in parts:
                 with open(p, encoding="utf-8") as f:

@@ -15,6 +15,8 @@ import logging
 import os
 import sys
 
+from speechlm.tokenizers.shards import concat_shards
+
 
 def add_args(parser):
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -89,7 +91,7 @@ def run(args):
 
     from speechlm.data.manifest import read_audio
     from speechlm.tokenizers import phone_recognizer as R
-    from speechlm.tokenizers.features import shard_range
+    from speechlm.tokenizers.shards import shard_range
     from speechlm.tokenizers.lexicon import Lexicon
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -161,16 +163,12 @@ def run(args):
             print(f"[phone-units] {len(oov_lines)} transcripts with words missing from the lexicon, labelled "
                   f"from the posteriors ({args.split}.wrd {eg})", file=sys.stderr)
     elif args.action == "merge":
-        parts = [os.path.join(args.out_dir, f"{args.split}_{r}_{args.nshard}.phn") for r in range(args.nshard)]
-        missing = [p for p in parts if not os.path.isfile(p)]
-        if missing:
-            sys.exit(f"speechlm phone-units merge: {len(missing)} shards missing, e.g. {missing[0]}")
         out = os.path.join(args.out_dir, f"{args.split}.phn")
-        with open(out + ".tmp", "wb") as fo:
-            for p in parts:
-                with open(p, "rb") as f:
-                    fo.write(f.read())
-        os.replace(out + ".tmp", out)
+        try:
+            concat_shards(out[: -len(".phn")], args.nshard, ("phn",),
+                          "run `speechlm phone-units label` for those ranks")
+        except FileNotFoundError as e:
+            sys.exit(f"speechlm phone-units merge: {e}")
         print(f"[phone-units] merged {args.nshard} shards -> {out}", file=sys.stderr)
     elif args.action == "score":
         hyp, ref = _read_lines(args.hyp), _read_lines(args.ref)

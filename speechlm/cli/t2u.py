@@ -13,6 +13,7 @@ Greedy (argmax) decoding: deterministic, so 1 shard and N shards merged give ide
 import logging
 import os
 import sys
+from speechlm.tokenizers.shards import concat_shards
 
 
 def add_args(parser):
@@ -65,16 +66,10 @@ def generate(model, task, phone_lines, max_frames=20000, predicted=False, device
 
 
 def _merge(prefix, nshard):
-    parts = [f"{prefix}_{r}_{nshard}" for r in range(nshard)]
-    missing = [p for p in parts if not os.path.isfile(p + ".km")]
-    if missing:
-        sys.exit(f"speechlm t2u merge: {len(missing)} shards missing, e.g. {missing[0]}.km")
-    for ext in ("km", "ltr"):
-        with open(f"{prefix}.{ext}.tmp", "wb") as fo:
-            for p in parts:
-                with open(f"{p}.{ext}", "rb") as f:
-                    fo.write(f.read())
-        os.replace(f"{prefix}.{ext}.tmp", f"{prefix}.{ext}")
+    try:
+        concat_shards(prefix, nshard, ("km", "ltr"), "run `speechlm t2u generate` for those ranks")
+    except FileNotFoundError as e:
+        sys.exit(f"speechlm t2u merge: {e}")
 
 
 def run(args):
@@ -87,7 +82,7 @@ def run(args):
     from fairseq import checkpoint_utils
 
     import speechlm  # noqa: F401  (registers text_to_unit; safe checkpoint loading)
-    from speechlm.tokenizers.features import shard_range
+    from speechlm.tokenizers.shards import shard_range
 
     from speechlm.tokenizers.phonemizer import count_lines
 

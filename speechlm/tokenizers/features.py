@@ -17,15 +17,9 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 from speechlm.data.manifest import SAMPLE_RATE, load_manifest, num_frames_50hz, read_audio
+from speechlm.tokenizers.shards import shard_range  # noqa: F401  (re-exported)
 
 DELTA_WINDOW = 2  # Kaldi/torchaudio compute_deltas(win_length=5)
-
-
-def shard_range(n: int, nshard: int, rank: int) -> Tuple[int, int]:
-    """Rows ``[start, end)`` of shard ``rank`` of ``nshard`` (contiguous, as fairseq's HuBERT scripts)."""
-    if nshard < 1 or not 0 <= rank < nshard:
-        raise ValueError(f"need 0 <= rank < nshard, got rank={rank} nshard={nshard}")
-    return rank * n // nshard, (rank + 1) * n // nshard
 
 
 def compute_deltas(x: np.ndarray, win: int = DELTA_WINDOW) -> np.ndarray:

@@ -24,6 +24,7 @@ from typing import Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from speechlm.tokenizers.shards import concat_shards
 from speechlm.tokenizers.lexicon import SIL_ID, UNITS, UNK_ID, Lexicon, normalize_text
 from speechlm.tokenizers.upsample import DurationTable, sample_repeats
 
@@ -247,16 +248,7 @@ def merge_shards(out_prefix: str, nshard: int, exts: Iterable[str] = ("phn", "lt
             f"cannot merge: {len(missing)} of {nshard} shards are not finished, e.g. {missing[0]}; "
             "run the missing ranks first (a shard is finished when its .stats.json exists)"
         )
-    for ext in exts:
-        with open(f"{out_prefix}.{ext}.tmp", "wb") as out:
-            for p in prefixes:
-                with open(f"{p}.{ext}", "rb") as f:
-                    while True:
-                        buf = f.read(1 << 22)
-                        if not buf:
-                            break
-                        out.write(buf)
-        os.replace(f"{out_prefix}.{ext}.tmp", f"{out_prefix}.{ext}")
+    concat_shards(out_prefix, nshard, exts, "run the missing ranks first")
     stats = PhonemizeStats()
     for p in prefixes:
         with open(p + ".stats.json", encoding="utf-8") as f:
