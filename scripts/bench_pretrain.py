@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +43,8 @@ SHARED_KEYS = (  # SpeechLMConfig fields with the same meaning in HubertConfig
 
 def load_batch(args, num_units):
     """``(source (B,S), target (B,T))``: ``--batch`` utterances cropped to ``--seconds`` each."""
-    from speechlm.data.manifest import load_labels, load_manifest, num_frames_50hz, read_audio
+    from speechlm.data.manifest import num_frames_50hz
+    from speechlm.data.readers import load_labels, load_manifest, read_audio
 
     S = int(args.seconds * 16000)
     T = num_frames_50hz(S)

@@ -18,7 +18,7 @@ MINI_CORPUS_SEED = 1
 
 @pytest.fixture(scope="session")
 def mini_corpus(tmp_path_factory) -> Path:
-    from speechlm.data.corpus import build_mini_corpus
+    from speechlm.corpora.mini import build_mini_corpus
 
     out = tmp_path_factory.mktemp("mini_corpus")
     build_mini_corpus(

@@ -9,17 +9,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechlm.cli import corpus as corpus_cli
-from speechlm.cli import manifest as manifest_cli
-from speechlm.data import synth
-from speechlm.data.corpus import SPLITS, build_mini_corpus, check_corpus, letters
-from speechlm.data.manifest import (
-    load_labels,
-    load_manifest,
-    num_frames_50hz,
-    num_frames_100hz,
-    read_audio,
-)
+from speechlm.cli import corpus as corpus_cli, manifest as manifest_cli
+from speechlm.corpora import synth
+from speechlm.corpora.mini import SPLITS, build_mini_corpus, check_corpus
+from speechlm.data.manifest import num_frames_50hz, num_frames_100hz
+from speechlm.data.readers import load_labels, load_manifest, read_audio
+from speechlm.tokenizers.lexicon import PHONES, letters
 
 
 def _check(path):
@@ -53,7 +48,7 @@ def test_mini_corpus_passes_check(mini_corpus):
     _, paired = load_manifest(mini_corpus / "train_paired.tsv")
     assert set(paired) <= set(train)
     phones = [line.split()[0] for line in (mini_corpus / "dict.phn.txt").read_text().splitlines()]
-    assert sorted(phones) == sorted(synth.PHONES) and len(phones) == 40
+    assert sorted(phones) == sorted(PHONES) and len(phones) == 40
     assert (mini_corpus / "speakers.tsv").read_text().count("\n") == len(synth.VOICES) + 1
 
 
@@ -175,7 +170,7 @@ def test_manifest_readers_name_file_and_line(tmp_path):
         load_manifest(tsv)
     labels = tmp_path / "x.wrd"
     labels.write_text("A\n")
-    with pytest.raises(ValueError, match=f"{labels}: has 1 lines but .* has 2 rows"):
+    with pytest.raises(ValueError, match=f"{labels}:2: has 1 lines but .* has 2 rows"):
         load_labels(labels, 2)
     with pytest.raises(FileNotFoundError, match="not found"):
         read_audio(tmp_path / "nothing.wav")
@@ -191,7 +186,7 @@ def test_espeak_table_covers_everything_synthesized(mini_corpus):
     text = "THE FIRE OF THE WATER SERIOUS HOUR POOR CURE BUTTON LITTLE PLEASURE LOCH WHICH OF THE EARTH"
     for voice in synth.VOICES:
         utt = synth.synthesize(text, voice)  # raises UnknownPhoneError on an unmapped mnemonic
-        assert {p for p, _, _ in utt.phones} <= set(synth.PHONES)
+        assert {p for p, _, _ in utt.phones} <= set(PHONES)
         assert utt.words is not None and [w for w, _, _ in utt.words] == text.split(), voice.name
     with pytest.raises(synth.UnknownPhoneError, match="no ARPAbet mapping"):
         synth.map_phone("espeak-ng", "zz")

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 import speechlm  # noqa: F401  (registers the components)
 from speechlm.cli.infer import ViterbiDecoder, decode_dataset, load_model_and_task
 from speechlm.cli.main import main as cli_main
-from speechlm.data.manifest import load_labels, load_manifest
+from speechlm.data.readers import load_labels, load_manifest
 from speechlm.models.speechlm_ctc import SpeechLMCtc, SpeechLMCtcConfig
 from speechlm.tasks.speechlm_pretraining import SpeechLMPretrainingConfig, SpeechLMPretrainingTask
 

@@ -5,7 +5,8 @@ import torch
 from omegaconf import OmegaConf
 
 from speechlm.cli.main import main as speechlm_main
-from speechlm.data.manifest import load_manifest, num_frames_50hz, num_frames_100hz, read_audio
+from speechlm.data.manifest import num_frames_50hz, num_frames_100hz
+from speechlm.data.readers import load_manifest, read_audio
 from speechlm.tokenizers.features import compute_deltas, load_feature_shard
 from speechlm.tokenizers.kmeans import KMeansApplier, purity
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from speechlm.cli.main import main as speechlm_main
-from speechlm.data.manifest import load_manifest, num_frames_50hz, read_audio
+from speechlm.data.manifest import num_frames_50hz
+from speechlm.data.readers import load_manifest, read_audio
 from speechlm.tokenizers import phone_recognizer as R
 from speechlm.tokenizers.lexicon import Lexicon
 

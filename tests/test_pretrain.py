@@ -17,7 +17,8 @@ from omegaconf import OmegaConf
 
 import speechlm  # noqa: F401
 from speechlm.criterions.speechlm import SpeechLMCriterion, SpeechLMCriterionConfig
-from speechlm.data.manifest import load_manifest, num_frames_50hz
+from speechlm.data.manifest import num_frames_50hz
+from speechlm.data.readers import load_manifest
 from speechlm.data.speech_label_dataset import SpeechLabelDataset
 from speechlm.models.speechlm import SpeechLMConfig, SpeechLMModel
 from speechlm.tasks.speechlm_pretraining import SpeechLMPretrainingConfig, SpeechLMPretrainingTask
@@ -131,7 +132,7 @@ def test_pretrained_checkpoint_rebuilds_the_encoder(tiny_run, mini_corpus):
     save, _ = tiny_run
     model = SpeechLMModel.from_checkpoint(str(save / "checkpoint_last.pt")).eval()
     root, rows = load_manifest(Path(mini_corpus) / "valid.tsv")
-    from speechlm.data.manifest import read_audio
+    from speechlm.data.readers import read_audio
 
     wav = torch.from_numpy(read_audio(os.path.join(root, rows[0][0])))[None]
     feats, pad = model.extract_features(wav, None)

@@ -14,11 +14,10 @@ import sys
 
 import pytest
 import torch
-
-import speechlm  # noqa: F401
 from fairseq import checkpoint_utils, tasks
 from omegaconf import OmegaConf
 
+import speechlm  # noqa: F401
 from speechlm.splat.bert import BertBundle, adapt_mlm, build_tiny_bert
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +46,7 @@ def logged(log, key, kind="train_inner"):
 @pytest.fixture(scope="module")
 def splat_data(tmp_path_factory, mini_corpus):
     from speechlm.cli.main import main as speechlm_main
-    from speechlm.splat.slu_corpus import build_intent_corpus, build_qa_corpus
+    from speechlm.corpora.slu import build_intent_corpus, build_qa_corpus
 
     root = tmp_path_factory.mktemp("splat")
     corpus = root / "corpus"

@@ -169,7 +169,7 @@ def test_slu_corpus_cli_is_idempotent(tmp_path, capsys):
 
 
 def test_intent_grid_has_enough_intents_and_disjoint_voices():
-    from speechlm.splat.slu_corpus import INTENT_VOICES, intent_sentences
+    from speechlm.corpora.slu import INTENT_VOICES, intent_sentences
 
     sents = intent_sentences()
     labels = {lab for _, lab in sents}

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import speechlm  # noqa: F401  (registers the components)
-from speechlm.data.manifest import load_labels, load_manifest, num_frames_50hz, read_audio
-from speechlm.data.st_prepare import build_rows, copy_source_bleu, prepare_st_data, read_tsv
-from speechlm.data.st_synthetic import from_cipherese, to_cipherese
+from speechlm.corpora.st import build_rows, copy_source_bleu, prepare_st_data, read_tsv
+from speechlm.corpora.st_synthetic import from_cipherese, to_cipherese
+from speechlm.data.manifest import num_frames_50hz
+from speechlm.data.readers import load_labels, load_manifest, read_audio
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

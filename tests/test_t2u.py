@@ -12,8 +12,8 @@ import torch
 from fairseq.data import Dictionary
 
 from speechlm.cli.main import main as speechlm_main
+from speechlm.data.text_to_unit_dataset import TextToUnitDataset, runs
 from speechlm.models.text_to_unit import length_regulate
-from speechlm.tasks.text_to_unit import TextToUnitDataset, runs
 
 REPO = Path(__file__).resolve().parents[1]
 K = 16

@@ -90,7 +90,7 @@ if run_stage 6; then
 fi
 st="$exp/st_data"; st_exp="$exp/st"
 if run_stage 7; then
-  say "stage 7: speech translation into the SYNTHETIC Cipherese (speechlm/data/st_synthetic.py)"
+  say "stage 7: speech translation into the SYNTHETIC Cipherese (speechlm/corpora/st_synthetic.py)"
   [ -f "$st/config.yaml" ] || "$PY" -m speechlm st prepare "$corpus" "$st" --synthetic cipherese --splits train,valid,test
   "$PY" -m speechlm st baseline "$st" --split test
   if [ ! -f "$st_exp/done" ]; then

@@ -29,7 +29,7 @@ def add_args(parser):
 
 
 def run(args):
-    from speechlm.data.corpus import build_mini_corpus, check_corpus
+    from speechlm.corpora.mini import build_mini_corpus, check_corpus
 
     if args.action == "mini":
         if args.hours <= 0:

@@ -198,7 +198,7 @@ def decode_dataset(model, task, dataset, decoder, post_process: str, max_tokens=
 
 def utterance_ids(data_dir: str, subset: str, n: int) -> List[str]:
     """Manifest stems (``wav/utt1.wav`` -> ``wav/utt1``), or ``subset-i`` without a manifest."""
-    from speechlm.data.manifest import load_manifest
+    from speechlm.data.readers import load_manifest
 
     tsv = os.path.join(data_dir or "", f"{subset}.tsv")
     if os.path.isfile(tsv):
@@ -269,8 +269,9 @@ def compose_config(config_dir: str, config_name: str, overrides: List[str]):
 
 
 def run(args):
-    import speechlm  # noqa: F401  (registers models/tasks, safe checkpoint loading)
     from omegaconf import OmegaConf
+
+    import speechlm  # noqa: F401  (registers models/tasks, safe checkpoint loading)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(message)s")
     cfg = compose_config(args.config_dir, args.config_name, args.overrides)

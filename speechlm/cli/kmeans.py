@@ -50,8 +50,9 @@ def add_args(parser):
 
 
 def _read_label_lines(path):
-    with open(path, encoding="utf-8") as f:
-        return [line.split() for line in f.read().splitlines()]
+    from speechlm.data.readers import read_lines
+
+    return [line.split() for line in read_lines(path)]
 
 
 def run(args):

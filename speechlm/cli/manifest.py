@@ -22,7 +22,8 @@ def write_manifests(root, dest, ext="wav", valid_percent=0.01, seed=42):
 
     Returns ``(errors, counts)``; on any error nothing is written, so no partial manifest is left.
     """
-    from speechlm.data.manifest import RESAMPLE_HINT, SAMPLE_RATE, audio_info, write_manifest
+    from speechlm.data.manifest import RESAMPLE_HINT, SAMPLE_RATE, write_manifest
+    from speechlm.data.readers import audio_info
 
     root = os.path.abspath(root)
     if not os.path.isdir(root):

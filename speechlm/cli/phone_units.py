@@ -59,7 +59,7 @@ def add_args(parser):
 
 
 def _load_split(corpus, split, need_words, lexicon=None):
-    from speechlm.data.manifest import load_labels, load_manifest
+    from speechlm.data.readers import load_labels, load_manifest
     from speechlm.tokenizers.phone_recognizer import transcript_phones
 
     tsv = os.path.join(corpus, f"{split}.tsv")
@@ -89,10 +89,10 @@ def run(args):
     import numpy as np
     import torch
 
-    from speechlm.data.manifest import read_audio
+    from speechlm.data.readers import read_audio
     from speechlm.tokenizers import phone_recognizer as R
-    from speechlm.tokenizers.shards import shard_range
     from speechlm.tokenizers.lexicon import Lexicon
+    from speechlm.tokenizers.shards import shard_range
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.action == "train":

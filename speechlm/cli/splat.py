@@ -63,14 +63,14 @@ def run(args):
         print(f"features for {' '.join(args.splits)}; statistics of {len(stats['speakers'])} speakers "
               f"in {os.path.join(args.data, 'cmvn.npz')}")
     elif args.cmd in ("slu-corpus", "qa-corpus"):
-        from speechlm.splat import slu_corpus
+        from speechlm.corpora import slu
 
         done = os.path.join(args.out, "done")
         if os.path.exists(done) and not args.force:
             print(f"{args.out}: already built ({done} exists); --force rebuilds")
             return 0
         os.makedirs(args.out, exist_ok=True)
-        build = slu_corpus.build_intent_corpus if args.cmd == "slu-corpus" else slu_corpus.build_qa_corpus
+        build = slu.build_intent_corpus if args.cmd == "slu-corpus" else slu.build_qa_corpus
         counts = build(args.out, seed=args.seed)
         open(done, "w").close()
         print(f"{args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -25,7 +25,7 @@ def add_args(parser):
                    help="real translations: read targets from {split}.EXT, one line per row")
     g.add_argument("--synthetic", choices=["cipherese"],
                    help="derive a SYNTHETIC target language from the transcripts (offline demo; "
-                        "see speechlm/data/st_synthetic.py)")
+                        "see speechlm/corpora/st_synthetic.py)")
     p.add_argument("--source-ext", default="wrd",
                    help="transcripts, kept as src_text (default: %(default)s)")
     b = sub.add_parser("baseline", help="sacrebleu BLEU of copying the source as the translation")
@@ -36,7 +36,7 @@ def add_args(parser):
 def run(args):
     import os
 
-    from speechlm.data.st_prepare import copy_source_bleu, prepare_st_data
+    from speechlm.corpora.st import copy_source_bleu, prepare_st_data
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(message)s")
     if args.st_verb == "prepare":

@@ -15,7 +15,8 @@ from typing import Dict, Iterable, List, Tuple
 
 import numpy as np
 
-from speechlm.data.manifest import SAMPLE_RATE, load_labels, load_manifest, num_frames_100hz, read_audio
+from speechlm.data.manifest import SAMPLE_RATE, num_frames_100hz
+from speechlm.data.readers import Manifest, load_labels, load_manifest
 
 NUM_MEL_BINS = 80
 FRAME_LENGTH_MS = 25.0
@@ -54,20 +55,14 @@ def feature_paths(data_dir: str, split: str) -> Tuple[str, str]:
 
 def extract_split(data_dir: str, split: str, num_mel_bins: int = NUM_MEL_BINS) -> Tuple[np.ndarray, List[int]]:
     """Compute fbank for every row of ``{data_dir}/{split}.tsv``; write ``.fbank.npy``/``.fbank.len``."""
-    tsv = os.path.join(data_dir, f"{split}.tsv")
-    root, rows = load_manifest(tsv)
+    manifest = Manifest.load(os.path.join(data_dir, f"{split}.tsv"))
     feats, lens = [], []
-    for lineno, (rel, n) in enumerate(rows, start=2):
-        wav = read_audio(os.path.join(root, rel))
-        if len(wav) != n:
-            raise ValueError(
-                f"{tsv}:{lineno}: {rel} has {len(wav)} samples but the manifest says {n}; "
-                "regenerate the manifest (speechlm manifest)"
-            )
-        f = compute_fbank(wav, num_mel_bins)
+    for i in range(len(manifest)):
+        n = manifest.num_samples(i)
+        f = compute_fbank(manifest.audio(i), num_mel_bins)
         if len(f) == 0:
             raise ValueError(
-                f"{tsv}:{lineno}: {rel} is shorter than one 25 ms window ({n} samples); remove the row"
+                f"{manifest.where(i)}: is shorter than one 25 ms window ({n} samples); remove the row"
             )
         assert len(f) == num_frames_100hz(n), (len(f), n)
         feats.append(f)

@@ -1,16 +1,9 @@
-"""Readers for fairseq audio manifests and their label files, shared by the CLI and the tasks.
+"""The audio conventions every manifest follows: 16 kHz mono, frame rates and counts, and the writer.
 
-A manifest ``{split}.tsv`` is fairseq's wav2vec/HuBERT format::
-
-    /abs/path/of/the/audio
-    relative/path.wav<TAB>num_samples
-    ...
-
-and every label file (``.wrd .ltr .phn .phn100 .km .spk``) has one line per manifest row, in order.
-Errors name the file and the 1-based line number as a text editor shows it (the root line is line 1).
+A manifest ``{split}.tsv`` is fairseq's wav2vec/HuBERT format (first line the audio root, then
+``relative/path.wav<TAB>num_samples``); it is read by ``speechlm.data.readers``.
 """
 import os
-from typing import List, Tuple
 
 import numpy as np
 
@@ -50,106 +43,6 @@ def frame_centres_100hz(n_samples: int) -> np.ndarray:
     """Centre of each 100 Hz frame in seconds, shape (num_frames_100hz(n_samples),)."""
     idx = np.arange(num_frames_100hz(n_samples))
     return (idx * FRAME_SHIFT_SAMPLES_100HZ + FRAME_WINDOW_SAMPLES_100HZ / 2) / SAMPLE_RATE
-
-
-def load_manifest(tsv_path: str) -> Tuple[str, List[Tuple[str, int]]]:
-    """Read a fairseq manifest.
-
-    Returns ``(root, rows)`` with ``rows`` a list of ``(relative_path, num_samples)``.
-    Raises ``ValueError`` naming the file and line for an empty file or a malformed row.
-    """
-    tsv_path = str(tsv_path)
-    with open(tsv_path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    if not lines or not lines[0].strip():
-        raise ValueError(
-            f"{tsv_path}:1: empty manifest; the first line must be the root directory of the audio"
-        )
-    root = lines[0].strip()
-    rows = []
-    for lineno, line in enumerate(lines[1:], start=2):
-        parts = line.split("\t")
-        if len(parts) < 2 or not parts[0]:
-            raise ValueError(
-                f"{tsv_path}:{lineno}: malformed manifest row {line!r}; expected "
-                "'relative/path.wav<TAB>num_samples' (tab-separated)"
-            )
-        try:
-            n = int(parts[1])
-        except ValueError:
-            raise ValueError(
-                f"{tsv_path}:{lineno}: sample count {parts[1]!r} is not an integer; expected "
-                "'relative/path.wav<TAB>num_samples'"
-            ) from None
-        if n < 0:
-            raise ValueError(f"{tsv_path}:{lineno}: negative sample count {n}")
-        rows.append((parts[0], n))
-    return root, rows
-
-
-def load_labels(path: str, num_rows: int, manifest_path: str = None) -> List[str]:
-    """Read a label file with one line per manifest row (no trailing newline kept).
-
-    Raises ``ValueError`` naming both files and both counts when the line count is not ``num_rows``.
-    """
-    path = str(path)
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    if len(lines) != num_rows:
-        against = f"manifest {manifest_path}" if manifest_path else "the manifest"
-        raise ValueError(
-            f"{path}: has {len(lines)} lines but {against} has {num_rows} rows; a label file needs "
-            "exactly one line per manifest row (regenerate it from the same manifest)"
-        )
-    return lines
-
-
-def read_audio(path: str, expected_sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Read a mono audio file as float32 in [-1, 1], shape (num_samples,).
-
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for an unreadable file,
-    a wrong sample rate or more than one channel, each naming the file and what to do.
-    """
-    import soundfile as sf
-
-    path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: audio file not found (check the manifest's root line)")
-    try:
-        wav, sr = sf.read(path, dtype="float32", always_2d=True)
-    except Exception as e:  # soundfile raises LibsndfileError/RuntimeError for corrupt files
-        raise ValueError(f"{path}: cannot read audio ({e}); re-create or remove the file") from None
-    if sr != expected_sr:
-        raise ValueError(
-            f"{path}: is {sr} Hz; speechlm expects {expected_sr} Hz mono: {RESAMPLE_HINT}"
-        )
-    if wav.shape[1] != 1:
-        raise ValueError(
-            f"{path}: has {wav.shape[1]} channels; speechlm expects {expected_sr} Hz mono: "
-            f"{RESAMPLE_HINT}"
-        )
-    return wav[:, 0]
-
-
-def audio_info(path: str) -> Tuple[int, int, int]:
-    """``(sample_rate, channels, num_samples)`` of an audio file, without decoding it.
-
-    Raises ``FileNotFoundError`` / ``ValueError`` naming the file, like ``read_audio``.
-    """
-    import soundfile as sf
-
-    path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: audio file not found")
-    try:
-        info = sf.info(path)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot read audio ({e}); re-create or remove the file") from None
-    return info.samplerate, info.channels, info.frames
 
 
 def write_manifest(tsv_path: str, root: str, rows) -> None:

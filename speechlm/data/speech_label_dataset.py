@@ -11,7 +11,6 @@ Crops start on a frame boundary (a multiple of 320 samples), so a cropped uttera
 its own labels. Sequence labels (``.ltr``) are encoded whole.
 """
 import logging
-import os
 from typing import List, Optional
 
 import numpy as np
@@ -19,30 +18,12 @@ import torch
 import torch.nn.functional as F
 from fairseq.data import Dictionary, FairseqDataset, data_utils
 
-from speechlm.data.manifest import (
-    FRAME_SHIFT_SAMPLES,
-    SAMPLE_RATE,
-    load_labels,
-    load_manifest,
-    num_frames_50hz,
-    read_audio,
-)
+from speechlm.data.manifest import FRAME_SHIFT_SAMPLES, num_frames_50hz
+from speechlm.data.readers import LabelFile, Manifest
 
 logger = logging.getLogger(__name__)
 
 MODEL_LABEL_RATE = 50  # the conv front end's frame rate (Hz)
-
-
-def _label_offsets(path: str):
-    """Byte offset and length of every line, so labels are read lazily (a LibriSpeech .km is GBs)."""
-    offsets, lengths = [], []
-    with open(path, "rb") as f:
-        pos = 0
-        for line in f:
-            offsets.append(pos)
-            lengths.append(len(line))
-            pos += len(line)
-    return offsets, lengths
 
 
 class SpeechLabelDataset(FairseqDataset):
@@ -69,37 +50,30 @@ class SpeechLabelDataset(FairseqDataset):
         self.pad_audio, self.normalize, self.random_crop, self.shuffle = pad_audio, normalize, random_crop, shuffle
         self.seed, self.epoch = seed, 1
 
-        self.root, rows = load_manifest(manifest_path)
-        load_labels(label_path, len(rows), manifest_path)  # line count check with a clear error
-        offsets, lengths = _label_offsets(label_path)
+        self.manifest = Manifest.load(manifest_path)
+        rows = self.manifest.rows
+        # labels are read lazily (a LibriSpeech .km is GBs); the line count is checked here
+        self.labels = LabelFile(label_path, len(rows), manifest_path, dictionary)
         keep = [i for i, (_, n) in enumerate(rows) if n >= min_sample_size]
         if len(keep) < len(rows):
             logger.info(f"{manifest_path}: dropped {len(rows) - len(keep)} utterances shorter than {min_sample_size} samples")
         if not keep:
             raise ValueError(f"{manifest_path}: no utterance has at least min_sample_size={min_sample_size} samples")
+        self.rows = np.array(keep, dtype=np.int64)  # dataset index -> manifest row
         self.names = [rows[i][0] for i in keep]
         self.sizes = np.array([rows[i][1] for i in keep], dtype=np.int64)
-        self.line_numbers = np.array(keep, dtype=np.int64) + 1  # 1-based line in the label file
-        self.label_offsets = np.array([offsets[i] for i in keep], dtype=np.int64)
-        self.label_lengths = np.array([lengths[i] for i in keep], dtype=np.int64)
         if frame_labels:
             self._check_label_lengths()
 
     # -------------------------------------------------------------- labels
-    def _read_label_line(self, i: int) -> str:
-        with open(self.label_path, "rb") as f:
-            f.seek(self.label_offsets[i])
-            return f.read(self.label_lengths[i]).decode("utf-8").rstrip("\n")
-
-    def _frame_tokens(self, i: int, line: str) -> List[str]:
-        """The line's labels at 50 Hz, exactly ``num_frames_50hz`` of them (or a ValueError)."""
-        tokens = line.split()
+    def _frame_tokens(self, i: int, tokens: List[str]) -> List[str]:
+        """Row ``i``'s labels at 50 Hz, exactly ``num_frames_50hz`` of them (or a ValueError)."""
         if self.label_rate == 100:
             tokens = tokens[::2]
         want = num_frames_50hz(int(self.sizes[i]))
         if abs(len(tokens) - want) > self.length_tolerance or not tokens:
             raise ValueError(
-                f"{self.label_path}:{self.line_numbers[i]}: utterance {self.names[i]} has "
+                f"{self.labels.where(self.rows[i])}: utterance {self.names[i]} has "
                 f"{len(tokens)} labels at {MODEL_LABEL_RATE} Hz (label_rate={self.label_rate}) but its "
                 f"{self.sizes[i]} samples make {want} frames (tolerance {self.length_tolerance}); "
                 "regenerate the labels from this manifest or fix task.label_rate"
@@ -112,30 +86,23 @@ class SpeechLabelDataset(FairseqDataset):
 
     def _check_label_lengths(self):
         """One pass over the label file (counting only) so a bad line fails before training starts."""
-        with open(self.label_path, encoding="utf-8") as f:
-            counts = [len(line.split()) for line in f]
+        counts = self.labels.token_counts()
         for i in range(len(self.names)):
-            n = counts[self.line_numbers[i] - 1]
+            n = counts[self.rows[i]]
             n50 = (n + 1) // 2 if self.label_rate == 100 else n
             want = num_frames_50hz(int(self.sizes[i]))
             if abs(n50 - want) > self.length_tolerance or n50 == 0:
-                self._frame_tokens(i, self._read_label_line(i))  # raises with the full message
+                self._frame_tokens(i, self.labels.tokens(self.rows[i]))  # raises with the full message
 
     def get_label(self, i: int) -> torch.Tensor:
-        line = self._read_label_line(i)
-        tokens = self._frame_tokens(i, line) if self.frame_labels else line.split()
-        ids = [self.dictionary.index(t) for t in tokens]
-        return torch.tensor(ids, dtype=torch.long)
+        tokens = self.labels.tokens(self.rows[i])
+        if self.frame_labels:
+            tokens = self._frame_tokens(i, tokens)
+        return torch.tensor(self.labels.encode(tokens), dtype=torch.long)
 
     # -------------------------------------------------------------- items
     def __getitem__(self, i):
-        wav = read_audio(os.path.join(self.root, self.names[i]), SAMPLE_RATE)
-        if len(wav) != self.sizes[i]:
-            raise ValueError(
-                f"{self.manifest_path}:{self.line_numbers[i] + 1}: utterance {self.names[i]} has "
-                f"{len(wav)} samples but the manifest says {self.sizes[i]}; regenerate the manifest"
-            )
-        source = torch.from_numpy(wav).float()
+        source = torch.from_numpy(self.manifest.audio(int(self.rows[i]))).float()
         if self.normalize:
             source = F.layer_norm(source, source.shape)
         return {"id": i, "source": source, "label": self.get_label(i)}

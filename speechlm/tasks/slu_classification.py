@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from fairseq.data import Dictionary
 from fairseq.tasks import register_task
 
-from speechlm.data.manifest import load_labels
+from speechlm.data.readers import load_labels
 from speechlm.data.splat_dataset import subset_indices
 from speechlm.tasks.splat_pretraining import SplatFbankTask, SplatFbankTaskConfig
 

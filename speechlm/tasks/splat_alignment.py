@@ -15,7 +15,7 @@ import torch
 from fairseq.tasks import register_task
 from omegaconf import MISSING, open_dict
 
-from speechlm.data.manifest import load_labels, load_manifest
+from speechlm.data.readers import load_labels, load_manifest
 from speechlm.splat.bert import BertBundle, tokenize
 from speechlm.splat.idf import compute_idf
 from speechlm.tasks.splat_pretraining import SplatFbankTask, SplatFbankTaskConfig

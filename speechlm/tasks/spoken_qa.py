@@ -11,7 +11,7 @@ import numpy as np
 from fairseq.tasks import register_task
 from omegaconf import MISSING
 
-from speechlm.data.manifest import load_labels
+from speechlm.data.readers import load_labels
 from speechlm.data.splat_dataset import subset_indices
 from speechlm.splat.bert import BertBundle, tokenize
 from speechlm.tasks.splat_pretraining import SplatFbankTask, SplatFbankTaskConfig

@@ -8,16 +8,14 @@ label convention. The 50 Hz frame ``i`` is centred at sample ``320 i + 200``, ex
 Dumps follow fairseq's HuBERT ``simple_kmeans`` layout: ``{feat_dir}/{split}_{rank}_{nshard}.npy``
 (all frames of the shard, float32, shape (frames, dim)) and ``.len`` (frames per utterance, one a line).
 """
-import logging
 import os
 from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
-
-from speechlm.data.manifest import SAMPLE_RATE, load_manifest, num_frames_50hz, read_audio
-from speechlm.tokenizers.shards import shard_range  # noqa: F401  (re-exported)
+from speechlm.data.manifest import SAMPLE_RATE, num_frames_50hz
+from speechlm.data.readers import Manifest
+from speechlm.tokenizers.shards import shard_range
 
 DELTA_WINDOW = 2  # Kaldi/torchaudio compute_deltas(win_length=5)
 
@@ -152,9 +150,9 @@ def dump_features(
     Returns ``(prefix, total_frames)``. Raises ``ValueError`` naming the utterance when its frame count
     disagrees with ``expected_frames(num_samples)``.
     """
-    root, rows = load_manifest(manifest)
-    start, end = shard_range(len(rows), nshard, rank)
-    rows = rows[start:end]
+    man = Manifest.load(manifest)
+    start, end = shard_range(len(man), nshard, rank)
+    rows = man.rows[start:end]
     os.makedirs(feat_dir, exist_ok=True)
     prefix = os.path.join(feat_dir, f"{split}_{rank}_{nshard}")
     lens: List[int] = []
@@ -163,14 +161,10 @@ def dump_features(
     if expected_frames is not None:
         total = sum(expected_frames(n) for _, n in rows)
     offset = 0
-    for i, (rel, n) in enumerate(rows):
-        wav = read_audio(os.path.join(root, rel))
-        if len(wav) != n:
-            raise ValueError(f"{manifest}: row {start + i + 2} ({rel}) says {n} samples but the file has "
-                             f"{len(wav)}; regenerate the manifest")
-        f = extractor(wav)
+    for i, (rel, n) in enumerate(rows, start=start):
+        f = extractor(man.audio(i))
         if expected_frames is not None and f.shape[0] != expected_frames(n):
-            raise ValueError(f"{rel}: {f.shape[0]} feature frames, expected {expected_frames(n)}")
+            raise ValueError(f"{man.where(i)}: {f.shape[0]} feature frames, expected {expected_frames(n)}")
         if out is None:
             if total is None:
                 raise ValueError("expected_frames is needed to preallocate the dump")

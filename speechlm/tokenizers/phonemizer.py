@@ -24,8 +24,8 @@ from typing import Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from speechlm.tokenizers.lexicon import SIL_ID, UNITS, UNK_ID, Lexicon, letters, normalize_text
 from speechlm.tokenizers.shards import concat_shards
-from speechlm.tokenizers.lexicon import SIL_ID, UNITS, UNK_ID, Lexicon, normalize_text
 from speechlm.tokenizers.upsample import DurationTable, sample_repeats
 
 # Lines per random-number block. Part of what a seed means: changing it changes the output.
@@ -161,7 +161,7 @@ class Phonemizer:
             stats.lines_out += 1
             stats.units += b - a
             stats.frames += line_frames[k]
-            out.append((" ".join(tokens[a:b]), " | ".join(" ".join(w) for w in words) + " |"))
+            out.append((" ".join(tokens[a:b]), letters(words)))
         return out
 
 

@@ -27,7 +27,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from speechlm.data.manifest import load_labels, load_manifest, num_frames_50hz, read_audio
+from speechlm.data.manifest import num_frames_50hz
+from speechlm.data.readers import load_labels, load_manifest, read_audio
 
 logger = logging.getLogger(__name__)
 
@@ -194,10 +195,10 @@ def prepare_st_data(
     """Write ``{split}.tsv``, the char SentencePiece model of ``train_split`` and ``config.yaml``.
 
     Targets come from ``{data_dir}/{split}.{target_ext}`` (one sentence per manifest row) or, with
-    ``synthetic`` (a key of ``speechlm.data.st_synthetic.TARGET_LANGUAGES``), are derived from the
+    ``synthetic`` (a key of ``speechlm.corpora.st_synthetic.TARGET_LANGUAGES``), are derived from the
     transcripts ``{split}.{source_ext}``. Returns ``{split: number of rows}``.
     """
-    from speechlm.data.st_synthetic import TARGET_LANGUAGES
+    from speechlm.corpora.st_synthetic import TARGET_LANGUAGES
 
     if (target_ext is None) == (synthetic is None):
         raise ValueError("give exactly one of target_ext (real translations) or synthetic")

@@ -1,7 +1,7 @@
 """The embedded mini corpus: synthesized English with true phone alignments, and its checker.
 
 ``build_mini_corpus(out_dir, hours=1.0, seed=1)`` speaks King James Bible sentences (Debian
-``bible-kjv``, public domain) with the voices of ``speechlm.data.synth`` and writes fairseq-style
+``bible-kjv``, public domain) with the voices of ``speechlm.corpora.synth`` and writes fairseq-style
 splits (see manifests/README.md for every file format):
 
 - ``train``: speech used without transcripts; ``train_paired``: ~10% of train, transcribed;
@@ -23,8 +23,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from speechlm.corpora import synth
 from speechlm.data import manifest as mf
-from speechlm.data import synth
+from speechlm.data.readers import Manifest, load_labels, read_lines
+from speechlm.tokenizers.lexicon import PHONES, cmudict_pronunciations, letters, normalize_text
 
 SPLITS = ("train", "train_paired", "valid", "test", "test_other")
 TRAINING_SPLITS = ("train", "train_paired")
@@ -43,14 +45,6 @@ DONE_MARKER = "done"
 
 # ------------------------------------------------------------------------------------------------
 # text
-
-
-def normalize_text(text: str) -> str:
-    """LibriSpeech-style: upper case, letters A-Z and inner apostrophes, single spaces."""
-    text = text.upper().replace("-", " ")
-    text = re.sub(r"[^A-Z' ]", " ", text)
-    words = [w.strip("'") for w in text.split()]
-    return " ".join(w for w in words if w)
 
 
 def _split_long(piece: str, seps: Sequence[str]) -> List[str]:
@@ -78,7 +72,7 @@ def verse_sentences(verse: str) -> List[str]:
     out = []
     for sent in re.split(r"(?<=[.?!])\s+", verse):
         for chunk in _split_long(sent, [r"[;:]", r","]):
-            norm = normalize_text(chunk)
+            norm = " ".join(normalize_text(chunk)[0])
             if MIN_WORDS <= len(norm.split()) <= MAX_WORDS:
                 out.append(norm)
     return out
@@ -102,11 +96,6 @@ def book_sentences() -> List[str]:
                 seen.add(s)
                 out.append(s)
     return out
-
-
-def letters(words: str) -> str:
-    """'THE CAT' -> 'T H E | C A T |' (fairseq's letter targets)."""
-    return " ".join(" ".join(w) + " |" for w in words.split())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -165,7 +154,7 @@ def _synth_worker(job: _Job):
 def _pool_init():
     # The espeak library (initialized, never used for synthesis: see synth._espeak_forked), cmudict.
     synth._espeak()
-    synth._cmudict()
+    cmudict_pronunciations()
 
 
 def _run_jobs(jobs: List[_Job], n_workers: int):
@@ -277,7 +266,7 @@ def build_mini_corpus(
     for s in unpaired + [meta[u][2] for u in rows["train_paired"]]:
         letter_counts.update(letters(s).split())
     _write_dict(os.path.join(out_dir, "dict.ltr.txt"), LETTERS, letter_counts)
-    _write_dict(os.path.join(out_dir, "dict.phn.txt"), synth.PHONES, phone_counts)
+    _write_dict(os.path.join(out_dir, "dict.phn.txt"), PHONES, phone_counts)
     with open(os.path.join(out_dir, "speakers.tsv"), "w") as f:
         f.write("voice\tengine\tengine_voice\trate\tpitch\tsplits\n")
         for v in synth.VOICES:
@@ -321,14 +310,6 @@ def _write_dict(path: str, symbols: Sequence[str], counts: Counter) -> None:
 # checking
 
 
-def _read_lines(path: str) -> List[str]:
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return lines
-
-
 def check_corpus(corpus_dir: str, check_audio: bool = True) -> Tuple[List[str], str]:
     """Validate a corpus directory. Returns ``(errors, summary)``; no errors means it is usable."""
     d = os.path.abspath(str(corpus_dir))
@@ -351,50 +332,33 @@ def check_corpus(corpus_dir: str, check_audio: bool = True) -> Tuple[List[str], 
     phone_set = None
     dict_phn = os.path.join(d, "dict.phn.txt")
     if os.path.exists(dict_phn):
-        phone_set = {line.split()[0] for line in _read_lines(dict_phn) if line.strip()}
+        phone_set = {line.split()[0] for line in read_lines(dict_phn) if line.strip()}
     for split in splits:
         tsv = os.path.join(d, f"{split}.tsv")
         if not os.path.exists(tsv):
             errors.append(f"{tsv}: manifest missing (listed in {summary_path}); rebuild the corpus")
             continue
         try:
-            root, rows = mf.load_manifest(tsv)
+            manifest = Manifest.load(tsv)
         except ValueError as e:
             errors.append(f"{e}; fix or rebuild the manifest")
             continue
+        rows = manifest.rows
         n_rows += len(rows)
         if check_audio:
-            for lineno, (rel, n) in enumerate(rows, start=2):
-                path = os.path.join(root, rel)
-                where = f"{tsv}:{lineno}: {path}"
-                try:
-                    sr, ch, frames = mf.audio_info(path)
-                except (FileNotFoundError, ValueError) as e:
-                    errors.append(f"{tsv}:{lineno}: {e}; fix the row or restore the file")
-                    continue
-                if sr != mf.SAMPLE_RATE or ch != 1:
-                    errors.append(
-                        f"{where}: is {sr} Hz with {ch} channel(s); speechlm expects "
-                        f"{mf.SAMPLE_RATE} Hz mono: {mf.RESAMPLE_HINT}"
-                    )
-                if frames != n:
-                    errors.append(
-                        f"{where}: has {frames} samples but the manifest says {n}; regenerate "
-                        "the manifest (`speechlm manifest`) or fix the count"
-                    )
+            for i, (_, n) in enumerate(rows):
+                errors.extend(manifest.audio_errors(i))
                 if split != "train_paired":  # its files are train's
-                    n_samples += frames
+                    n_samples += n
         for ext in LABEL_EXTS:
             path = os.path.join(d, f"{split}.{ext}")
             if not os.path.exists(path):
                 continue
-            lines = _read_lines(path)
-            if len(lines) != len(rows):
-                errors.append(
-                    f"{path}:{min(len(lines), len(rows)) + 1}: has {len(lines)} lines but {tsv} "
-                    f"has {len(rows)} rows (+1 root line); every label file needs one line per "
-                    "manifest row: rebuild it from the manifest"
-                )
+            try:
+                lines = load_labels(path, len(rows), tsv)
+            except ValueError as e:
+                errors.append(str(e))
+                lines = read_lines(path)
             if ext == "wrd":
                 texts[split] = lines
             elif ext == "spk":
@@ -416,7 +380,7 @@ def check_corpus(corpus_dir: str, check_audio: bool = True) -> Tuple[List[str], 
         # letters must spell the words
         wrd, ltr = os.path.join(d, f"{split}.wrd"), os.path.join(d, f"{split}.ltr")
         if split in texts and os.path.exists(ltr):
-            for i, (w, l) in enumerate(zip(texts[split], _read_lines(ltr)), start=1):
+            for i, (w, l) in enumerate(zip(texts[split], read_lines(ltr)), start=1):
                 if letters(w) != l.strip():
                     errors.append(
                         f"{ltr}:{i}: letters do not spell {wrd}:{i} ({w[:40]!r}); a line is "
@@ -427,7 +391,7 @@ def check_corpus(corpus_dir: str, check_audio: bool = True) -> Tuple[List[str], 
     train_text = {}
     for split in TRAINING_SPLITS + ("unpaired",):
         path = os.path.join(d, f"{split}.wrd")
-        lines = texts.get(split) or (_read_lines(path) if os.path.exists(path) else [])
+        lines = texts.get(split) or (read_lines(path) if os.path.exists(path) else [])
         for i, s in enumerate(lines, start=1):
             train_text.setdefault(s, f"{path}:{i}")
     for split in ("test", "test_other"):

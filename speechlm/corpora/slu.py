@@ -1,4 +1,4 @@
-"""Synthesized mini SLU corpora for SPLAT's downstream tasks, built with ``speechlm.data.synth``.
+"""Synthesized mini SLU corpora for SPLAT's downstream tasks, built with ``speechlm.corpora.synth``.
 
 ``build_intent_corpus``: spoken commands in the style of Fluent Speech Commands; the label is
 ``action_object_location`` (26 intents, four phrasings each), with train / valid / test spoken by
@@ -64,10 +64,10 @@ def intent_sentences(phrasings: int = 4) -> List[Tuple[str, str]]:
 
 
 def _voice(name: str):
-    from speechlm.data.synth import VOICE_BY_NAME
+    from speechlm.corpora.synth import VOICE_BY_NAME
 
     if name not in VOICE_BY_NAME:
-        raise KeyError(f"voice {name!r} is not in speechlm.data.synth.VOICES ({sorted(VOICE_BY_NAME)})")
+        raise KeyError(f"voice {name!r} is not in speechlm.corpora.synth.VOICES ({sorted(VOICE_BY_NAME)})")
     return VOICE_BY_NAME[name]
 
 
@@ -90,7 +90,7 @@ def build_intent_corpus(out_dir: str, voices_per_sentence: int = 3, seed: int = 
     Each sentence is spoken by ``voices_per_sentence`` random training voices in train, and by one
     voice each in valid and test.
     """
-    from speechlm.data.synth import synthesize
+    from speechlm.corpora.synth import synthesize
 
     rng = random.Random(seed)
     sentences = intent_sentences(phrasings)
@@ -155,7 +155,7 @@ def qa_passage(rng: random.Random):
 
 def build_qa_corpus(out_dir: str, seed: int = 1, passages: Dict[str, int] = None) -> Dict[str, int]:
     """Synthesize the spoken-QA corpus into ``out_dir``; returns questions per split."""
-    from speechlm.data.synth import synthesize
+    from speechlm.corpora.synth import synthesize
 
     rng = random.Random(seed)
     passages = passages or QA_PASSAGES
@@ -169,7 +169,7 @@ def build_qa_corpus(out_dir: str, seed: int = 1, passages: Dict[str, int] = None
                 if utt.words is None or len(utt.words) != len(text.split()):
                     raise RuntimeError(
                         f"voice {v} gave no word timings for {text!r}; spoken QA needs a voice with "
-                        "word timings (see speechlm.data.synth.Utterance.words)"
+                        "word timings (see speechlm.corpora.synth.Utterance.words)"
                     )
                 rel = f"wav/{split}/{k:03d}_{v}.wav"
                 _write_wav(os.path.join(out_dir, rel), utt.wav)

