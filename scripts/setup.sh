@@ -56,9 +56,11 @@ if ! "$PY" -c 'import fairseq' 2>/dev/null; then
   "${PIP[@]}" --no-deps --no-build-isolation "$FAIRSEQ_SPEC"
 fi
 
-# 5. speechlm itself, editable, with the test extras. Re-run only when setup.py changed.
+# 5. speechlm itself, editable, with its dependencies and the test extras (ruff, tensorboardX, ...).
+#    Re-run when setup.py changed or a declared tool is missing.
 stamp="$VENV/.speechlm-installed"
-if [ ! -f "$stamp" ] || [ "$REPO/setup.py" -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ "$REPO/setup.py" -nt "$stamp" ] || [ ! -x "$VENV/bin/ruff" ] \
+   || ! "$PY" -c 'import tensorboardX' 2>/dev/null; then
   log "pip install -e .[test]"
   # --no-deps first so pip never re-resolves torch/fairseq, then the declared deps minus those two.
   "${PIP[@]}" --no-deps --no-build-isolation -e "$REPO"

@@ -1,13 +1,41 @@
 """speechlm: a fairseq plugin for speech-text joint pre-training (SpeechLM and SPLAT).
 
-``import speechlm`` (or ``common.user_dir=speechlm``) registers every task, model and criterion with
-fairseq and makes fairseq checkpoints load safely under torch >= 2.6 (see ``speechlm.checkpoint``).
+``import speechlm`` (or ``common.user_dir=speechlm``) calls ``register()``: every task, model and
+criterion is registered with fairseq and fairseq checkpoints load safely under torch >= 2.6 (see
+``speechlm.checkpoint``). The one exception is the ``speechlm`` console script: its verbs import only
+what they need (``speechlm --help`` must not pay for torch and fairseq), and ``speechlm.cli.main``
+calls ``register()`` for the verbs that load fairseq models.
 """
+import os
+import sys
+
 __version__ = "0.1.0"
 
-from speechlm import checkpoint as _checkpoint
+_registered = False
 
-_checkpoint.install()
 
-from speechlm import criterions, models, tasks  # noqa: E402,F401  (registration side effects)
-from speechlm import distributed as _distributed  # noqa: E402,F401  (CPU/gloo shims, see module)
+def register() -> None:
+    """Register every task, model and criterion with fairseq and make its checkpoints load safely.
+    Idempotent."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    from speechlm import checkpoint, logs
+
+    logs.quiet_known_warnings()
+    if os.environ.get(logs.LOG_FILE_ENV):
+        logs.route()  # inside fairseq-hydra-train: chatter to the file, progress to the console
+    checkpoint.install()
+    from speechlm import criterions, models, tasks  # noqa: F401  (registration side effects)
+
+
+def _in_console_script() -> bool:
+    """True while the ``speechlm`` console script or ``python -m speechlm`` imports this package
+    (``-m`` is ``sys.argv[0]`` while Python looks the module up)."""
+    main = sys.modules.get("__main__")
+    return os.path.basename(getattr(main, "__file__", None) or "") == "speechlm" or sys.argv[:1] == ["-m"]
+
+
+if not _in_console_script():
+    register()

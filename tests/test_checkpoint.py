@@ -67,6 +67,7 @@ def _legacy_variant(src, dst):
     torch.save(state, dst)
 
 
+@pytest.mark.slow
 def test_fairseq_checkpoint_loads_after_import(lm_run):
     import speechlm  # noqa: F401
     from fairseq import checkpoint_utils
@@ -92,6 +93,7 @@ def test_legacy_argparse_args_load(tmp_path):
     assert state["args"].arch == "speechlm" and state["args"].lr == [5e-4]
 
 
+@pytest.mark.slow
 def test_legacy_checkpoint_fails_without_speechlm(lm_run):
     """The control: plain fairseq under torch >= 2.6 cannot load it (what speechlm fixes)."""
     work, _ = lm_run
@@ -102,6 +104,7 @@ def test_legacy_checkpoint_fails_without_speechlm(lm_run):
     assert out.returncode != 0 and "Weights only load failed" in out.stderr
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_last(lm_run):
     work, _ = lm_run
     log = _train(work, max_update=4)

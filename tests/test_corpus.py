@@ -95,6 +95,7 @@ def test_silence_labels_fall_on_quiet_frames(mini_corpus):
             assert sil < vowel - 15, f"{voice}: SIL {sil:.1f} dB vs vowels {vowel:.1f} dB"
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_files(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     build_mini_corpus(a, hours=0.008, seed=7, jobs=1, verbose=False)

@@ -78,6 +78,7 @@ def finetuned(pretrained, mini_corpus, tmp_path_factory):
     return work / "ckpt" / "checkpoint_best.pt", log
 
 
+@pytest.mark.slow
 def test_finetune_trains_from_the_uctc_head_and_validates_wer(finetuned):
     ckpt, log = finetuned
     assert "CTC head initialised from the pre-trained UCTC head" in log
@@ -90,6 +91,7 @@ def test_finetune_trains_from_the_uctc_head_and_validates_wer(finetuned):
     assert saved["_name"] == "speechlm_ctc" and saved["w2v_args"]["model"]["_name"] == "speechlm"
 
 
+@pytest.mark.slow
 def test_speechlm_infer_prints_wer_and_writes_hyp_ref_files(finetuned, mini_corpus, tmp_path):
     ckpt, _ = finetuned
     out = run([sys.executable, "-m", "speechlm", "infer", "--config-dir",
@@ -115,6 +117,7 @@ def test_speechlm_infer_prints_wer_and_writes_hyp_ref_files(finetuned, mini_corp
         assert table[subset][2] == pytest.approx(100.0 * errs / nref, abs=0.01)
 
 
+@pytest.mark.slow
 def test_batched_and_one_at_a_time_decoding_agree(finetuned):
     ckpt, _ = finetuned
     model, task, cfg = load_model_and_task(str(ckpt), {"max_sample_size": None})
@@ -139,7 +142,8 @@ def test_batched_and_one_at_a_time_decoding_agree(finetuned):
 
 def _task(mini_corpus):
     cfg = OmegaConf.structured(SpeechLMPretrainingConfig(
-        data=str(mini_corpus), fine_tuning=True, max_sample_size=None, min_sample_size=0, seed=1))
+        data=str(mini_corpus), fine_tuning=True, max_sample_size=None, min_sample_size=0, seed=1,
+        train_subset="train_paired"))
     return SpeechLMPretrainingTask.setup_task(cfg)
 
 
@@ -147,6 +151,7 @@ def _ctc_cfg(w2v, **kw):
     return OmegaConf.structured(SpeechLMCtcConfig(w2v_path=str(w2v), **kw))
 
 
+@pytest.mark.slow
 def test_ctc_head_starts_from_the_uctc_head_only_when_letters_match(pretrained, mini_corpus, caplog):
     sd = torch.load(pretrained, weights_only=False)["model"]
     task = _task(mini_corpus)
@@ -169,6 +174,7 @@ def test_ctc_head_starts_from_the_uctc_head_only_when_letters_match(pretrained, 
                            sd["post_extract_proj.weight"])
 
 
+@pytest.mark.slow
 def test_freeze_finetune_updates_and_masking(pretrained, mini_corpus):
     task = _task(mini_corpus)
     torch.manual_seed(0)
@@ -199,6 +205,7 @@ def test_freeze_finetune_updates_and_masking(pretrained, mini_corpus):
     assert not torch.allclose(a, c)
 
 
+@pytest.mark.slow
 def test_w2v_path_errors_name_the_file(finetuned, mini_corpus, tmp_path):
     ckpt, _ = finetuned
     with pytest.raises(FileNotFoundError, match=r"model\.w2v_path='.*nope\.pt': pre-trained checkpoint not found"):

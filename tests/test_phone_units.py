@@ -78,12 +78,14 @@ def recognizer(mini_corpus, tmp_path_factory):
     return path, losses
 
 
+@pytest.mark.slow
 def test_ctc_loss_falls(recognizer):
     _, losses = recognizer
     assert len(losses) == 40
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
 
 
+@pytest.mark.slow
 def test_label_score_shard_and_merge(mini_corpus, recognizer, tmp_path, capsys):
     model_path, _ = recognizer
     _, rows = load_manifest(str(mini_corpus / "valid.tsv"))
@@ -114,6 +116,7 @@ def test_label_score_shard_and_merge(mini_corpus, recognizer, tmp_path, capsys):
     assert forced["phone_error_rate"] < R.score_labels(free, ref)["phone_error_rate"]
 
 
+@pytest.mark.slow
 def test_words_missing_from_the_lexicon(mini_corpus, recognizer, tmp_path, capsys):
     import shutil
 
@@ -137,6 +140,7 @@ def test_words_missing_from_the_lexicon(mini_corpus, recognizer, tmp_path, capsy
     assert [len(x.split()) for x in lines] == [num_frames_50hz(n) for _, n in rows]
 
 
+@pytest.mark.slow
 def test_recognizer_on_checkpoint_features(mini_corpus, tmp_path):
     """A layer of a (tiny, random) fairseq hubert checkpoint as the recognizer's input: 50 Hz, stride 1."""
     import torch

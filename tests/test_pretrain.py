@@ -76,6 +76,7 @@ def parse_train_log(text: str):
 def make_task(corpus, text_dir=None, **kw) -> SpeechLMPretrainingTask:
     cfg = OmegaConf.structured(SpeechLMPretrainingConfig)
     cfg.seed = 1
+    cfg.train_subset = "train"
     cfg.data = str(corpus)
     cfg.text_data = str(text_dir) if text_dir else None
     cfg.min_sample_size = 0
@@ -113,6 +114,7 @@ def tiny_run(mini_corpus, text_dir, tmp_path_factory):
     return save, log
 
 
+@pytest.mark.slow
 def test_tiny_training_drives_umlm_and_uctc_down(tiny_run, mini_corpus):
     save, log = tiny_run
     rows = parse_train_log(log)
@@ -128,6 +130,7 @@ def test_tiny_training_drives_umlm_and_uctc_down(tiny_run, mini_corpus):
     assert (save / "checkpoint_last.pt").is_file()
 
 
+@pytest.mark.slow
 def test_pretrained_checkpoint_rebuilds_the_encoder(tiny_run, mini_corpus):
     save, _ = tiny_run
     model = SpeechLMModel.from_checkpoint(str(save / "checkpoint_last.pt")).eval()
@@ -273,6 +276,29 @@ def test_fine_tuning_mode_serves_letters(mini_corpus):
     n = int(sample["target_lengths"][0])
     assert task.letter_dictionary.string(sample["target"][0, :n]) == ltr[i]
     assert sample["net_input"]["padding_mask"] is not None
+
+
+def test_fine_tuning_never_crops_audio_whose_letters_stay_whole(mini_corpus):
+    """max_sample_size (a pre-training crop) must not cut the audio of a whole letter transcript."""
+    task = make_task(mini_corpus, fine_tuning=True, max_sample_size=16000, train_subset="train_paired")
+    task.load_dataset("train_paired")
+    ds = task.datasets["train_paired"]
+    longest = int(ds.sizes.max())
+    assert longest > 16000
+    sample = ds.collater([ds[int(ds.sizes.argmax())]])
+    assert sample["net_input"]["source"].shape[1] == longest
+    assert ds.num_tokens(int(ds.sizes.argmax())) == longest
+    with pytest.raises(ValueError, match="cannot follow a crop"):
+        SpeechLabelDataset(str(mini_corpus / "valid.tsv"), str(mini_corpus / "valid.ltr"),
+                           task.letter_dictionary, frame_labels=False, max_sample_size=16000)
+
+
+def test_only_the_train_subset_is_shuffled_and_randomly_cropped(mini_corpus):
+    task = make_task(mini_corpus, train_subset="valid", max_sample_size=16000)
+    task.load_dataset("valid")
+    task.load_dataset("train")  # named like a training split, but not dataset.train_subset
+    assert task.datasets["valid"].speech.shuffle and task.datasets["valid"].speech.random_crop
+    assert not task.datasets["train"].speech.shuffle and not task.datasets["train"].speech.random_crop
 
 
 def test_unit_dictionary_mismatch_between_speech_and_text_is_an_error(mini_corpus, text_dir, tmp_path):

@@ -59,6 +59,7 @@ def test_config_keys_are_real_fields_and_the_model_has_the_expected_size(name):
         assert abs(n / expected - 1) < 0.01, n
 
 
+@pytest.mark.slow
 def test_slurm_overlay_composes_a_submitit_launch():
     cmd = [
         str(Path(sys.executable).parent / "fairseq-hydra-train"), "--config-dir", str(PAPER),

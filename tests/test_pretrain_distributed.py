@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_pretrain import REPO, parse_train_log, train_command, train_env, write_text_dir
+
+pytestmark = pytest.mark.slow  # two- and one-process trainings through fairseq-hydra-train
 
 DRIVER = r"""
 import os, sys
@@ -34,6 +35,7 @@ def train_step(self, sample, *args, **kwargs):
 
 SpeechLMPretrainingTask.train_step = train_step
 from fairseq_cli.hydra_train import cli_main
+
 sys.argv = ["fairseq-hydra-train"] + sys.argv[1:]
 cli_main()
 """
@@ -71,7 +73,7 @@ def test_two_cpu_ranks_with_gloo_train_on_different_batches(mini_corpus, text_di
             f"distributed_training.distributed_init_method=tcp://127.0.0.1:{port}",
             f"distributed_training.distributed_rank={rank}", "distributed_training.distributed_no_spawn=true",
             "distributed_training.device_id=0", "distributed_training.distributed_backend=gloo",
-            "distributed_training.ddp_backend=pytorch_ddp",
+            "distributed_training.ddp_backend=legacy_ddp",
         )
         cmd[cmd.index(f"hydra.run.dir={tmp_path / 'ckpt'}/hydra")] = f"hydra.run.dir={tmp_path}/hydra{rank}"
         procs.append(subprocess.Popen(driver_command(cmd), cwd=REPO, env={**train_env(), "IDS_DIR": str(ids_dir)},

@@ -20,6 +20,8 @@ from omegaconf import OmegaConf
 import speechlm  # noqa: F401
 from speechlm.splat.bert import BertBundle, adapt_mlm, build_tiny_bert
 
+pytestmark = pytest.mark.slow  # trainings through fairseq-hydra-train: the integration tier
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "examples", "splat", "config")
 TINY_SPEECH = ["model.encoder_layers=2", "model.encoder_embed_dim=48", "model.encoder_ffn_embed_dim=96",

@@ -159,6 +159,7 @@ def test_features_errors_name_file_and_fix(tmp_path):
         SpeakerFeatures(str(tmp_path), "train")
 
 
+@pytest.mark.slow
 def test_slu_corpus_cli_is_idempotent(tmp_path, capsys):
     from speechlm.cli.main import main as speechlm_main
 

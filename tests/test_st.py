@@ -216,6 +216,7 @@ def test_speechlm_st_encoder_decoder_shapes_and_padding(tmp_path, mini_corpus, s
     assert logits.shape == (2, 5, len(task.tgt_dict))
 
 
+@pytest.mark.slow
 def test_st_train_then_fairseq_generate_prints_bleu(tmp_path, mini_corpus, st_data):
     out, _ = st_data
     ckpt = tmp_path / "pretrained.pt"

@@ -79,6 +79,7 @@ def _json_rows(log, tag):
     return rows
 
 
+@pytest.mark.slow
 def test_training_lowers_unit_and_duration_losses(t2u_run):
     save, log = t2u_run
     rows = _json_rows(log, "train_inner")
@@ -92,6 +93,7 @@ def test_training_lowers_unit_and_duration_losses(t2u_run):
     assert (save / "checkpoint_best.pt").is_file()
 
 
+@pytest.mark.slow
 def test_generate_shards_and_binarize(t2u_run, t2u_data, mini_corpus, tmp_path):
     from speechlm.data.unit_text_dataset import load_text_dataset
 

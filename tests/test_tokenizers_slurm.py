@@ -5,6 +5,10 @@ import shlex
 import subprocess
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # whole Slurm chains: phonemize/binarize and features/k-means end to end
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Records each submission (one JSON line) and prints a job id; the test then runs the jobs in order.

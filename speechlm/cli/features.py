@@ -27,7 +27,7 @@ def add_args(parser):
 
 def run(args):
     logging.basicConfig(level=logging.INFO, format="[features] %(message)s")
-    from speechlm.data.manifest import num_frames_100hz, num_frames_50hz
+    from speechlm.data.manifest import num_frames_50hz, num_frames_100hz
     from speechlm.tokenizers import features as F
 
     manifest = os.path.join(args.tsv_dir, f"{args.split}.tsv")

@@ -2,7 +2,9 @@
 
 Each verb lives in its own module under ``speechlm.cli`` and exposes ``add_args(parser)`` and
 ``run(args) -> int | None``. Modules are imported only when their verb is called, so a verb's heavy
-dependencies (torch, fairseq, transformers) cost nothing to the others.
+dependencies (torch, fairseq, transformers) cost nothing to the others; ``--help`` imports no torch.
+The verbs in ``FAIRSEQ_VERBS`` load fairseq models: the plugin is registered (``speechlm.register()``)
+after their arguments are parsed.
 """
 import argparse
 import importlib
@@ -23,6 +25,7 @@ VERBS = {
     "splat": ("speechlm.cli.splat", "SPLAT data, BERT adaptation and analysis"),
     "userdir": ("speechlm.cli.userdir", "print the path to pass as common.user_dir / --user-dir"),
 }
+FAIRSEQ_VERBS = {"features", "phone-units", "t2u", "infer", "splat", "convert"}
 
 
 def build_parser():
@@ -49,6 +52,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog=f"speechlm {verb}", description=help_)
     module.add_args(parser)
     args = parser.parse_args(rest)
+    from speechlm import logs
+
+    logs.route(console_format=f"[{verb}] %(message)s")  # $SPEECHLM_LOG_FILE: chatter to that file
+    if verb in FAIRSEQ_VERBS:
+        import speechlm
+
+        speechlm.register()
     return module.run(args) or 0
 
 

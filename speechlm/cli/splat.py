@@ -48,8 +48,6 @@ def add_args(parser):
 def _from_checkpoint_task(ckpt: str, key: str):
     from fairseq import checkpoint_utils
 
-    import speechlm  # noqa: F401  (safe loading)
-
     task = checkpoint_utils.load_checkpoint_to_cpu(ckpt)["cfg"]["task"]
     return task.get(key) if key in task else None
 

@@ -9,10 +9,12 @@
 Each ``.km`` line has one unit per 50 Hz frame of the input's upsampled phone line: the durations the
 phonemizer sampled are kept (``--predicted-durations`` uses the model's duration predictor instead).
 Greedy (argmax) decoding: deterministic, so 1 shard and N shards merged give identical files.
+The work is in ``speechlm.tokenizers.text_to_unit`` (the Python API).
 """
 import logging
 import os
 import sys
+
 from speechlm.tokenizers.shards import concat_shards
 
 
@@ -35,36 +37,6 @@ def add_args(parser):
     p.add_argument("--nshard", type=int, required=True)
 
 
-GENERATE_CHUNK_LINES = 10000  # lines read, sorted by length and batched at a time
-
-
-def generate(model, task, phone_lines, max_frames=20000, predicted=False, device="cpu"):
-    """Unit strings for each phone line, in input order."""
-    import torch
-
-    ds = task.build_inference_dataset(phone_lines)
-    order = sorted(range(len(ds)), key=lambda i: (ds.sizes[i], i))
-    results = [None] * len(ds)
-    unit_dict = task.target_dictionary
-    batch, frames = [], 0
-    batches = []
-    for i in order:
-        if batch and (len(batch) + 1) * max(frames, ds.sizes[i]) > max_frames:
-            batches.append(batch)
-            batch, frames = [], 0
-        batch.append(i)
-        frames = max(frames, ds.sizes[i])
-    if batch:
-        batches.append(batch)
-    for b in batches:
-        s = ds.collater([ds[i] for i in b])
-        net = {k: v.to(device) for k, v in s["net_input"].items()}
-        outs = model.generate(net["src_tokens"], net["src_lengths"], None if predicted else net["durations"])
-        for i, u in zip(b, outs):
-            results[i] = " ".join(unit_dict[int(x)] for x in u.tolist())
-    return results
-
-
 def _merge(prefix, nshard):
     try:
         concat_shards(prefix, nshard, ("km", "ltr"), "run `speechlm t2u generate` for those ranks")
@@ -79,53 +51,22 @@ def run(args):
         print(f"[t2u] merged {args.nshard} shards -> {args.out_prefix}.km/.ltr", file=sys.stderr)
         return 0
     import torch
-    from fairseq import checkpoint_utils
-
-    import speechlm  # noqa: F401  (registers text_to_unit; safe checkpoint loading)
-    from speechlm.tokenizers.shards import shard_range
 
     from speechlm.tokenizers.phonemizer import count_lines
+    from speechlm.tokenizers.shards import shard_range
+    from speechlm.tokenizers.text_to_unit import generate_file, load_model
 
     n_phones, n_letters = count_lines(args.units), count_lines(args.letters)
     if n_phones != n_letters:
         sys.exit(f"speechlm t2u generate: {args.units} has {n_phones} lines but {args.letters} has "
                  f"{n_letters}; they must be line-aligned (write both with one phonemize run)")
-    overrides = {"data": os.path.abspath(args.data)} if args.data else {}
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([args.checkpoint], arg_overrides=overrides)
-    model = models[0].eval().to(args.device)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    model, task = load_model(args.checkpoint, args.data, args.device)
     start, end = shard_range(n_phones, args.nshard, args.rank)
     prefix = args.out_prefix if args.nshard == 1 else f"{args.out_prefix}_{args.rank}_{args.nshard}"
-    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    n_lines, n_unk_lines = generate_file(model, task, args.units, args.letters, prefix, start, end,
+                                         args.max_frames, args.predicted_durations, args.device)
     phone_dict = task.source_dictionary
-    n_lines = n_unk_lines = 0
-    with open(args.units, encoding="utf-8") as fin_p, open(args.letters, encoding="utf-8") as fin_l, \
-            open(prefix + ".km.tmp", "w", encoding="utf-8") as fk, open(prefix + ".ltr.tmp", "w", encoding="utf-8") as fl:
-        chunk_p, chunk_l = [], []
-
-        def flush():
-            for u, ltr in zip(generate(model, task, chunk_p, args.max_frames, args.predicted_durations, args.device),
-                              chunk_l):
-                fk.write(u + "\n")
-                fl.write(ltr + "\n")
-            chunk_p.clear()
-            chunk_l.clear()
-
-        for i, (p, l) in enumerate(zip(fin_p, fin_l)):  # streamed: a shard of a 40M-line file never sits in RAM
-            if i < start:
-                continue
-            if i >= end:
-                break
-            p = p.rstrip("\n")
-            chunk_p.append(p)
-            chunk_l.append(l.rstrip("\n"))
-            n_lines += 1
-            n_unk_lines += any(phone_dict.index(x) == phone_dict.unk() for x in set(p.split()))
-            if len(chunk_p) == GENERATE_CHUNK_LINES:
-                flush()
-        flush()
-    os.replace(prefix + ".km.tmp", prefix + ".km")
-    os.replace(prefix + ".ltr.tmp", prefix + ".ltr")
     print(f"[t2u] {n_lines} lines -> {prefix}.km/.ltr ({n_unk_lines} lines hold a phone outside "
           f"dict.{task.cfg.phone_label}.txt, read as {phone_dict.unk_word}, e.g. the phonemizer's SPN)", file=sys.stderr)
     return 0

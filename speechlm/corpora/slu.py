@@ -9,7 +9,6 @@ answer span in seconds taken from the synthesizer's word timings. Files: ``{spli
 (passage), ``.question``, ``.answer``, ``.span`` (``start_s end_s``), fbank + ``cmvn.npz``. One manifest row
 per question, so a passage's audio appears once per question.
 """
-import logging
 import os
 import random
 from collections import Counter
@@ -19,8 +18,6 @@ import numpy as np
 
 from speechlm.data.fbank import extract_features
 from speechlm.data.manifest import write_manifest
-
-logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # intents

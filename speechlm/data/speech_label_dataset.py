@@ -43,6 +43,9 @@ class SpeechLabelDataset(FairseqDataset):
     ):
         if frame_labels and label_rate not in (50, 100):
             raise ValueError(f"label_rate={label_rate}: frame labels must be 50 or 100 Hz")
+        if not frame_labels and (max_sample_size or not pad_audio):
+            raise ValueError("sequence labels (letters) cannot follow a crop: use max_sample_size=None and "
+                             "pad_audio=True for CTC fine-tuning")
         self.manifest_path, self.label_path = manifest_path, label_path
         self.dictionary, self.frame_labels, self.label_rate = dictionary, frame_labels, label_rate
         self.length_tolerance = length_tolerance

@@ -48,10 +48,18 @@ class SpeechLMPretrainingConfig(FairseqDataclass):
     sample_rate: int = field(default=16000, metadata={"help": "audio sample rate (16 kHz only)"})
     normalize: bool = field(default=False, metadata={"help": "zero-mean unit-variance waveform (Large models)"})
     pad_audio: bool = field(default=True, metadata={"help": "pad batches to the longest (else crop to the shortest)"})
-    max_sample_size: Optional[int] = field(default=250000, metadata={"help": "crop utterances longer than this (samples)"})
+    max_sample_size: Optional[int] = field(
+        default=250000,
+        metadata={"help": "pre-training: crop utterances longer than this (samples); fine-tuning never crops "
+                          "(the letter targets cannot follow a crop)"},
+    )
     min_sample_size: int = field(default=32000, metadata={"help": "drop utterances shorter than this (samples)"})
     random_crop: bool = field(default=True, metadata={"help": "random crop offset (else crop the start)"})
     seed: int = field(default=II("common.seed"), metadata={"help": "seed of crops and text pairing"})
+    train_subset: str = field(
+        default=II("dataset.train_subset"),
+        metadata={"help": "the training split (from dataset.train_subset): shuffled and randomly cropped"},
+    )
     rebuild_batches: bool = field(
         default=True, metadata={"help": "re-pair speech and text batches every epoch"}
     )
@@ -125,7 +133,7 @@ class SpeechLMPretrainingTask(FairseqTask):
             frame_labels=not self.cfg.fine_tuning,
             label_rate=self.cfg.label_rate,
             length_tolerance=self.cfg.label_length_tolerance,
-            max_sample_size=self.cfg.max_sample_size,
+            max_sample_size=None if self.cfg.fine_tuning else self.cfg.max_sample_size,
             min_sample_size=self.cfg.min_sample_size if train else 0,
             pad_audio=self.cfg.pad_audio or self.cfg.fine_tuning,
             normalize=self.cfg.normalize,
@@ -135,7 +143,7 @@ class SpeechLMPretrainingTask(FairseqTask):
         )
 
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
-        train = split == getattr(self.cfg, "train_subset", "train") or split.startswith("train")
+        train = split == self.cfg.train_subset
         speech = self._speech_dataset(split, train)
         if self.cfg.fine_tuning:
             self.datasets[split] = speech

@@ -67,8 +67,9 @@ class CheckpointFeatureReader:
         import torch
         from fairseq import checkpoint_utils
 
-        import speechlm  # noqa: F401  (registers the speechlm models; safe checkpoint loading)
+        from speechlm import checkpoint as safe_loading
 
+        safe_loading.install()  # fairseq checkpoints under torch >= 2.6, without registering the plugin
         self.layer = layer
         self.device = device
         state = checkpoint_utils.load_checkpoint_to_cpu(checkpoint)
@@ -80,8 +81,13 @@ class CheckpointFeatureReader:
         if name == "hubert":
             self.model = self._load_hubert(cfg, state["model"], checkpoint)
         elif name == "speechlm":
-            self.model = self._load_speechlm(cfg, state["model"], checkpoint)
+            from speechlm.models.speechlm import SpeechLMModel
+
+            self.model = SpeechLMModel.from_checkpoint(checkpoint)
         else:
+            import speechlm
+
+            speechlm.register()  # any registered model: fairseq needs its task and model classes
             models, _, _ = checkpoint_utils.load_model_ensemble_and_task([checkpoint])
             self.model = models[0]
         if not hasattr(self.model, "extract_features"):
@@ -103,20 +109,6 @@ class CheckpointFeatureReader:
         if missing or unexpected:
             raise ValueError(f"{path}: checkpoint does not match its hubert config: missing {missing}, "
                              f"unexpected {unexpected}")
-        return model
-
-    @staticmethod
-    def _load_speechlm(cfg, model_state, path):
-        """A SpeechLMModel sized from its own weights (no task data directory needed)."""
-        from omegaconf import OmegaConf
-
-        from speechlm.models.speechlm import SpeechLMConfig, SpeechLMModel
-
-        model_cfg = OmegaConf.merge(OmegaConf.structured(SpeechLMConfig), cfg.model)
-        num_units = model_state["unit_embed.weight"].shape[0]
-        num_letters = model_state["uctc_proj.weight"].shape[0] if "uctc_proj.weight" in model_state else 0
-        model = SpeechLMModel(model_cfg, num_units, 1, num_letters)  # fairseq Dictionary: pad index 1
-        model.load_state_dict(model_state, strict=True)
         return model
 
     def __call__(self, wav: np.ndarray) -> np.ndarray:

@@ -1,0 +1,71 @@
+"""The package's shape: import arrows point one way, and the command line stays light."""
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "speechlm"
+LOWER = ("data", "modules", "models")  # building blocks: they must not reach up
+UPPER = ("speechlm.tasks", "speechlm.cli")
+
+
+def imported_modules(path: Path):
+    """(line, module) for every import in the file, including those inside functions."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.lineno, node.module
+            for alias in node.names:
+                yield node.lineno, f"{node.module}.{alias.name}"
+
+
+def test_data_modules_and_models_never_import_tasks_or_cli():
+    bad = []
+    for sub in LOWER:
+        for path in sorted((PACKAGE / sub).rglob("*.py")):
+            for line, mod in imported_modules(path):
+                if mod == UPPER[0] or mod == UPPER[1] or mod.startswith(tuple(u + "." for u in UPPER)):
+                    bad.append(f"{path.relative_to(PACKAGE.parent)}:{line}: imports {mod}")
+    assert not bad, "imports that point back up:\n" + "\n".join(sorted(set(bad)))
+
+
+def test_the_walker_sees_imports_inside_functions(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("def f():\n    from speechlm.tasks.x import y\n")
+    assert (2, "speechlm.tasks.x") in list(imported_modules(f))
+
+
+def _console_script() -> str:
+    script = Path(sys.executable).with_name("speechlm")
+    if not script.is_file():
+        pytest.skip(f"{script}: the console script is not installed (pip install -e .)")
+    return str(script)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["phonemize", "--help"], ["corpus", "--help"], ["binarize", "--help"],
+                                  ["-m", "manifest", "--help"]])
+def test_help_imports_neither_torch_nor_fairseq(argv):
+    """``speechlm VERB --help`` (and ``python -m speechlm``) must not pay for torch and fairseq."""
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1", "PYTHONPATH": str(PACKAGE.parent)}
+    cmd = [sys.executable, "-m", "speechlm", *argv[1:]] if argv[0] == "-m" else [_console_script(), *argv]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "usage: speechlm" in res.stdout
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in res.stderr.splitlines() if "|" in line}
+    assert "speechlm" in imported and not imported & {"torch", "fairseq"}, sorted(imported & {"torch", "fairseq"})
+
+
+def test_import_speechlm_still_registers_everything():
+    code = ("import speechlm\nfrom fairseq.tasks import TASK_REGISTRY\nfrom fairseq.models import MODEL_REGISTRY\n"
+            "from fairseq.criterions import CRITERION_REGISTRY\n"
+            "print(all(t in TASK_REGISTRY for t in ('speechlm_pretraining', 'text_to_unit', 'splat_pretraining')),"
+            " 'speechlm' in MODEL_REGISTRY and 'speechlm' in CRITERION_REGISTRY)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})
+    assert res.stdout.split() == ["True", "True"], res.stderr[-2000:]
