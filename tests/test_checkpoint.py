@@ -69,8 +69,9 @@ def _legacy_variant(src, dst):
 
 @pytest.mark.slow
 def test_fairseq_checkpoint_loads_after_import(lm_run):
-    import speechlm  # noqa: F401
     from fairseq import checkpoint_utils
+
+    import speechlm  # noqa: F401
 
     work, _ = lm_run
     state = checkpoint_utils.load_checkpoint_to_cpu(str(work / "ckpt" / "checkpoint_last.pt"))
@@ -110,8 +111,9 @@ def test_resume_from_checkpoint_last(lm_run):
     log = _train(work, max_update=4)
     m = re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ (\d+) updates\)", log)
     assert m and int(m.group(1)) == 2, log[-2000:]
-    import speechlm  # noqa: F401
     from fairseq import checkpoint_utils
+
+    import speechlm  # noqa: F401
 
     state = checkpoint_utils.load_checkpoint_to_cpu(str(work / "ckpt" / "checkpoint_last.pt"))
     assert state["optimizer_history"][-1]["num_updates"] == 4
@@ -126,9 +128,9 @@ class _Evil:
 
 
 def test_malicious_checkpoint_is_refused_and_not_run(tmp_path):
-    import speechlm  # noqa: F401
     from fairseq import checkpoint_utils
 
+    import speechlm  # noqa: F401
     from speechlm.checkpoint import UnsafeCheckpointError
 
     marker = tmp_path / "pwned"

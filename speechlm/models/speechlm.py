@@ -11,9 +11,8 @@ speech frame's Speech-Transformer output by e(its unit) before the Shared Transf
 """
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

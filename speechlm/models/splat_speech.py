@@ -110,7 +110,6 @@ class SplatSpeechEncoder(nn.Module):
     def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> Dict:
         """source (B, T, C), padding_mask (B, T) True at padding -> dict with
         ``encoder_out`` (B, T', D), ``padding_mask`` (B, T') and ``reconstruction`` (B, T, C)."""
-        T = source.shape[1]
         x, pm = self.stack(source, padding_mask)
         if x.shape[1] > self.cfg.max_positions:
             raise ValueError(
