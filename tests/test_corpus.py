@@ -12,7 +12,7 @@ import soundfile as sf
 from speechlm.cli import corpus as corpus_cli, manifest as manifest_cli
 from speechlm.corpora import synth
 from speechlm.corpora.mini import SPLITS, build_mini_corpus, check_corpus
-from speechlm.data.manifest import num_frames_50hz, num_frames_100hz
+from speechlm.data.manifest import num_frames_50hz, num_frames_100hz, write_manifests
 from speechlm.data.readers import load_labels, load_manifest, read_audio
 from speechlm.tokenizers.lexicon import PHONES, letters
 
@@ -201,7 +201,7 @@ def test_manifest_cli_rejects_a_corrupt_file(tmp_path):
     (root / "sub" / "broken.wav").write_bytes(b"RIFF not really a wav file")
     dest = tmp_path / "manifests"
     args = argparse.Namespace(root=str(root), dest=str(dest), ext="wav", valid_percent=0.5, seed=1)
-    errors, _ = manifest_cli.write_manifests(str(root), str(dest), "wav", 0.5, 1)
+    errors, _ = write_manifests(str(root), str(dest), "wav", 0.5, 1)
     assert len(errors) == 1 and str(root / "sub" / "broken.wav") in errors[0]
     assert manifest_cli.run(args) == 1
     assert not dest.exists() or not os.listdir(dest)  # no partial manifests

@@ -6,7 +6,6 @@
 writes ``FEAT_DIR/{SPLIT}_{R}_{N}.npy`` (frames x dim, float32) and ``.len`` (fairseq HuBERT layout),
 50 Hz by default (one row per ``.km`` label frame).
 """
-import logging
 import os
 import sys
 
@@ -26,7 +25,6 @@ def add_args(parser):
 
 
 def run(args):
-    logging.basicConfig(level=logging.INFO, format="[features] %(message)s")
     from speechlm.data.manifest import num_frames_50hz, num_frames_100hz
     from speechlm.tokenizers import features as F
 

@@ -8,12 +8,7 @@
 With ``--nshard 1`` apply writes ``LAB/SPLIT.km`` and ``LAB/dict.km.txt`` directly.
 """
 import json
-import logging
-import os
 import sys
-from collections import Counter
-
-from speechlm.tokenizers.shards import check_shards, shard_prefixes
 
 
 def add_args(parser):
@@ -56,56 +51,27 @@ def _read_label_lines(path):
 
 
 def run(args):
-    logging.basicConfig(level=logging.INFO, format="[kmeans] %(message)s")
     import numpy as np
 
     from speechlm.tokenizers import kmeans as K
-    from speechlm.tokenizers.features import load_feature_shard
 
     if args.action == "learn":
-        shards = [load_feature_shard(args.feat_dir, args.split, r, args.nshard)[0] for r in range(args.nshard)]
-        feats = K.sample_frames(shards, args.percent, args.seed)
         try:
-            C = K.learn_kmeans(feats, args.n_clusters, args.seed, args.batch_size, args.max_iter, args.n_init)
+            n = K.learn_from_shards(args.feat_dir, args.split, args.nshard, args.km_path, args.n_clusters,
+                                    args.percent, args.seed, batch_size=args.batch_size,
+                                    max_iter=args.max_iter, n_init=args.n_init)
         except ValueError as e:
             sys.exit(f"speechlm kmeans learn: {e}")
-        os.makedirs(os.path.dirname(os.path.abspath(args.km_path)), exist_ok=True)
-        with open(args.km_path, "wb") as f:
-            np.save(f, C)
-        print(f"[kmeans] {args.n_clusters} centroids from {len(feats)} frames -> {args.km_path}", file=sys.stderr)
+        print(f"[kmeans] {args.n_clusters} centroids from {n} frames -> {args.km_path}", file=sys.stderr)
     elif args.action == "apply":
-        applier = K.KMeansApplier(K.load_centroids(args.km_path))
-        feats, lens = load_feature_shard(args.feat_dir, args.split, args.rank, args.nshard)
-        labels = applier(feats)
-        os.makedirs(args.lab_dir, exist_ok=True)
-        name = args.split if args.nshard == 1 else f"{args.split}_{args.rank}_{args.nshard}"
-        out = os.path.join(args.lab_dir, f"{name}.km")
-        offsets = np.concatenate([[0], np.cumsum(lens)])
-        with open(out + ".tmp", "w", encoding="utf-8") as f:
-            for a, b in zip(offsets[:-1], offsets[1:]):
-                f.write(" ".join(map(str, labels[a:b].tolist())) + "\n")
-        os.replace(out + ".tmp", out)
-        if args.nshard == 1:
-            K.write_dict(os.path.join(args.lab_dir, "dict.km.txt"),
-                         Counter(labels.tolist()), applier.n_clusters)
-        print(f"[kmeans] {len(lens)} utterances, {len(labels)} frames -> {out}", file=sys.stderr)
+        out, n_utts, n_frames = K.apply_to_shard(args.feat_dir, args.split, args.km_path, args.lab_dir,
+                                                 args.nshard, args.rank)
+        print(f"[kmeans] {n_utts} utterances, {n_frames} frames -> {out}", file=sys.stderr)
     elif args.action == "merge":
-        n_clusters = K.load_centroids(args.km_path).shape[0]
-        counts = Counter()
-        out = os.path.join(args.lab_dir, f"{args.split}.km")
-        parts = [p + ".km" for p in shard_prefixes(os.path.join(args.lab_dir, args.split), args.nshard)]
         try:
-            check_shards(parts, "run `speechlm kmeans apply` for those ranks")
+            out = K.merge_label_shards(args.lab_dir, args.split, args.nshard, args.km_path)
         except FileNotFoundError as e:
             sys.exit(f"speechlm kmeans merge: {e}")
-        with open(out + ".tmp", "w", encoding="utf-8") as fo:
-            for p in parts:
-                with open(p, encoding="utf-8") as f:
-                    for line in f:
-                        counts.update(int(x) for x in line.split())
-                        fo.write(line)
-        os.replace(out + ".tmp", out)
-        K.write_dict(os.path.join(args.lab_dir, "dict.km.txt"), counts, n_clusters)
         print(f"[kmeans] merged {args.nshard} shards -> {out}, dict.km.txt", file=sys.stderr)
     elif args.action == "score":
         units = _read_label_lines(args.units)

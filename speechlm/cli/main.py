@@ -25,7 +25,7 @@ VERBS = {
     "splat": ("speechlm.cli.splat", "SPLAT data, BERT adaptation and analysis"),
     "userdir": ("speechlm.cli.userdir", "print the path to pass as common.user_dir / --user-dir"),
 }
-FAIRSEQ_VERBS = {"features", "phone-units", "t2u", "infer", "splat", "convert"}
+FAIRSEQ_VERBS = {"phone-units", "t2u", "infer", "splat", "convert"}
 
 
 def build_parser():

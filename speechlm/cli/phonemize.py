@@ -7,7 +7,6 @@ Sharded (one Slurm array task per shard), then merged::
 
 Same seed -> byte-identical ``P.phn``/``P.ltr`` whatever the number of shards.
 """
-import logging
 import os
 import sys
 
@@ -37,7 +36,6 @@ def add_args(parser):
 
 
 def run(args):
-    logging.basicConfig(level=logging.INFO, format="[phonemize] %(message)s")
     if args.merge:
         stats = merge_shards(args.out_prefix, args.nshard)
         print(f"[phonemize] merged {args.nshard} shards -> {args.out_prefix}.phn/.ltr", file=sys.stderr)

@@ -6,7 +6,6 @@
     speechlm splat adapt-bert BERT DIR --split train_paired --out OUT   # MLM on paired transcripts
     speechlm splat geometry CKPT SPLIT --data DIR --bert BERT            # S_avg and S_closest
 """
-import logging
 import os
 import sys
 
@@ -53,7 +52,6 @@ def _from_checkpoint_task(ckpt: str, key: str):
 
 
 def run(args):
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
     if args.cmd == "features":
         from speechlm.data.fbank import extract_features
 

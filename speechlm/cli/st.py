@@ -8,7 +8,6 @@ then train ``speechlm_st`` (``examples/mini/config/st``, ``examples/covost2/conf
 ``fairseq-generate OUT --user-dir speechlm --task speech_to_text --path CKPT --beam 5
 --scoring sacrebleu --config-yaml config.yaml --gen-subset test``.
 """
-import logging
 
 
 def add_args(parser):
@@ -38,7 +37,6 @@ def run(args):
 
     from speechlm.corpora.st import copy_source_bleu, prepare_st_data
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(message)s")
     if args.st_verb == "prepare":
         splits = [s for s in args.splits.split(",") if s]
         counts = prepare_st_data(

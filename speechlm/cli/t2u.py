@@ -11,7 +11,6 @@ phonemizer sampled are kept (``--predicted-durations`` uses the model's duration
 Greedy (argmax) decoding: deterministic, so 1 shard and N shards merged give identical files.
 The work is in ``speechlm.tokenizers.text_to_unit`` (the Python API).
 """
-import logging
 import os
 import sys
 
@@ -45,7 +44,6 @@ def _merge(prefix, nshard):
 
 
 def run(args):
-    logging.basicConfig(level=logging.INFO, format="[t2u] %(message)s")
     if args.action == "merge":
         _merge(args.out_prefix, args.nshard)
         print(f"[t2u] merged {args.nshard} shards -> {args.out_prefix}.km/.ltr", file=sys.stderr)

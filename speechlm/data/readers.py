@@ -117,15 +117,10 @@ class Manifest:
 
     def audio_errors(self, i: int) -> List[str]:
         """What is wrong with row ``i``'s file (missing, rate, channels, length), without decoding it."""
-        try:
-            sr, ch, frames = audio_info(self.audio_path(i))
-        except (FileNotFoundError, ValueError) as e:
-            return [f"{self.path}:{self.line(i)}: {e}; fix the row or restore the file"]
-        errors = []
-        if sr != SAMPLE_RATE or ch != 1:
-            errors.append(f"{self.where(i)}: is {sr} Hz with {ch} channel(s); speechlm expects "
-                          f"{SAMPLE_RATE} Hz mono: {RESAMPLE_HINT}")
-        if frames != self.num_samples(i):
+        frames, errors = audio_file_errors(self.audio_path(i))
+        fix = "" if frames is not None else "; fix the row or restore the file"
+        errors = [f"{self.path}:{self.line(i)}: {e}{fix}" for e in errors]
+        if frames is not None and frames != self.num_samples(i):
             errors.append(self._count_error(i, frames))
         return errors
 
@@ -221,6 +216,19 @@ def read_audio(path: str, expected_sr: int = SAMPLE_RATE) -> np.ndarray:
             f"{RESAMPLE_HINT}"
         )
     return wav[:, 0]
+
+
+def audio_file_errors(path: str) -> Tuple[Optional[int], List[str]]:
+    """``(num_samples or None, problems)`` of an audio file, without decoding it: missing or unreadable,
+    or not 16 kHz mono. Each problem names the file and what to do."""
+    try:
+        sr, ch, frames = audio_info(path)
+    except (FileNotFoundError, ValueError) as e:
+        return None, [str(e)]
+    if sr != SAMPLE_RATE or ch != 1:
+        return frames, [f"{path}: is {sr} Hz with {ch} channel(s); speechlm expects {SAMPLE_RATE} Hz mono: "
+                        f"{RESAMPLE_HINT}"]
+    return frames, []
 
 
 def audio_info(path: str) -> Tuple[int, int, int]:

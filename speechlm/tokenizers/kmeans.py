@@ -10,8 +10,9 @@ per utterance with the full distance as fairseq's ``ApplyKmeans`` does (``script
 compares the two).
 """
 import logging
+import os
 from collections import Counter
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -152,3 +153,65 @@ def purity(units: List[np.ndarray], phones: List[Sequence[str]]) -> Dict[str, fl
         "cluster_purity": float(m.max(0).sum() / n),
         "pnmi": float(mi / h_p) if h_p > 0 else 0.0,
     }
+
+
+# ------------------------------------------------------------------------------------------------
+# the steps on dumped shards (``speechlm kmeans learn|apply|merge``)
+
+
+def learn_from_shards(feat_dir: str, split: str, nshard: int, km_path: str, n_clusters: int = 500,
+                      percent: float = 0.1, seed: int = 0, **kmeans_args) -> int:
+    """Centroids from a ``percent`` sample of every feature shard -> ``km_path`` (.npy); returns the
+    number of frames learnt from. ``kmeans_args`` go to ``learn_kmeans``."""
+    from speechlm.tokenizers.features import load_feature_shard
+
+    shards = [load_feature_shard(feat_dir, split, r, nshard)[0] for r in range(nshard)]
+    feats = sample_frames(shards, percent, seed)
+    centroids = learn_kmeans(feats, n_clusters, seed, **kmeans_args)
+    os.makedirs(os.path.dirname(os.path.abspath(km_path)), exist_ok=True)
+    with open(km_path, "wb") as f:
+        np.save(f, centroids)
+    return len(feats)
+
+
+def apply_to_shard(feat_dir: str, split: str, km_path: str, lab_dir: str, nshard: int = 1,
+                   rank: int = 0) -> Tuple[str, int, int]:
+    """Label one feature shard -> ``lab_dir/{split}[_{rank}_{nshard}].km`` (one line per utterance),
+    plus ``dict.km.txt`` when there is one shard. Returns ``(path, utterances, frames)``."""
+    from speechlm.tokenizers.features import load_feature_shard
+
+    applier = KMeansApplier(load_centroids(km_path))
+    feats, lens = load_feature_shard(feat_dir, split, rank, nshard)
+    labels = applier(feats)
+    os.makedirs(lab_dir, exist_ok=True)
+    name = split if nshard == 1 else f"{split}_{rank}_{nshard}"
+    out = os.path.join(lab_dir, f"{name}.km")
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    with open(out + ".tmp", "w", encoding="utf-8") as f:
+        for a, b in zip(offsets[:-1], offsets[1:]):
+            f.write(" ".join(map(str, labels[a:b].tolist())) + "\n")
+    os.replace(out + ".tmp", out)
+    if nshard == 1:
+        write_dict(os.path.join(lab_dir, "dict.km.txt"), Counter(labels.tolist()), applier.n_clusters)
+    return out, len(lens), len(labels)
+
+
+def merge_label_shards(lab_dir: str, split: str, nshard: int, km_path: str) -> str:
+    """Concatenate ``lab_dir/{split}_{r}_{nshard}.km`` into ``{split}.km`` and write ``dict.km.txt``;
+    ``FileNotFoundError`` naming the missing shards."""
+    from speechlm.tokenizers.shards import check_shards, shard_prefixes
+
+    n_clusters = load_centroids(km_path).shape[0]
+    counts: Counter = Counter()
+    out = os.path.join(lab_dir, f"{split}.km")
+    parts = [p + ".km" for p in shard_prefixes(os.path.join(lab_dir, split), nshard)]
+    check_shards(parts, "run `speechlm kmeans apply` for those ranks")
+    with open(out + ".tmp", "w", encoding="utf-8") as fo:
+        for p in parts:
+            with open(p, encoding="utf-8") as f:
+                for line in f:
+                    counts.update(int(x) for x in line.split())
+                    fo.write(line)
+    os.replace(out + ".tmp", out)
+    write_dict(os.path.join(lab_dir, "dict.km.txt"), counts, n_clusters)
+    return out
