@@ -7,19 +7,25 @@ warnings and errors, the training progress lines (fairseq's progress bar: ``trai
 usual output. ``route()`` runs in ``speechlm.register()`` (so inside ``fairseq-hydra-train``, once the
 user dir loads) and in every ``speechlm`` verb (``speechlm.cli.main``).
 """
+import functools
 import logging
+import logging.config
 import os
 import sys
 import warnings
 from typing import Optional
 
 LOG_FILE_ENV = "SPEECHLM_LOG_FILE"
-CONSOLE_LOGGERS = ("speechlm", "fairseq.logging.progress_bar")  # INFO records that stay on the console
+CONSOLE_LOGGERS = ("speechlm",)  # INFO records of these loggers stay on the console
+# fairseq's progress bar logs its stats lines from this module, under the stats' tag as logger name
+# (``train_inner``, ``train``, the validation subset's name)
+PROGRESS_MODULE = "progress_bar"
 
 
 class _ConsoleFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or record.name.startswith(CONSOLE_LOGGERS)
+        return (record.levelno >= logging.WARNING or record.name.startswith(CONSOLE_LOGGERS)
+                or record.module == PROGRESS_MODULE)
 
 
 def quiet_known_warnings() -> None:
@@ -52,6 +58,8 @@ def route(log_file: Optional[str] = None, console_format: str = "%(message)s") -
     if getattr(root, "_speechlm_routed", None) == (log_file or ""):
         return log_file
     root._speechlm_routed = log_file or ""
+    if log_file:
+        _reroute_after_dict_config(log_file, console_format)
     if not log_file:
         if not root.handlers:
             console = _StderrHandler()
@@ -76,3 +84,21 @@ def route(log_file: Optional[str] = None, console_format: str = "%(message)s") -
         h.addFilter(_ConsoleFilter())
     logging.captureWarnings(True)  # warnings then reach the file too (and the console: WARNING)
     return log_file
+
+
+def _reroute_after_dict_config(log_file: str, console_format: str) -> None:
+    """fairseq's ``train.main`` re-applies hydra's logging config right after it loads the user dir
+    (``logging.config.dictConfig(cfg.job_logging_cfg)``), which drops the handlers set up here; so, with a
+    log file only, a new logging config is routed again once it is applied."""
+    original = logging.config.dictConfig
+    if getattr(original, "_speechlm_reroutes", False):
+        return
+
+    @functools.wraps(original)
+    def dict_config(config):
+        original(config)
+        logging.getLogger()._speechlm_routed = None
+        route(log_file, console_format)
+
+    dict_config._speechlm_reroutes = True
+    logging.config.dictConfig = dict_config
