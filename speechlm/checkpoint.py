@@ -22,10 +22,12 @@ import typing
 import numpy as np
 import torch
 
+from speechlm.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class UnsafeCheckpointError(UserError, pickle.UnpicklingError):
     """A checkpoint holds an object outside the allow-list; nothing in it was executed."""
 
 
@@ -113,3 +115,6 @@ def install():
     from fairseq import checkpoint_utils
 
     checkpoint_utils.load_checkpoint_to_cpu = _wrap_load(checkpoint_utils.load_checkpoint_to_cpu)
+    from speechlm import checkpoint_io
+
+    checkpoint_io.install()  # atomic saves, resume past a damaged checkpoint_last, safe config strings

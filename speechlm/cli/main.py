@@ -53,13 +53,20 @@ def main(argv=None):
     module.add_args(parser)
     args = parser.parse_args(rest)
     from speechlm import logs
+    from speechlm.errors import UserError, debug, format_error
 
     logs.route(console_format=f"[{verb}] %(message)s")  # $SPEECHLM_LOG_FILE: chatter to that file
-    if verb in FAIRSEQ_VERBS:
-        import speechlm
+    try:
+        if verb in FAIRSEQ_VERBS:
+            import speechlm
 
-        speechlm.register()
-    return module.run(args) or 0
+            speechlm.register()
+        return module.run(args) or 0
+    except UserError as e:  # bad input: the message says where and what to do; no traceback
+        if debug():
+            raise
+        print(format_error(e, f"speechlm {verb}"), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,396 @@
+"""Checkpoints that survive a kill and cannot run code (applied by ``import speechlm``; wrappers, no fork).
+
+Saving. fairseq writes ``checkpoint_E_U.pt`` through ``torch_persistent_save`` (temp file + rename) and
+then *copies* it to ``checkpoint_last.pt`` / ``checkpoint_best.pt`` with a plain ``shutil.copyfile``: a
+kill during that copy leaves a 0-byte or cut-short ``checkpoint_last.pt``. Here every write and every
+copy goes to a temporary file in the same directory, is flushed to disk, then renamed over the target,
+so a checkpoint file is always either the previous complete one or the new complete one.
+
+Resuming. If ``checkpoint_last.pt`` is damaged anyway (written by an older version, a full disk, a
+copy by hand), the restart names it and resumes from the newest intact ``checkpoint*.pt`` in the save
+dir, saying which and at which update (the next save replaces the damaged file). A damaged
+checkpoint given anywhere else (``model.w2v_path``, ``infer``, ``features dump``) is a
+:class:`~speechlm.errors.UserError` naming the file instead of a bare ``EOFError``.
+
+Config strings. fairseq builds several models by ``eval`` of config strings saved in the checkpoint
+(``conv_feature_layers`` of wav2vec 2.0 / HuBERT, ``adaptive_softmax_cutoff``, ...). A checkpoint that
+passes the pickle allow-list (only strings and tensors) could still run code through them. Every
+checkpoint loaded through fairseq's ``load_checkpoint_to_cpu`` (which is how speechlm, ``infer``,
+``fairseq-generate``, ``features dump``, ``phone-units`` and fine-tuning load them) has those strings
+checked by :func:`check_config_strings` against a literal grammar (:func:`literal_spec`: ints, floats,
+bools, None, lists, tuples, ``+``, ``*``) before fairseq sees them.
+"""
+import ast
+import builtins
+import functools
+import glob
+import logging
+import os
+import re
+import zipfile
+from typing import Any, Optional
+
+from speechlm.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+# Config keys that fairseq (or speechlm) turns into values with eval(): every str value under one of
+# these names must be a literal of the small grammar below. (grep of fairseq's models for `eval(`.)
+EVALUATED_CONFIG_KEYS = frozenset({
+    "conv_feature_layers", "conv_aggregator_layers", "character_filters", "encoder_layers",
+    "decoder_layers", "encoder_attention", "decoder_attention", "self_attention", "pretrained",
+    "project_input", "gated_attention", "downsample", "adaptive_softmax_cutoff",
+    "adaptive_input_cutoff", "adam_betas",
+})
+MAX_SPEC_CHARS = 10000  # longer "layer specs" are not specs
+MAX_SPEC_ITEMS = 100000  # `[(1,1,1)] * 10**12` must not exhaust memory
+
+
+class UnsafeConfigError(UserError):
+    """A checkpoint's config string is not a plain literal; nothing was evaluated."""
+
+
+def literal_spec(text: str) -> Any:
+    """Evaluate ``text`` by the grammar of layer specs, without ``eval``.
+
+    ``expr := int | float | True | False | None | [expr, ...] | (expr, ...) | expr + expr | expr * int``
+    (e.g. ``"[(512,10,5)] + [(512,3,2)] * 4"`` -> a list of 5 tuples). Anything else (names, calls,
+    attributes, subscripts, strings) raises ``ValueError`` saying what was found.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"expected a string, got {type(text).__name__}")
+    if len(text) > MAX_SPEC_CHARS:
+        raise ValueError(f"{len(text)} characters is too long for a layer spec")
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
+        raise ValueError(f"not a Python literal ({type(e).__name__})") from None
+
+    def size(v):
+        return len(v) if isinstance(v, (list, tuple)) else 1
+
+    def ev(node):
+        if isinstance(node, ast.Constant) and (node.value is None or type(node.value) in (int, float, bool)):
+            return node.value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            v = ev(node.operand)
+            if type(v) in (int, float):
+                return -v
+        elif isinstance(node, (ast.List, ast.Tuple)):
+            items = [ev(e) for e in node.elts]
+            return items if isinstance(node, ast.List) else tuple(items)
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            a, b = ev(node.left), ev(node.right)
+            if type(a) is type(b) and type(a) in (list, tuple, int, float):
+                if size(a) + size(b) > MAX_SPEC_ITEMS:
+                    raise ValueError("the spec is too large")
+                return a + b
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+            a, b = ev(node.left), ev(node.right)
+            if isinstance(a, int) and isinstance(b, (list, tuple)):
+                a, b = b, a
+            if isinstance(a, (list, tuple)) and type(b) is int:
+                if size(a) * max(b, 0) > MAX_SPEC_ITEMS:
+                    raise ValueError("the spec is too large")
+                return a * b
+            if type(a) in (int, float) and type(b) in (int, float):
+                return a * b
+        what = type(node).__name__
+        if isinstance(node, ast.Attribute):
+            what = f"attribute .{node.attr}"
+        elif isinstance(node, ast.Name):
+            what = f"name {node.id!r}"
+        elif isinstance(node, ast.Call):
+            what = "a function call"
+        raise ValueError(f"{what} is not allowed (only numbers, lists, tuples, + and *)")
+
+    try:
+        return ev(tree.body)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+_BUILTIN_NAMES = frozenset(dir(builtins))
+
+
+def _looks_like_code(text: str) -> Optional[str]:
+    """Why ``text`` (any other config string) looks like code that an ``eval`` would run, or None.
+
+    Paths and names (``exp/run.v2``, ``data(1)``) pass; calls of builtins or of attributes, and dunder
+    attributes (``().__class__...``) do not.
+    """
+    if "(" not in text and "__" not in text:
+        return None
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("__"):
+            return f"dunder attribute .{node.attr}"
+        if isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Attribute):
+                return f"a call of .{node.func.attr}()"
+            if isinstance(node.func, ast.Name) and node.func.id in _BUILTIN_NAMES:
+                return f"a call of {node.func.id}()"
+        if isinstance(node, (ast.Lambda, ast.ListComp, ast.GeneratorExp, ast.DictComp, ast.SetComp)):
+            return type(node).__name__
+    return None
+
+
+def _walk(cfg, prefix=""):
+    """``(dotted key, value)`` for every leaf of a dict / DictConfig / Namespace / list (no interpolation)."""
+    from argparse import Namespace
+
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        cfg = OmegaConf.to_container(cfg, resolve=False)
+    if isinstance(cfg, Namespace):
+        cfg = vars(cfg)
+    if isinstance(cfg, dict):
+        for k, v in cfg.items():
+            yield from _walk(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(cfg, (list, tuple)):
+        for i, v in enumerate(cfg):
+            yield from _walk(v, f"{prefix}[{i}]")
+    else:
+        yield prefix, cfg
+
+
+def check_config_strings(cfg, path: str = "<config>") -> None:
+    """Raise :class:`UnsafeConfigError` (naming ``path`` and the key) if a config string is not safe to
+    hand to fairseq: keys in :data:`EVALUATED_CONFIG_KEYS` must be literals of :func:`literal_spec`,
+    other strings must not look like code. ``cfg``: a checkpoint's ``cfg`` or legacy ``args``."""
+    for key, value in _walk(cfg):
+        if not isinstance(value, str):
+            continue
+        leaf = re.split(r"[.\[]", key)[-1]
+        reason = None
+        if leaf in EVALUATED_CONFIG_KEYS and not re.fullmatch(r"[\w\-]*", value):
+            try:
+                literal_spec(value)
+            except ValueError as e:
+                reason = str(e)
+        elif leaf not in EVALUATED_CONFIG_KEYS:
+            reason = _looks_like_code(value)
+        if reason:
+            shown = value if len(value) <= 80 else value[:77] + "..."
+            raise UnsafeConfigError(
+                f"{path}: refused: config string {key}={shown!r} is not a plain literal ({reason}); "
+                "fairseq would evaluate it as code. Nothing was evaluated. Layer specs look like "
+                "'[(512,10,5)] + [(512,3,2)] * 4'; use a checkpoint from a source you trust."
+            )
+
+
+# ---------------------------------------------------------------------------------------- damage
+
+
+def checkpoint_damage(path: str, full: bool = False) -> Optional[str]:
+    """Why the file at ``path`` is not a complete torch checkpoint, or None if it looks intact.
+
+    Checks the zip container torch writes (a file cut short loses its central directory at the end)
+    and, with ``full``, every member's CRC (reads the whole file); legacy (non-zip) files are only
+    checked for being non-empty. Never unpickles.
+    """
+    try:
+        size = os.path.getsize(path)
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if size == 0:
+        return "is empty (0 bytes; a save was interrupted)"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] != b"PK":  # torch's legacy format: nothing cheap to check
+        return None if head[:1] == b"\x80" else "is not a torch checkpoint (unknown format)"
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip() if full else None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        return f"is truncated or corrupt ({size} bytes; {e}; a save was interrupted)"
+    if bad is not None:
+        return f"is corrupt (member {bad} fails its CRC check)"
+    return None
+
+
+def _raise_damaged(path: str, reason: str, what: str = "checkpoint"):
+    raise UserError(
+        f"{path}: damaged {what}: it {reason}. Re-create it (re-run the step that wrote it), or point "
+        "at another checkpoint."
+    )
+
+
+# ---------------------------------------------------------------------------------------- saving
+
+
+def _fsync_replace(tmp: str, dst: str) -> None:
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, dst)
+    try:  # make the rename itself durable
+        fd = os.open(os.path.dirname(os.path.abspath(dst)) or ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _tmp_name(dst: str) -> str:
+    return f"{dst}.tmp-{os.getpid()}"
+
+
+def atomic_copy(src: str, dst: str) -> bool:
+    """Copy ``src`` to ``dst`` through a temporary file and a rename; True on success."""
+    import shutil
+
+    tmp = _tmp_name(dst)
+    try:
+        shutil.copyfile(src, tmp)
+        _fsync_replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return True
+
+
+def _wrap_persistent_save(save_fn):
+    if getattr(save_fn, "_speechlm_atomic", False):
+        return save_fn
+
+    @functools.wraps(save_fn)
+    def torch_persistent_save(obj, filename, async_write: bool = False):
+        from fairseq.file_io import PathManager
+
+        if async_write or not isinstance(filename, str) or PathManager.path_requires_pathmanager(filename):
+            return save_fn(obj, filename, async_write=async_write)
+        import torch
+
+        tmp = _tmp_name(filename)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+            _fsync_replace(tmp, filename)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    torch_persistent_save._speechlm_atomic = True
+    return torch_persistent_save
+
+
+def _atomic_path_manager(pm):
+    """fairseq's PathManager with ``copy`` made atomic for local paths (used for checkpoint_last/best)."""
+    if getattr(pm, "_speechlm_atomic", False):
+        return pm
+
+    class AtomicCopyPathManager(pm):
+        _speechlm_atomic = True
+
+        @staticmethod
+        def copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
+            if pm.path_requires_pathmanager(src_path) or pm.path_requires_pathmanager(dst_path):
+                return pm.copy(src_path, dst_path, overwrite=overwrite)
+            if not overwrite and os.path.exists(dst_path):
+                return False
+            return atomic_copy(src_path, dst_path)
+
+    return AtomicCopyPathManager
+
+
+# ---------------------------------------------------------------------------------------- loading
+
+
+def _update_of(path: str) -> int:
+    m = re.search(r"checkpoint_\d+_(\d+)\.pt$", os.path.basename(path))
+    return int(m.group(1)) if m else -1
+
+
+def newest_intact_checkpoint(save_dir: str, exclude=()) -> Optional[str]:
+    """The newest (by modification time, then update count) intact ``checkpoint*.pt`` in ``save_dir``."""
+    exclude = {os.path.abspath(p) for p in exclude}
+    cands = [p for p in glob.glob(os.path.join(save_dir, "checkpoint*.pt")) if os.path.abspath(p) not in exclude]
+    cands.sort(key=lambda p: (os.path.getmtime(p), _update_of(p)), reverse=True)
+    for p in cands:
+        if checkpoint_damage(p, full=True) is None:
+            return p
+    return None
+
+
+def _wrap_load_checkpoint(load_fn):
+    """``checkpoint_utils.load_checkpoint`` (the trainer's resume): skip a damaged checkpoint_last."""
+    if getattr(load_fn, "_speechlm_resume", False):
+        return load_fn
+
+    @functools.wraps(load_fn)
+    def load_checkpoint(cfg, trainer, **passthrough_args):
+        from omegaconf import open_dict
+
+        suffix = getattr(trainer, "checkpoint_suffix", "") or ""
+        if cfg.restore_file != "checkpoint_last.pt":
+            return load_fn(cfg, trainer, **passthrough_args)
+        last = os.path.join(cfg.save_dir, f"checkpoint_last{suffix}.pt")
+        reason = checkpoint_damage(last, full=True) if os.path.exists(last) else None
+        if reason is None:
+            return load_fn(cfg, trainer, **passthrough_args)
+        intact = newest_intact_checkpoint(cfg.save_dir, exclude=[last])
+        if intact is None:
+            raise UserError(
+                f"{last}: cannot resume: it {reason}, and {cfg.save_dir} holds no other intact "
+                "checkpoint. Delete it to start from scratch, or give one with checkpoint.restore_file=PATH."
+            )
+        # left in place (every rank must see the same files); the next save replaces it
+        logger.warning(
+            f"{last} {reason}; resuming from the newest intact checkpoint {intact}"
+            + (f" (update {_update_of(intact)})" if _update_of(intact) >= 0 else "")
+        )
+        old = cfg.restore_file
+        with open_dict(cfg):
+            cfg.restore_file = intact
+        try:
+            return load_fn(cfg, trainer, **passthrough_args)
+        finally:
+            with open_dict(cfg):
+                cfg.restore_file = old
+
+    load_checkpoint._speechlm_resume = True
+    return load_checkpoint
+
+
+def _wrap_load_to_cpu(load_fn):
+    """``load_checkpoint_to_cpu``: a damaged file is a UserError; config strings are checked."""
+    if getattr(load_fn, "_speechlm_checked", False):
+        return load_fn
+
+    @functools.wraps(load_fn)
+    def load_checkpoint_to_cpu(path, arg_overrides=None, *args, **kwargs):
+        if isinstance(path, str) and os.path.isfile(path):
+            reason = checkpoint_damage(path)
+            if reason is not None:
+                _raise_damaged(path, reason)
+        try:
+            state = load_fn(path, arg_overrides, *args, **kwargs)
+        except (EOFError, zipfile.BadZipFile) as e:
+            _raise_damaged(str(path), f"cannot be read ({type(e).__name__}: {e})")
+        except RuntimeError as e:
+            if "zip archive" in str(e) or "PytorchStreamReader" in str(e):
+                _raise_damaged(str(path), f"cannot be read ({e})")
+            raise
+        for key in ("cfg", "args"):
+            if isinstance(state, dict) and state.get(key) is not None:
+                check_config_strings(state[key], str(path))
+        return state
+
+    load_checkpoint_to_cpu._speechlm_checked = True
+    return load_checkpoint_to_cpu
+
+
+def install() -> None:
+    """Apply the wrappers to fairseq (idempotent). Called by ``import speechlm``."""
+    from fairseq import checkpoint_utils
+
+    checkpoint_utils.torch_persistent_save = _wrap_persistent_save(checkpoint_utils.torch_persistent_save)
+    checkpoint_utils.PathManager = _atomic_path_manager(checkpoint_utils.PathManager)
+    checkpoint_utils.load_checkpoint = _wrap_load_checkpoint(checkpoint_utils.load_checkpoint)
+    checkpoint_utils.load_checkpoint_to_cpu = _wrap_load_to_cpu(checkpoint_utils.load_checkpoint_to_cpu)
