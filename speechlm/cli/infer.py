@@ -218,6 +218,16 @@ def load_model_and_task(path: str, task_overrides=None, model_overrides=None, us
         raise SystemExit(f"common_eval.path={path!r}: checkpoint not found")
     state = checkpoint_utils.load_checkpoint_to_cpu(path, arg_overrides=model_overrides)
     cfg = state["cfg"]
+    name = (cfg.get("model") or {}).get("_name") if cfg is not None else None
+    if not str(name).endswith("_ctc"):
+        from speechlm.errors import UserError
+
+        kind = "a pre-trained" if name in ("speechlm", "hubert", "wav2vec2") else "a"
+        raise UserError(
+            f"{path}: is {kind} {name!r} checkpoint; speechlm infer decodes a CTC fine-tuned one "
+            "(model speechlm_ctc): fine-tune it first (model.w2v_path=THIS_FILE, see "
+            "examples/mini/config/finetune) and give that checkpoint as common_eval.path"
+        )
     if task_overrides:
         with open_dict(cfg):
             cfg.task = OmegaConf.merge(cfg.task, task_overrides)

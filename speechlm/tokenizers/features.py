@@ -77,6 +77,13 @@ class CheckpointFeatureReader:
         if cfg is None:
             raise ValueError(f"{checkpoint}: no 'cfg' in the checkpoint; is it a fairseq (hydra) checkpoint?")
         name = cfg.model.get("_name", None)
+        if str(name).endswith(("_ctc", "_st", "_seq2seq")):
+            from speechlm.errors import UserError
+
+            raise UserError(
+                f"{checkpoint}: is a fine-tuned {name!r} checkpoint; features need a pre-trained "
+                "hubert or speechlm checkpoint (the one the fine-tuning started from, its model.w2v_path)"
+            )
         self.normalize = bool(cfg.task.get("normalize", False))
         if name == "hubert":
             self.model = self._load_hubert(cfg, state["model"], checkpoint)
