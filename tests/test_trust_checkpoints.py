@@ -19,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 import speechlm  # noqa: F401  (registers the components; installs the wrappers)
-from speechlm.checkpoint_io import checkpoint_damage, check_config_strings, literal_spec
+from speechlm.checkpoint_io import check_config_strings, checkpoint_damage, literal_spec
 from speechlm.cli.main import main as cli_main
 from speechlm.errors import UserError
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from speechlm.data.manifest import num_frames_50hz
 from speechlm.data.readers import load_labels, load_manifest, read_audio
+from speechlm.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def build_rows(
     """
     root, rows = load_manifest(manifest_path)
     if len(targets) != len(rows) or len(sources) != len(rows):
-        raise ValueError(
+        raise UserError(
             f"{target_path}: has {len(targets)} lines but {manifest_path} has {len(rows)} rows; "
             "give exactly one target sentence per manifest row"
         )
@@ -68,18 +69,18 @@ def build_rows(
     for i, (rel, n) in enumerate(rows):
         uid = utterance_id(rel)
         if uid in seen:
-            raise ValueError(
+            raise UserError(
                 f"{manifest_path}:{i + 2}: utterance id {uid!r} (from {rel!r}) repeats line "
                 f"{seen[uid] + 2}; give the audio files distinct names"
             )
         seen[uid] = i
         if not targets[i].strip():
-            raise ValueError(
+            raise UserError(
                 f"{target_path}:{i + 1}: empty target sentence for utterance {uid!r}; remove the "
                 "utterance from the manifest or give it a translation"
             )
         if num_frames_50hz(n) == 0:
-            raise ValueError(
+            raise UserError(
                 f"{manifest_path}:{i + 2}: utterance {uid!r} has {n} samples, too short for the "
                 "conv front end (needs >= 400); remove it from the manifest"
             )
@@ -103,7 +104,14 @@ def pack_audio_zip(rows: List[Dict[str, str]], zip_path: str) -> None:
     with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_STORED) as z:
         for r in rows:
             buf = io.BytesIO()
-            np.save(buf, read_audio(r["audio"]).astype(np.float32))
+            wav = read_audio(r["audio"])
+            if str(num_frames_50hz(len(wav))) != r["n_frames"]:
+                raise UserError(
+                    f"{r['audio']}: has {len(wav)} samples ({num_frames_50hz(len(wav))} frames), not what "
+                    f"the manifest says ({r['n_frames']} frames); regenerate the manifest "
+                    "(`speechlm manifest`) from the audio as it is now"
+                )
+            np.save(buf, wav.astype(np.float32))
             z.writestr(r["id"] + ".npy", buf.getvalue())
     zip_abs = os.path.abspath(zip_path)
     with zipfile.ZipFile(zip_path) as z, open(zip_path, "rb") as f:
@@ -201,14 +209,14 @@ def prepare_st_data(
     from speechlm.corpora.st_synthetic import TARGET_LANGUAGES
 
     if (target_ext is None) == (synthetic is None):
-        raise ValueError("give exactly one of target_ext (real translations) or synthetic")
+        raise UserError("give exactly one of target_ext (real translations) or synthetic")
     if synthetic is not None and synthetic not in TARGET_LANGUAGES:
-        raise ValueError(
+        raise UserError(
             f"unknown synthetic target language {synthetic!r}; choose from "
             f"{sorted(TARGET_LANGUAGES)}"
         )
     if train_split not in splits:
-        raise ValueError(f"train split {train_split!r} is not among the splits {list(splits)}")
+        raise UserError(f"train split {train_split!r} is not among the splits {list(splits)}")
     os.makedirs(out_dir, exist_ok=True)
     all_rows = {}
     for split in splits:

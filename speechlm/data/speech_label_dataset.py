@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from fairseq.data import Dictionary, FairseqDataset, data_utils
 
-from speechlm.data.manifest import FRAME_SHIFT_SAMPLES, num_frames_50hz
+from speechlm.data.manifest import FRAME_SHIFT_SAMPLES, FRAME_WINDOW_SAMPLES, num_frames_50hz
 from speechlm.data.readers import LabelFile, Manifest
+from speechlm.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +40,12 @@ class SpeechLabelDataset(FairseqDataset):
         self, manifest_path: str, label_path: str, dictionary: Dictionary, frame_labels: bool = True,
         label_rate: int = 50, length_tolerance: int = 2, max_sample_size: Optional[int] = None,
         min_sample_size: int = 0, pad_audio: bool = True, normalize: bool = False,
-        random_crop: bool = True, shuffle: bool = True, seed: int = 1,
+        random_crop: bool = True, shuffle: bool = True, seed: int = 1, allow_unk: bool = False,
     ):
         if frame_labels and label_rate not in (50, 100):
-            raise ValueError(f"label_rate={label_rate}: frame labels must be 50 or 100 Hz")
+            raise UserError(f"label_rate={label_rate}: frame labels must be 50 or 100 Hz")
         if not frame_labels and (max_sample_size or not pad_audio):
-            raise ValueError("sequence labels (letters) cannot follow a crop: use max_sample_size=None and "
+            raise UserError("sequence labels (letters) cannot follow a crop: use max_sample_size=None and "
                              "pad_audio=True for CTC fine-tuning")
         self.manifest_path, self.label_path = manifest_path, label_path
         self.dictionary, self.frame_labels, self.label_rate = dictionary, frame_labels, label_rate
@@ -56,17 +57,27 @@ class SpeechLabelDataset(FairseqDataset):
         self.manifest = Manifest.load(manifest_path)
         rows = self.manifest.rows
         # labels are read lazily (a LibriSpeech .km is GBs); the line count is checked here
-        self.labels = LabelFile(label_path, len(rows), manifest_path, dictionary)
+        self.labels = LabelFile(label_path, len(rows), manifest_path, dictionary, allow_unk=allow_unk)
         keep = [i for i, (_, n) in enumerate(rows) if n >= min_sample_size]
         if len(keep) < len(rows):
-            logger.info(f"{manifest_path}: dropped {len(rows) - len(keep)} utterances shorter than {min_sample_size} samples")
+            logger.warning(f"{manifest_path}: skipped {len(rows) - len(keep)} utterances shorter than "
+                           f"min_sample_size={min_sample_size} samples")
         if not keep:
-            raise ValueError(f"{manifest_path}: no utterance has at least min_sample_size={min_sample_size} samples")
+            raise UserError(f"{manifest_path}: no utterance has at least min_sample_size={min_sample_size} samples")
+        for i in keep:  # nothing is dropped later without a word: a row with no frame is an error here
+            if num_frames_50hz(rows[i][1]) == 0:
+                raise UserError(
+                    f"{self.manifest.where(i)}: has {rows[i][1]} samples, shorter than one "
+                    f"{FRAME_WINDOW_SAMPLES}-sample frame; remove the row from the manifest"
+                )
         self.rows = np.array(keep, dtype=np.int64)  # dataset index -> manifest row
         self.names = [rows[i][0] for i in keep]
         self.sizes = np.array([rows[i][1] for i in keep], dtype=np.int64)
+        counts = self.labels.check_symbols()  # one pass: UTF-8, no BOM, every symbol in the dictionary
         if frame_labels:
-            self._check_label_lengths()
+            self._check_label_lengths(counts)
+        else:
+            self._check_transcripts(counts)
 
     # -------------------------------------------------------------- labels
     def _frame_tokens(self, i: int, tokens: List[str]) -> List[str]:
@@ -75,7 +86,7 @@ class SpeechLabelDataset(FairseqDataset):
             tokens = tokens[::2]
         want = num_frames_50hz(int(self.sizes[i]))
         if abs(len(tokens) - want) > self.length_tolerance or not tokens:
-            raise ValueError(
+            raise UserError(
                 f"{self.labels.where(self.rows[i])}: utterance {self.names[i]} has "
                 f"{len(tokens)} labels at {MODEL_LABEL_RATE} Hz (label_rate={self.label_rate}) but its "
                 f"{self.sizes[i]} samples make {want} frames (tolerance {self.length_tolerance}); "
@@ -87,9 +98,31 @@ class SpeechLabelDataset(FairseqDataset):
             tokens = tokens + [tokens[-1]] * (want - len(tokens))
         return tokens
 
-    def _check_label_lengths(self):
-        """One pass over the label file (counting only) so a bad line fails before training starts."""
-        counts = self.labels.token_counts()
+    def _check_transcripts(self, counts):
+        """A CTC target must be non-empty and short enough to align: its symbols plus one blank between
+        each repeated pair must fit the utterance's 50 Hz frames (the model's finest output rate)."""
+        for i in range(len(self.names)):
+            row = int(self.rows[i])
+            if counts[row] == 0:
+                raise UserError(
+                    f"{self.labels.where(row)}: utterance {self.names[i]} has an empty transcript; CTC "
+                    "needs at least one symbol: fix the line or remove the utterance from the manifest"
+                )
+            frames = num_frames_50hz(int(self.sizes[i]))
+            if 2 * counts[row] <= frames:
+                continue
+            toks = self.labels.tokens(row)
+            need = len(toks) + sum(a == b for a, b in zip(toks, toks[1:]))
+            if need > frames:
+                raise UserError(
+                    f"{self.labels.where(row)}: utterance {self.names[i]}: its transcript needs {need} CTC "
+                    f"frames but its {self.sizes[i]} samples make only {frames} at {MODEL_LABEL_RATE} Hz; "
+                    "the transcript does not belong to this audio (check the manifest order) or the audio "
+                    "is cut short"
+                )
+
+    def _check_label_lengths(self, counts):
+        """Counts from one pass over the label file, so a bad line fails before training starts."""
         for i in range(len(self.names)):
             n = counts[self.rows[i]]
             n50 = (n + 1) // 2 if self.label_rate == 100 else n
@@ -101,7 +134,7 @@ class SpeechLabelDataset(FairseqDataset):
         tokens = self.labels.tokens(self.rows[i])
         if self.frame_labels:
             tokens = self._frame_tokens(i, tokens)
-        return torch.tensor(self.labels.encode(tokens), dtype=torch.long)
+        return torch.tensor(self.labels.encode(tokens, int(self.rows[i])), dtype=torch.long)
 
     # -------------------------------------------------------------- items
     def __getitem__(self, i):

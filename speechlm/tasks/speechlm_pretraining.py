@@ -60,6 +60,10 @@ class SpeechLMPretrainingConfig(FairseqDataclass):
         default=II("dataset.train_subset"),
         metadata={"help": "the training split (from dataset.train_subset): shuffled and randomly cropped"},
     )
+    allow_unk_labels: bool = field(
+        default=False,
+        metadata={"help": "map label symbols outside the dictionary to <unk> (default: an error naming the line)"},
+    )
     rebuild_batches: bool = field(
         default=True, metadata={"help": "re-pair speech and text batches every epoch"}
     )
@@ -75,9 +79,9 @@ class SpeechLMPretrainingTask(FairseqTask):
 
     @staticmethod
     def _load_dict(path: str, what: str) -> Dictionary:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: {what} dictionary not found")
-        return Dictionary.load(path)
+        from speechlm.data.readers import load_dictionary
+
+        return load_dictionary(path, what)
 
     @classmethod
     def setup_task(cls, cfg: SpeechLMPretrainingConfig, **kwargs):
@@ -105,7 +109,7 @@ class SpeechLMPretrainingTask(FairseqTask):
                 "give task.text_data=TEXT_DIR for SpeechLM's UCTC on unpaired text"
             )
             ltr = os.path.join(cfg.data, "dict.ltr.txt")
-            letters = Dictionary.load(ltr) if os.path.isfile(ltr) else None
+            letters = cls._load_dict(ltr, "letter") if os.path.isfile(ltr) else None
         logger.info(f"unit dictionary: {len(units)} types; letters: {len(letters) if letters else 0} types")
         return cls(cfg, units, letters)
 
@@ -140,6 +144,7 @@ class SpeechLMPretrainingTask(FairseqTask):
             random_crop=self.cfg.random_crop and train,
             shuffle=train,
             seed=self.cfg.seed,
+            allow_unk=getattr(self.cfg, "allow_unk_labels", False),
         )
 
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
