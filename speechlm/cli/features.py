@@ -44,5 +44,10 @@ def run(args):
         what = f"MFCC 39-d at {args.rate} Hz"
     prefix, frames = F.dump_features(manifest, args.feat_dir, args.split, extractor, args.nshard,
                                      args.rank, expected)
+    from speechlm.tokenizers.shards import write_sidecar
+
+    write_sidecar(prefix, "features dump", args.rank, args.nshard,
+                  {"manifest": manifest, "checkpoint": args.checkpoint or None},
+                  {"layer": args.layer, "rate": None if args.checkpoint else args.rate})
     print(f"[features] {what}: {frames} frames -> {prefix}.npy/.len", file=sys.stderr)
     return 0

@@ -154,6 +154,13 @@ def run(args):
                     labels = R.label_without_transcript(lp)
                 f.write(" ".join(labels) + "\n")
         os.replace(out + ".tmp", out)
+        if args.nshard > 1:
+            from speechlm.tokenizers.shards import write_sidecar
+
+            write_sidecar(out[: -len(".phn")], "phone-units label", args.rank, args.nshard,
+                          {"manifest": os.path.join(args.corpus, f"{args.split}.tsv"), "model": args.model,
+                           "lexicon": args.lexicon},
+                          {"transcripts": args.transcripts, "strict": args.strict})
         print(f"[phone-units] {end - start} utterances -> {out}", file=sys.stderr)
         if n_fallback:
             print(f"[phone-units] {n_fallback} utterances too short for their transcript: labelled from the "

@@ -52,6 +52,15 @@ def run(args):
     table = DurationTable.from_file(args.duration_table, **kw) if args.duration_table else DurationTable.default(**kw)
     phonemizer = Phonemizer(Lexicon.load(args.lexicon), table, args.sil_prob, args.max_len)
     stats = phonemize_file(args.input, args.out_prefix, phonemizer, args.seed, args.nshard, args.rank)
+    if args.nshard > 1:
+        from speechlm.tokenizers.phonemizer import shard_prefix
+        from speechlm.tokenizers.shards import write_sidecar
+
+        write_sidecar(shard_prefix(args.out_prefix, args.rank, args.nshard), "phonemize", args.rank, args.nshard,
+                      {"input": args.input, "lexicon": args.lexicon, "duration_table": args.duration_table},
+                      {"sil_prob": args.sil_prob, "seed": args.seed, "max_len": args.max_len,
+                       "phone_duration": list(args.phone_duration), "sil_duration": list(args.sil_duration),
+                       "unk_duration": list(args.unk_duration)})
     print(f"[phonemize] {args.input} shard {args.rank}/{args.nshard} (lexicon {phonemizer.lexicon.source})",
           file=sys.stderr)
     print(stats.report(), file=sys.stderr)

@@ -193,24 +193,53 @@ def apply_to_shard(feat_dir: str, split: str, km_path: str, lab_dir: str, nshard
     os.replace(out + ".tmp", out)
     if nshard == 1:
         write_dict(os.path.join(lab_dir, "dict.km.txt"), Counter(labels.tolist()), applier.n_clusters)
+    else:  # what the merge checks: the same centroids, K and features (input, options) in every shard
+        import json
+
+        from speechlm.tokenizers.shards import SIDECAR, write_sidecar
+
+        feat_sidecar = os.path.join(feat_dir, f"{split}_{rank}_{nshard}{SIDECAR}")
+        features = None
+        if os.path.isfile(feat_sidecar):
+            with open(feat_sidecar, encoding="utf-8") as f:
+                doc = json.load(f)
+            features = {"inputs": doc.get("inputs"), "options": doc.get("options")}
+        write_sidecar(out[: -len(".km")], "kmeans apply", rank, nshard, {"centroids": km_path},
+                      {"n_clusters": applier.n_clusters, "split": split, "features": features})
     return out, len(lens), len(labels)
 
 
 def merge_label_shards(lab_dir: str, split: str, nshard: int, km_path: str) -> str:
     """Concatenate ``lab_dir/{split}_{r}_{nshard}.km`` into ``{split}.km`` and write ``dict.km.txt``;
-    ``FileNotFoundError`` naming the missing shards."""
-    from speechlm.tokenizers.shards import check_shards, shard_prefixes
+    ``FileNotFoundError`` naming the missing shards; ``UserError`` naming a shard whose sidecar disagrees
+    with the others (another input, K or options), that was labelled with other centroids than
+    ``km_path``, or that holds an id >= K."""
+    import json
+
+    from speechlm.errors import UserError
+    from speechlm.tokenizers.shards import SIDECAR, check_shards, check_sidecars, fingerprint, shard_prefixes
 
     n_clusters = load_centroids(km_path).shape[0]
     counts: Counter = Counter()
     out = os.path.join(lab_dir, f"{split}.km")
-    parts = [p + ".km" for p in shard_prefixes(os.path.join(lab_dir, split), nshard)]
-    check_shards(parts, "run `speechlm kmeans apply` for those ranks")
+    prefix = os.path.join(lab_dir, split)
+    parts = [p + ".km" for p in shard_prefixes(prefix, nshard)]
+    hint = "run `speechlm kmeans apply` for those ranks"
+    check_shards(parts, hint)
+    check_sidecars(prefix, nshard, hint)
+    with open(shard_prefixes(prefix, nshard)[0] + SIDECAR, encoding="utf-8") as f:
+        if json.load(f)["inputs"]["centroids"] != fingerprint(km_path):
+            raise UserError(f"cannot merge: the shards were labelled with other centroids than --km-path "
+                            f"{km_path}; give the k-means model the shards were applied with")
     with open(out + ".tmp", "w", encoding="utf-8") as fo:
         for p in parts:
             with open(p, encoding="utf-8") as f:
-                for line in f:
-                    counts.update(int(x) for x in line.split())
+                for lineno, line in enumerate(f, start=1):
+                    ids = [int(x) for x in line.split()]
+                    if ids and max(ids) >= n_clusters:
+                        raise UserError(f"{p}:{lineno}: unit {max(ids)} >= K={n_clusters} of {km_path}; this "
+                                        "shard came from another k-means model: re-run its rank")
+                    counts.update(ids)
                     fo.write(line)
     os.replace(out + ".tmp", out)
     write_dict(os.path.join(lab_dir, "dict.km.txt"), counts, n_clusters)
