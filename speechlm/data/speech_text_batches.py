@@ -8,12 +8,15 @@ batches shuffled per epoch with ``seed + epoch`` and cycled when there are fewer
 shuffles, shards across ranks (every rank gets different pairs), counts updates and resumes from
 a checkpoint exactly as for any fairseq dataset. The epoch is defined by the speech.
 """
+import logging
 from typing import Optional
 
 import numpy as np
 from fairseq.data import FairseqDataset
 
 from speechlm.data.manifest import FRAME_SHIFT_SAMPLES
+
+logger = logging.getLogger(__name__)
 
 
 def default_text_max_tokens(speech_max_tokens: int, ratio: float = 1.0) -> int:
@@ -64,6 +67,13 @@ class SpeechTextBatchDataset(FairseqDataset):
             indices, max_tokens=max_tokens, max_sentences=max_sentences,
             required_batch_size_multiple=required_batch_size_multiple,
         )
+        n_batched = sum(len(b) for b in speech_batches)
+        if n_batched < len(indices):  # fairseq rounds batch sizes down and leaves the rest out
+            logger.warning(
+                f"{len(indices) - n_batched} of {len(indices)} utterances are left out of this epoch's "
+                f"batches by dataset.required_batch_size_multiple={required_batch_size_multiple}; set it to 1 "
+                "to use every utterance"
+            )
         if self.text is None:
             return [[(tuple(int(i) for i in b), ())] for b in speech_batches]
         budget = self.text_max_tokens or (

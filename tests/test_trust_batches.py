@@ -1,0 +1,47 @@
+"""Nothing is dropped silently by batching (issue 13): the training configs set
+``required_batch_size_multiple: 1``, and a multiple that leaves utterances out says how many."""
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+import speechlm  # noqa: F401
+from speechlm.tasks.speechlm_pretraining import SpeechLMPretrainingConfig, SpeechLMPretrainingTask
+
+REPO = Path(__file__).resolve().parents[1]
+TRAINING_CONFIGS = sorted(
+    p for p in (REPO / "examples").rglob("*.yaml")
+    if "dataset" in (yaml.safe_load(p.read_text()) or {}) and "decode" not in p.parts
+)
+
+
+def test_there_are_training_configs_to_check():
+    names = {p.name for p in TRAINING_CONFIGS}
+    assert {"speechlm_tiny.yaml", "speechlm_ctc_tiny.yaml", "speechlm_p_base_librispeech.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", TRAINING_CONFIGS, ids=lambda p: str(p.relative_to(REPO / "examples")))
+def test_every_training_config_keeps_every_utterance(path):
+    assert yaml.safe_load(path.read_text())["dataset"].get("required_batch_size_multiple") == 1, path
+
+
+def epoch_ids(task, split, multiple):
+    itr = task.get_batch_iterator(task.dataset(split), max_tokens=320000, seed=1, disable_iterator_cache=True,
+                                  required_batch_size_multiple=multiple)
+    return sorted(i for s in itr.next_epoch_itr(shuffle=False) if s for i in s["speech"]["id"].tolist())
+
+
+def test_a_batch_multiple_that_drops_utterances_says_so(mini_corpus, caplog):
+    cfg = OmegaConf.structured(SpeechLMPretrainingConfig(data=str(mini_corpus), seed=1, min_sample_size=8000,
+                                                         max_sample_size=80000))
+    task = SpeechLMPretrainingTask.setup_task(cfg)
+    task.load_dataset("train")
+    n = len(task.dataset("train").speech)
+    assert epoch_ids(task, "train", 1) == list(range(n))
+    with caplog.at_level(logging.WARNING):
+        seen = epoch_ids(task, "train", 8)
+    assert len(seen) < n, "the mini corpus no longer shows fairseq's rounding; pick another multiple"
+    assert f"{n - len(seen)} of {n} utterances are left out" in caplog.text
+    assert "required_batch_size_multiple=8; set it to 1" in caplog.text
