@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -309,3 +310,36 @@ def test_the_wrong_kind_of_checkpoint_says_which_it_got(run4, mini_corpus, tmp_p
                      str(tmp_path / "ctc.pt"), "--layer", "1"]) == 1
     err = capsys.readouterr().err
     assert "is a fine-tuned 'speechlm_ctc' checkpoint" in err and "pre-trained" in err, err
+
+
+# ------------------------------------------------------------------------------- long utterances in infer
+
+
+def test_infer_decodes_long_utterances_in_chunks(run4, mini_corpus):
+    from speechlm.cli.infer import ViterbiDecoder, chunked_emissions, decode_dataset, emissions
+    from speechlm.models.speechlm_ctc import SpeechLMCtc, SpeechLMCtcConfig
+    from speechlm.tasks.speechlm_pretraining import SpeechLMPretrainingConfig, SpeechLMPretrainingTask
+
+    cfg = OmegaConf.structured(SpeechLMPretrainingConfig(data=str(mini_corpus), fine_tuning=True, seed=1,
+                                                         min_sample_size=0, max_sample_size=None))
+    task = SpeechLMPretrainingTask.setup_task(cfg)
+    task.load_dataset("test")
+    ds = task.dataset("test")
+    torch.manual_seed(0)
+    model = SpeechLMCtc.build_model(OmegaConf.structured(SpeechLMCtcConfig(
+        w2v_path=str(run4 / "checkpoint_last.pt"), apply_mask=False)), task).eval()
+    dec = ViterbiDecoder(task.target_dictionary, task.target_dictionary.bos())
+    chunk = int(np.median(ds.sizes)) // 640 * 640
+    whole, _, _ = decode_dataset(model, task, ds, dec, "letter", max_tokens=10_000_000)
+    chunked, _, _ = decode_dataset(model, task, ds, dec, "letter", max_tokens=chunk)
+    assert sorted(chunked) == sorted(whole) == list(range(len(ds)))
+    short = [i for i in range(len(ds)) if ds.sizes[i] <= chunk]
+    assert short and all(chunked[i] == whole[i] for i in short)
+    long = [i for i in range(len(ds)) if ds.sizes[i] > chunk]
+    assert long
+    with torch.inference_mode():
+        for i in long:
+            sample = ds.collater([ds[i]])
+            lp, n = emissions(model, sample)
+            lpc, nc = chunked_emissions(model, sample, chunk)
+            assert abs(int(nc[0]) - int(n[0])) <= len(range(0, int(ds.sizes[i]), chunk)), (int(nc[0]), int(n[0]))

@@ -156,6 +156,33 @@ def emissions(model, sample):
     return lprobs, lengths
 
 
+# chunks of a long utterance start on multiples of this (two 320-sample frames: the 25 Hz CTC head's frames)
+CHUNK_ALIGN_SAMPLES = 640
+
+
+def chunked_emissions(model, sample, chunk_samples: int):
+    """``emissions`` of ONE utterance (batch of 1) longer than ``chunk_samples``, in consecutive chunks.
+
+    Each chunk starts on a multiple of 640 samples and carries the 80 samples that complete its last
+    25 ms window, so the conv frames of the chunks are exactly the utterance's frames; the Transformer
+    sees each chunk alone. Returns ``(lprobs (1, T, V), lengths (1,))``.
+    """
+    from speechlm.data.manifest import FRAME_SHIFT_SAMPLES, FRAME_WINDOW_SAMPLES
+
+    src = sample["net_input"]["source"]
+    step = max(CHUNK_ALIGN_SAMPLES, chunk_samples // CHUNK_ALIGN_SAMPLES * CHUNK_ALIGN_SAMPLES)
+    pieces = []
+    for start in range(0, src.size(1), step):
+        piece = src[:, start:start + step + FRAME_WINDOW_SAMPLES - FRAME_SHIFT_SAMPLES]
+        if piece.size(1) < FRAME_WINDOW_SAMPLES:
+            break
+        mask = torch.zeros(piece.shape, dtype=torch.bool, device=piece.device)
+        lp, n = emissions(model, {"net_input": {"source": piece, "padding_mask": mask}})
+        pieces.append(lp[0, : int(n[0])])
+    lprobs = torch.cat(pieces)[None]
+    return lprobs, torch.tensor([lprobs.size(1)])
+
+
 def decode_dataset(model, task, dataset, decoder, post_process: str, max_tokens=None,
                    batch_size=None, use_cuda=False, num_workers=0):
     """Decode every utterance of ``dataset``.
@@ -179,7 +206,10 @@ def decode_dataset(model, task, dataset, decoder, post_process: str, max_tokens=
                 continue
             if use_cuda:
                 sample = utils.move_to_cuda(sample)
-            lprobs, lengths = emissions(model, sample)
+            if max_tokens and sample["net_input"]["source"].size(1) > max_tokens:  # alone in its batch
+                lprobs, lengths = chunked_emissions(model, sample, max_tokens)
+            else:
+                lprobs, lengths = emissions(model, sample)
             for i, sid in enumerate(sample["id"].tolist()):
                 audio_s += dataset.size(sid) / SAMPLE_RATE if hasattr(dataset, "size") else 0.0
                 lp = lprobs[i, : int(lengths[i])]
@@ -193,6 +223,12 @@ def decode_dataset(model, task, dataset, decoder, post_process: str, max_tokens=
                     t = t[(t != tgt_dict.pad()) & (t != tgt_dict.eos())]
                     ref = post_process_fn(tgt_dict.string(t), post_process)
                 results[sid] = (" ".join(hyp.split()), " ".join(ref.split()) if ref is not None else None)
+    if len(results) != len(dataset):  # never score a subset silently
+        from speechlm.errors import UserError
+
+        missing = sorted(set(range(len(dataset))) - set(results))
+        raise UserError(f"{len(missing)} of {len(dataset)} utterances were not decoded (dataset ids "
+                        f"{missing[:5]}); the WER would leave them out")
     return results, audio_s, time.perf_counter() - t0
 
 

@@ -170,6 +170,23 @@ class SpeechLabelDataset(FairseqDataset):
         return np.argsort(self.sizes_capped, kind="stable")[::-1]
 
     # -------------------------------------------------------------- batches
+    def batch_by_size(self, indices, max_tokens=None, max_sentences=None, required_batch_size_multiple=1):
+        """fairseq's length buckets; an utterance longer than ``max_tokens`` (fairseq would stop with
+        "Sentences lengths should not exceed max_tokens") gets a batch of its own instead."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if max_tokens is None or len(indices) == 0:
+            return super().batch_by_size(indices, max_tokens, max_sentences, required_batch_size_multiple)
+        too_long = self.num_tokens_vec(indices) > max_tokens
+        batches = []
+        if (~too_long).any():
+            batches = list(super().batch_by_size(indices[~too_long], max_tokens, max_sentences,
+                                                 required_batch_size_multiple))
+        if too_long.any():
+            logger.warning(f"{self.manifest_path}: {int(too_long.sum())} utterances are longer than "
+                           f"max_tokens={max_tokens} samples; each gets a batch of its own")
+            batches += [np.array([i], dtype=np.int64) for i in indices[too_long]]
+        return batches
+
     def _crop(self, source, label, size, rng):
         """Crop to ``size`` samples starting on a frame boundary; labels follow the frames."""
         n = len(source)

@@ -128,6 +128,17 @@ class SpeechLMPretrainingTask(FairseqTask):
     def max_positions(self):
         return None
 
+    def get_batch_iterator(self, dataset, max_tokens=None, max_positions=None, **kwargs):
+        """Nothing is skipped for its length: pre-training crops utterances to
+        ``min(max_sample_size, max_tokens)`` (labels follow the crop); a CTC utterance (which cannot be
+        cropped) longer than ``max_tokens`` gets a batch of its own (``SpeechLabelDataset.batch_by_size``)."""
+        speech = getattr(dataset, "speech", dataset)
+        if max_tokens and isinstance(speech, SpeechLabelDataset):
+            if speech.frame_labels and speech.shuffle:  # training
+                speech.max_sample_size = min(speech.max_sample_size, int(max_tokens))
+            max_positions = None  # fairseq's trainer filters by max_tokens: would skip long utterances
+        return super().get_batch_iterator(dataset, max_tokens=max_tokens, max_positions=max_positions, **kwargs)
+
     def _speech_dataset(self, split: str, train: bool) -> SpeechLabelDataset:
         label = "ltr" if self.cfg.fine_tuning else self.cfg.labels[0]
         return SpeechLabelDataset(
