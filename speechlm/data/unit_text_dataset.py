@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from fairseq.data import Dictionary, FairseqDataset, data_utils
 
+from speechlm.errors import UserError, UserFileNotFoundError
+
 
 def text_paths(text_dir: str, split: str, unit: str):
     """``(units_prefix, letters_prefix)`` of a binarized split (without ``.bin``/``.idx``)."""
@@ -25,7 +27,7 @@ def load_text_dataset(text_dir, split, unit, unit_dict, letter_dict, shuffle=Tru
     for prefix, d in ((unit_prefix, unit_dict), (ltr_prefix, letter_dict)):
         ds = data_utils.load_indexed_dataset(prefix, d, dataset_impl="mmap")
         if ds is None:
-            raise FileNotFoundError(
+            raise UserFileNotFoundError(
                 f"{prefix}.bin/.idx: binarized text not found; write it with `speechlm binarize` "
                 f"(expected {split}.{unit}-ltr.{unit} and {split}.{unit}-ltr.ltr in {text_dir})"
             )
@@ -39,7 +41,7 @@ class UnitTextDataset(FairseqDataset):
     def __init__(self, units, letters, unit_dict: Dictionary, letter_dict: Dictionary,
                  unit_name="units", letter_name="letters", shuffle=True):
         if len(units) != len(letters):
-            raise ValueError(
+            raise UserError(
                 f"{unit_name}: {len(units)} sentences but {letter_name}: {len(letters)}; the unit and "
                 "letter files of one split must come from the same binarize run"
             )

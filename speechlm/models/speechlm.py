@@ -22,6 +22,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
 from fairseq.modules import GradMultiply, LayerNorm
 
+from speechlm.errors import UserError
 from speechlm.modules.conv_frontend import MaskedConvFeatureExtractor, conv_output_lengths, parse_conv_layers
 from speechlm.modules.relpos_transformer import RelPosTransformer
 
@@ -152,7 +153,7 @@ class SpeechLMModel(BaseFairseqModel):
         cfg = state.get("cfg")
         if cfg is None or cfg.get("model") is None or cfg["model"].get("_name") != "speechlm":
             name = None if cfg is None or cfg.get("model") is None else cfg["model"].get("_name")
-            raise ValueError(f"{path}: is a checkpoint of model {name!r}, not 'speechlm'")
+            raise UserError(f"{path}: is a checkpoint of model {name!r}, not 'speechlm'")
         model_cfg = OmegaConf.merge(OmegaConf.structured(SpeechLMConfig), {
             k: v for k, v in OmegaConf.to_container(cfg["model"]).items() if k != "_name"
         })

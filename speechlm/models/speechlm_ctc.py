@@ -28,6 +28,8 @@ from fairseq.models import FairseqEncoder, register_model
 from fairseq.models.wav2vec.wav2vec2_asr import Wav2VecCtc
 from omegaconf import MISSING, OmegaConf, open_dict
 
+from speechlm.errors import UserError, UserFileNotFoundError
+
 logger = logging.getLogger(__name__)
 
 MASK_TYPE_CHOICES = ChoiceEnum(["static", "uniform", "normal", "poisson"])
@@ -122,7 +124,7 @@ def pretrained_args(path: str) -> dict:
     from fairseq import checkpoint_utils
 
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"model.w2v_path={path!r}: pre-trained checkpoint not found (pre-train first, or give "
             "the path of a `speechlm` checkpoint)"
         )
@@ -130,7 +132,7 @@ def pretrained_args(path: str) -> dict:
     cfg = state.get("cfg")
     name = None if cfg is None or cfg.get("model") is None else cfg["model"].get("_name")
     if name != "speechlm":
-        raise ValueError(
+        raise UserError(
             f"model.w2v_path={path}: is a checkpoint of model {name!r}; speechlm_ctc/speechlm_st "
             "fine-tune a `speechlm` pre-trained checkpoint"
         )

@@ -22,6 +22,7 @@ from omegaconf import II, MISSING
 from speechlm.data.speech_label_dataset import SpeechLabelDataset
 from speechlm.data.speech_text_batches import SpeechTextBatchDataset
 from speechlm.data.unit_text_dataset import load_text_dataset
+from speechlm.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -86,19 +87,19 @@ class SpeechLMPretrainingTask(FairseqTask):
     @classmethod
     def setup_task(cls, cfg: SpeechLMPretrainingConfig, **kwargs):
         if cfg.sample_rate != 16000:
-            raise ValueError(f"task.sample_rate={cfg.sample_rate}: SpeechLM models take 16 kHz audio")
+            raise UserError(f"task.sample_rate={cfg.sample_rate}: SpeechLM models take 16 kHz audio")
         if cfg.fine_tuning:
             letters = cls._load_dict(os.path.join(cfg.data, "dict.ltr.txt"), "letter")
             return cls(cfg, None, letters)
         if len(cfg.labels) != 1:
-            raise ValueError(f"task.labels={list(cfg.labels)}: SpeechLM pre-trains on exactly one unit label")
+            raise UserError(f"task.labels={list(cfg.labels)}: SpeechLM pre-trains on exactly one unit label")
         unit = cfg.labels[0]
         units = cls._load_dict(os.path.join(cfg.data, f"dict.{unit}.txt"), f"{unit} unit")
         letters = None
         if cfg.text_data:
             text_units = cls._load_dict(os.path.join(cfg.text_data, f"dict.{unit}.txt"), f"text {unit} unit")
             if text_units.symbols != units.symbols:
-                raise ValueError(
+                raise UserError(
                     f"{cfg.text_data}/dict.{unit}.txt differs from {cfg.data}/dict.{unit}.txt; the text must "
                     "be binarized with the speech side's unit dictionary (speechlm binarize --unit-dict)"
                 )

@@ -15,6 +15,7 @@ import numpy as np
 
 from speechlm.data.manifest import SAMPLE_RATE, num_frames_50hz
 from speechlm.data.readers import Manifest
+from speechlm.errors import UserError, UserFileNotFoundError
 from speechlm.tokenizers.shards import shard_range
 
 DELTA_WINDOW = 2  # Kaldi/torchaudio compute_deltas(win_length=5)
@@ -75,11 +76,9 @@ class CheckpointFeatureReader:
         state = checkpoint_utils.load_checkpoint_to_cpu(checkpoint)
         cfg = state.get("cfg")
         if cfg is None:
-            raise ValueError(f"{checkpoint}: no 'cfg' in the checkpoint; is it a fairseq (hydra) checkpoint?")
+            raise UserError(f"{checkpoint}: no 'cfg' in the checkpoint; is it a fairseq (hydra) checkpoint?")
         name = cfg.model.get("_name", None)
         if str(name).endswith(("_ctc", "_st", "_seq2seq")):
-            from speechlm.errors import UserError
-
             raise UserError(
                 f"{checkpoint}: is a fine-tuned {name!r} checkpoint; features need a pre-trained "
                 "hubert or speechlm checkpoint (the one the fine-tuning started from, its model.w2v_path)"
@@ -98,7 +97,7 @@ class CheckpointFeatureReader:
             models, _, _ = checkpoint_utils.load_model_ensemble_and_task([checkpoint])
             self.model = models[0]
         if not hasattr(self.model, "extract_features"):
-            raise ValueError(f"{checkpoint}: model {name!r} has no extract_features(); cannot dump a layer")
+            raise UserError(f"{checkpoint}: model {name!r} has no extract_features(); cannot dump a layer")
         self.model.eval().to(device)
         self.torch = torch
 
@@ -114,7 +113,7 @@ class CheckpointFeatureReader:
         kept = {k: v for k, v in model_state.items() if not k.startswith(skip)}
         missing, unexpected = model.load_state_dict(kept, strict=False)
         if missing or unexpected:
-            raise ValueError(f"{path}: checkpoint does not match its hubert config: missing {missing}, "
+            raise UserError(f"{path}: checkpoint does not match its hubert config: missing {missing}, "
                              f"unexpected {unexpected}")
         return model
 
@@ -163,7 +162,7 @@ def dump_features(
     for i, (rel, n) in enumerate(rows, start=start):
         f = extractor(man.audio(i))
         if expected_frames is not None and f.shape[0] != expected_frames(n):
-            raise ValueError(f"{man.where(i)}: {f.shape[0]} feature frames, expected {expected_frames(n)}")
+            raise UserError(f"{man.where(i)}: {f.shape[0]} feature frames, expected {expected_frames(n)}")
         if out is None:
             if total is None:
                 raise ValueError("expected_frames is needed to preallocate the dump")
@@ -188,11 +187,11 @@ def load_feature_shard(feat_dir: str, split: str, rank: int, nshard: int) -> Tup
     """``(features (frames, dim) memory-mapped, lengths)`` of one dumped shard."""
     prefix = os.path.join(feat_dir, f"{split}_{rank}_{nshard}")
     if not os.path.isfile(prefix + ".npy"):
-        raise FileNotFoundError(f"{prefix}.npy: feature shard not found; run "
+        raise UserFileNotFoundError(f"{prefix}.npy: feature shard not found; run "
                                 f"`speechlm features dump ... --nshard {nshard} --rank {rank}` first")
     feats = np.load(prefix + ".npy", mmap_mode="r")
     with open(prefix + ".len") as f:
         lens = [int(x) for x in f.read().split()]
     if sum(lens) != feats.shape[0]:
-        raise ValueError(f"{prefix}.len sums to {sum(lens)} frames but {prefix}.npy has {feats.shape[0]}")
+        raise UserError(f"{prefix}.len sums to {sum(lens)} frames but {prefix}.npy has {feats.shape[0]}")
     return feats, lens
