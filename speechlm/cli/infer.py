@@ -268,9 +268,20 @@ def load_model_and_task(path: str, task_overrides=None, model_overrides=None, us
         with open_dict(cfg):
             cfg.task = OmegaConf.merge(cfg.task, task_overrides)
     task = tasks.setup_task(cfg.task)
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        [path], task=task, state=state
-    )
+    try:
+        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+            [path], task=task, state=state
+        )
+    except RuntimeError as e:
+        if "size mismatch" not in str(e):
+            raise
+        from speechlm.errors import UserError
+
+        detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln and "copying" in ln), "")
+        raise UserError(
+            f"{path}: its weights do not fit the model built from the dictionaries in "
+            f"{cfg.task.get('data')} ({detail}); decode with the dict.ltr.txt the model was fine-tuned with"
+        ) from None
     model = models[0].eval()
     if use_cuda:
         model = model.cuda()
