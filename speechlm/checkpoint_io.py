@@ -35,12 +35,12 @@ from speechlm.errors import UserError
 logger = logging.getLogger(__name__)
 
 # Config keys that fairseq (or speechlm) turns into values with eval(): every str value under one of
-# these names must be a literal of the small grammar below. (grep of fairseq's models for `eval(`.)
+# these names must be a literal of the small grammar below (grep of fairseq's models and optimizers for
+# `eval(`; fconv_self_att's `pretrained`, which may also be a path, is left to the generic check).
 EVALUATED_CONFIG_KEYS = frozenset({
     "conv_feature_layers", "conv_aggregator_layers", "character_filters", "encoder_layers",
-    "decoder_layers", "encoder_attention", "decoder_attention", "self_attention", "pretrained",
-    "project_input", "gated_attention", "downsample", "adaptive_softmax_cutoff",
-    "adaptive_input_cutoff", "adam_betas",
+    "decoder_layers", "encoder_attention", "decoder_attention", "self_attention", "project_input",
+    "gated_attention", "downsample", "adaptive_softmax_cutoff", "adaptive_input_cutoff", "adam_betas",
 })
 MAX_SPEC_CHARS = 10000  # longer "layer specs" are not specs
 MAX_SPEC_ITEMS = 100000  # `[(1,1,1)] * 10**12` must not exhaust memory
