@@ -35,8 +35,8 @@ def epoch_ids(task, split, multiple):
 
 
 def test_a_batch_multiple_that_drops_utterances_says_so(mini_corpus, caplog):
-    cfg = OmegaConf.structured(SpeechLMPretrainingConfig(data=str(mini_corpus), seed=1, min_sample_size=8000,
-                                                         max_sample_size=80000))
+    cfg = OmegaConf.structured(SpeechLMPretrainingConfig(
+        data=str(mini_corpus), seed=1, train_subset="train", min_sample_size=8000, max_sample_size=80000))
     task = SpeechLMPretrainingTask.setup_task(cfg)
     task.load_dataset("train")
     n = len(task.dataset("train").speech)
@@ -51,8 +51,8 @@ def test_a_batch_multiple_that_drops_utterances_says_so(mini_corpus, caplog):
 def test_long_utterances_are_cropped_in_training_and_batched_alone_elsewhere(mini_corpus):
     """max_tokens below the longest utterance: fairseq would skip it (training) or stop with "Sentences
     lengths should not exceed max_tokens" (validation, infer); here nothing is skipped."""
-    cfg = OmegaConf.structured(SpeechLMPretrainingConfig(data=str(mini_corpus), seed=1, min_sample_size=0,
-                                                         max_sample_size=None))
+    cfg = OmegaConf.structured(SpeechLMPretrainingConfig(
+        data=str(mini_corpus), seed=1, train_subset="train", min_sample_size=0, max_sample_size=None))
     task = SpeechLMPretrainingTask.setup_task(cfg)
     task.load_dataset("train")
     task.load_dataset("valid")

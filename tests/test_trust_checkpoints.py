@@ -234,7 +234,8 @@ def test_hostile_speechlm_checkpoint_in_process_entry_points(hostile, mini_corpu
     from speechlm.tasks.speechlm_pretraining import SpeechLMPretrainingConfig, SpeechLMPretrainingTask
 
     path = str(hostile[kind])
-    cfg = OmegaConf.structured(SpeechLMPretrainingConfig(data=str(mini_corpus), fine_tuning=True, seed=1))
+    cfg = OmegaConf.structured(SpeechLMPretrainingConfig(
+        data=str(mini_corpus), fine_tuning=True, seed=1, train_subset="train_paired"))
     task = SpeechLMPretrainingTask.setup_task(cfg)
     entry_points = {
         "SpeechLMModel.from_checkpoint": lambda: SpeechLMModel.from_checkpoint(path),
@@ -320,8 +321,9 @@ def test_infer_decodes_long_utterances_in_chunks(run4, mini_corpus):
     from speechlm.models.speechlm_ctc import SpeechLMCtc, SpeechLMCtcConfig
     from speechlm.tasks.speechlm_pretraining import SpeechLMPretrainingConfig, SpeechLMPretrainingTask
 
-    cfg = OmegaConf.structured(SpeechLMPretrainingConfig(data=str(mini_corpus), fine_tuning=True, seed=1,
-                                                         min_sample_size=0, max_sample_size=None))
+    cfg = OmegaConf.structured(SpeechLMPretrainingConfig(
+        data=str(mini_corpus), fine_tuning=True, seed=1, train_subset="train_paired", min_sample_size=0,
+        max_sample_size=None))
     task = SpeechLMPretrainingTask.setup_task(cfg)
     task.load_dataset("test")
     ds = task.dataset("test")

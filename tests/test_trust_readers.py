@@ -30,7 +30,8 @@ def corpus(mini_corpus, tmp_path) -> Path:
 
 
 def task(corpus, **kw):
-    cfg = OmegaConf.structured(SpeechLMPretrainingConfig(data=str(corpus), seed=1, min_sample_size=0, **kw))
+    cfg = OmegaConf.structured(SpeechLMPretrainingConfig(
+        data=str(corpus), seed=1, train_subset="train", min_sample_size=0, **kw))
     return SpeechLMPretrainingTask.setup_task(cfg)
 
 

@@ -320,6 +320,10 @@ def audio_file_errors(path: str) -> Tuple[Optional[int], List[str]]:
     if sr != SAMPLE_RATE or ch != 1:
         return frames, [f"{path}: is {sr} Hz with {ch} channel(s); speechlm expects {SAMPLE_RATE} Hz mono: "
                         f"{RESAMPLE_HINT}"]
+    readable = readable_samples(path, frames)
+    if readable != frames:  # e.g. a FLAC cut short keeps its STREAMINFO sample count
+        return readable, [f"{path}: is damaged or cut short: its header says {frames} samples but only "
+                          f"{readable} can be decoded; re-create the file or remove it"]
     return frames, []
 
 
