@@ -61,6 +61,7 @@ def num_updates(path):
 # ------------------------------------------------------------------------------- kills and resume
 
 
+@pytest.mark.slow
 def test_restart_resumes_from_the_newest_intact_checkpoint(run4, mini_corpus, tmp_path):
     save = tmp_path / "save"
     shutil.copytree(run4, save)
@@ -100,6 +101,7 @@ print("saved", flush=True)
 """
 
 
+@pytest.mark.slow
 def test_a_save_killed_mid_write_leaves_the_previous_file_intact(run4, tmp_path):
     target = tmp_path / "checkpoint_last.pt"
     shutil.copyfile(run4 / "checkpoint_1_2.pt", target)
@@ -124,6 +126,7 @@ def test_a_save_killed_mid_write_leaves_the_previous_file_intact(run4, tmp_path)
     assert sorted(p.name for p in tmp_path.glob("checkpoint*.pt")) == ["checkpoint_last.pt"]
 
 
+@pytest.mark.slow
 def test_checkpoint_copies_are_atomic(run4, tmp_path, monkeypatch):
     """fairseq copies checkpoint_E_U.pt to checkpoint_last.pt; a copy that dies half-way changes nothing."""
     from fairseq import checkpoint_utils
@@ -146,6 +149,7 @@ def test_checkpoint_copies_are_atomic(run4, tmp_path, monkeypatch):
     assert num_updates(dst) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["empty", "truncated"])
 def test_a_damaged_pretrained_checkpoint_is_named(run4, mini_corpus, tmp_path, damage):
     from speechlm.models.speechlm import SpeechLMModel
@@ -207,7 +211,7 @@ def hostile(run4, tmp_path_factory):
 REFUSED = r"refused: config string .*conv_feature_layers=.* is not a plain literal"
 
 
-def test_the_escape_string_is_real_code(hostile, tmp_path):
+def test_the_escape_string_is_real_code(tmp_path):
     """The test string does run a command under a plain eval (what fairseq does with hubert specs)."""
     marker = tmp_path / "ran"
     layers = eval(escape(marker, TINY_CONV))  # noqa: S307  (the point of the test)
@@ -226,6 +230,7 @@ def test_literal_spec_grammar():
         check_config_strings({"task": {"data": "open('m', 'w')"}}, "x.pt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["speechlm", "nested"])
 def test_hostile_speechlm_checkpoint_in_process_entry_points(hostile, mini_corpus, kind):
     from speechlm.models.speechlm import SpeechLMModel
@@ -249,6 +254,7 @@ def test_hostile_speechlm_checkpoint_in_process_entry_points(hostile, mini_corpu
         assert not hostile["marker"].exists(), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["speechlm", "hubert"])
 def test_hostile_checkpoints_at_the_cli_verbs(hostile, mini_corpus, tmp_path, capsys, kind):
     path = str(hostile[kind])
@@ -269,6 +275,7 @@ def test_hostile_checkpoints_at_the_cli_verbs(hostile, mini_corpus, tmp_path, ca
         assert not hostile["marker"].exists(), name
 
 
+@pytest.mark.slow
 def test_hostile_checkpoint_at_the_training_and_generate_entry_points(hostile, mini_corpus, tmp_path):
     """fairseq-hydra-train with model.w2v_path, fairseq-generate with --path: a clean error, exit 1."""
     runs = {
@@ -297,6 +304,7 @@ def test_hostile_checkpoint_at_the_training_and_generate_entry_points(hostile, m
 # ------------------------------------------------------------------------------- wrong kind of checkpoint
 
 
+@pytest.mark.slow
 def test_the_wrong_kind_of_checkpoint_says_which_it_got(run4, mini_corpus, tmp_path, capsys):
     pre = str(run4 / "checkpoint_last.pt")
     argv = ["infer", "--config-dir", str(REPO / "examples/mini/config/decode"), "--config-name", "infer_viterbi",
@@ -316,6 +324,7 @@ def test_the_wrong_kind_of_checkpoint_says_which_it_got(run4, mini_corpus, tmp_p
 # ------------------------------------------------------------------------------- long utterances in infer
 
 
+@pytest.mark.slow
 def test_infer_decodes_long_utterances_in_chunks(run4, mini_corpus):
     from speechlm.cli.infer import ViterbiDecoder, chunked_emissions, decode_dataset, emissions
     from speechlm.models.speechlm_ctc import SpeechLMCtc, SpeechLMCtcConfig

@@ -44,6 +44,7 @@ def test_phonemize_merge_refuses_shards_of_another_input_or_seed(mini_corpus, tm
     assert f"{out}_1_2.shard.json is missing" in err, err
 
 
+@pytest.mark.slow
 def test_kmeans_merge_refuses_shards_of_another_k(mini_corpus, tmp_path, capsys):
     feats, labs = tmp_path / "feat", tmp_path / "lab"
     for rank in (0, 1):
