@@ -253,7 +253,7 @@ class LabelFile:
                     "this dictionary (regenerate one or the other)")
         where = self.where(i) if i is not None else self.path
         return UserError(f"{where}: symbol {symbol!r} is not in the dictionary ({len(d)} symbols); {hint}"
-                         + ("" if i is None else "; or allow unknown symbols (as <unk>) explicitly"))
+                         + ("" if i is None else "; or map them to <unk> on purpose: task.allow_unk_labels=true"))
 
     def encode(self, tokens: Sequence[str], i: Optional[int] = None) -> List[int]:
         """Symbol ids from ``dictionary``; a symbol outside it is a ``UserError`` naming row ``i``'s line
