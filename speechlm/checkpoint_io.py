@@ -241,6 +241,18 @@ def _tmp_name(dst: str) -> str:
     return f"{dst}.tmp-{os.getpid()}"
 
 
+def _disk_full(e: OSError, dst: str) -> None:
+    """A full disk or quota while writing ``dst`` is the user's to fix: say so (the old file is intact)."""
+    import errno
+
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        raise UserError(
+            f"{dst}: no space left on the device while writing this checkpoint ({e.strerror}); the previous "
+            f"{os.path.basename(dst)} (if any) is intact. Free space in {os.path.dirname(os.path.abspath(dst))} "
+            "(or keep fewer checkpoints: checkpoint.keep_interval_updates) and run again to resume."
+        ) from None
+
+
 def atomic_copy(src: str, dst: str) -> bool:
     """Copy ``src`` to ``dst`` through a temporary file and a rename; True on success."""
     import shutil
@@ -249,6 +261,9 @@ def atomic_copy(src: str, dst: str) -> bool:
     try:
         shutil.copyfile(src, tmp)
         _fsync_replace(tmp, dst)
+    except OSError as e:
+        _disk_full(e, dst)
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -272,6 +287,9 @@ def _wrap_persistent_save(save_fn):
             with open(tmp, "wb") as f:
                 torch.save(obj, f)
             _fsync_replace(tmp, filename)
+        except OSError as e:
+            _disk_full(e, filename)
+            raise
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)

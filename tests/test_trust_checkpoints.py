@@ -354,3 +354,24 @@ def test_infer_decodes_long_utterances_in_chunks(run4, mini_corpus):
             lp, n = emissions(model, sample)
             lpc, nc = chunked_emissions(model, sample, chunk)
             assert abs(int(nc[0]) - int(n[0])) <= len(range(0, int(ds.sizes[i]), chunk)), (int(nc[0]), int(n[0]))
+
+
+def test_a_full_disk_during_a_save_is_a_clean_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    import errno
+
+    from fairseq import checkpoint_utils
+
+    target = tmp_path / "checkpoint_last.pt"
+    checkpoint_utils.torch_persistent_save({"num_updates": 2}, str(target))
+    before = target.read_bytes()
+
+    def full_disk(obj, f, *a, **k):
+        f.write(b"PK\x03\x04 partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(UserError, match=rf"{target}: no space left on the device .* previous checkpoint_last\.pt"):
+        checkpoint_utils.torch_persistent_save({"num_updates": 4}, str(target))
+    monkeypatch.undo()
+    assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["checkpoint_last.pt"]
+    assert torch.load(target, weights_only=True) == {"num_updates": 2}
