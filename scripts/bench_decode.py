@@ -1,12 +1,15 @@
 #!/usr/bin/env python
-"""Real-time factor of batched Viterbi CTC decoding (``speechlm infer``'s loop) on CPU.
+"""Real-time factor of batched vs one-at-a-time Viterbi CTC decoding (``speechlm infer``'s loop) on CPU.
 
     python scripts/bench_decode.py CORPUS [--subset test] [--threads 2] [--sizes tiny,base]
 
 For each model size it builds a ``speechlm_ctc`` model with that architecture (random weights:
 speed does not depend on them) -- ``tiny`` is examples/mini/config/pretrain/speechlm_tiny.yaml,
 ``base`` the paper's Base (12 layers of 768-d, 94.7M-parameter encoder) -- and decodes every
-utterance of ``CORPUS/{subset}.tsv`` batched (padded, by length) and one at a time. RTF = decoding
+utterance of ``CORPUS/{subset}.tsv`` three ways: batched as ``speechlm infer`` does
+(``speechlm.decoding.ctc.plan_batches``: length-sorted, at most ``--max-samples`` samples per batch
+padding included), one at a time, and batched the old way (fairseq's batch iterator with
+``max_tokens=1.6M`` samples, i.e. up to 100 s of audio per batch). RTF = decoding
 wall time / audio duration (lower is faster); CPU-RTF uses the process's CPU time instead, which
 other jobs on a shared machine do not inflate. Prints a table.
 """
@@ -69,7 +72,10 @@ def main(argv=None):
     p.add_argument("--subset", default="test")
     p.add_argument("--sizes", default="tiny,base")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--max-tokens", type=int, default=1_600_000, help="samples per batch")
+    p.add_argument("--max-samples", type=int, default=None,
+                   help="samples per batch, padding included (default: speechlm infer's)")
+    p.add_argument("--old-max-tokens", type=int, default=1_600_000,
+                   help="max_tokens of the old fairseq-iterator batching (0: skip that row)")
     args = p.parse_args(argv)
 
     import logging
@@ -77,8 +83,10 @@ def main(argv=None):
     logging.disable(logging.WARNING)
     sys.path.insert(0, str(REPO))
     import speechlm  # noqa: F401
-    from speechlm.cli.infer import ViterbiDecoder, decode_dataset
+    from speechlm.cli.infer import DecodingConfig
+    from speechlm.decoding.ctc import ViterbiDecoder, decode_dataset, emissions
 
+    max_samples = args.max_samples or DecodingConfig.max_samples
     torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,15 +95,24 @@ def main(argv=None):
             task.load_dataset(args.subset)
             ds = task.dataset(args.subset)
             tgt = task.target_dictionary
-            dec = ViterbiDecoder(tgt, tgt.bos())
-            decode_dataset(model, task, ds, dec, "letter", batch_size=2)  # warm-up
-            for mode, kw in (("batched", {"max_tokens": args.max_tokens}),
-                             ("one-at-a-time", {"batch_size": 1})):
+            dec = [ViterbiDecoder(tgt, tgt.bos())]
+            decode_dataset(model, ds, dec, tgt, batch_size=2)  # warm-up
+            hyps = {}
+            modes = [("batched", {"max_samples": max_samples}), ("one-at-a-time", {"batch_size": 1})]
+            if args.old_max_tokens:
+                modes.append((f"old({args.old_max_tokens // 1000}k)", None))
+            for mode, kw in modes:
                 t0, c0 = time.perf_counter(), time.process_time()
-                res, audio_s, _ = decode_dataset(model, task, ds, dec, "letter", **kw)
+                if kw is None:
+                    n, audio_s = old_batching(model, task, ds, args.old_max_tokens, emissions)
+                else:
+                    res, audio_s, _, _ = decode_dataset(model, ds, dec, tgt, **kw)
+                    n, hyps[mode] = len(res[0]), {k: h for k, (h, _) in res[0].items()}
                 secs, cpu = time.perf_counter() - t0, time.process_time() - c0
-                rows.append((size, n_params / 1e6, mode, len(res), audio_s, secs, secs / audio_s,
+                rows.append((size, n_params / 1e6, mode, n, audio_s, secs, secs / audio_s,
                              cpu / audio_s))
+            if hyps["batched"] != hyps["one-at-a-time"]:
+                print(f"WARNING: {size}: batched and one-at-a-time hypotheses differ", file=sys.stderr)
     print(f"batched Viterbi CTC decoding on CPU, {args.threads} thread(s), "
           f"{args.corpus}/{args.subset}.tsv")
     print(f"{'model':<6}{'params(M)':>10}  {'mode':<14}{'utts':>5}{'audio(s)':>10}"
@@ -104,6 +121,21 @@ def main(argv=None):
         print(f"{size:<6}{m:>10.2f}  {mode:<14}{n:>5}{a:>10.1f}{s:>9.2f}{rtf:>8.4f}{cpu_rtf:>9.4f}")
     print("RTF = wall time / audio; CPU-RTF = this process's CPU time / audio (all threads; "
           "unaffected by other load on the machine)")
+
+
+def old_batching(model, task, ds, max_tokens, emissions):
+    """The forward passes of the previous infer loop: fairseq's iterator, ``max_tokens`` samples."""
+    itr = task.get_batch_iterator(
+        dataset=ds, max_tokens=max_tokens, max_sentences=None, max_positions=None,
+        ignore_invalid_inputs=False, required_batch_size_multiple=1, num_workers=0,
+        disable_iterator_cache=True,
+    ).next_epoch_itr(shuffle=False)
+    n = 0
+    with torch.inference_mode():
+        for sample in itr:
+            lprobs, lengths = emissions(model, sample)
+            n += len(sample["id"])
+    return n, sum(ds.size(i) for i in range(len(ds))) / 16000
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ import torch
 from omegaconf import OmegaConf
 
 import speechlm  # noqa: F401  (registers the components)
-from speechlm.cli.infer import ViterbiDecoder, decode_dataset, load_model_and_task
+from speechlm.cli.infer import load_model_and_task
+from speechlm.decoding.ctc import ViterbiDecoder, decode_dataset, emissions
 from speechlm.cli.main import main as cli_main
 from speechlm.data.readers import load_labels, load_manifest
 from speechlm.models.speechlm_ctc import SpeechLMCtc, SpeechLMCtcConfig
@@ -124,13 +125,11 @@ def test_batched_and_one_at_a_time_decoding_agree(finetuned):
     tgt = task.target_dictionary
     task.load_dataset("test", task_cfg=cfg.task)
     ds = task.dataset("test")
-    dec = ViterbiDecoder(tgt, tgt.bos())
-    batched, _, _ = decode_dataset(model, task, ds, dec, "letter", max_tokens=10_000_000)
-    single, _, _ = decode_dataset(model, task, ds, dec, "letter", batch_size=1)
+    dec = [ViterbiDecoder(tgt, tgt.bos())]
+    (batched,), _, _, _ = decode_dataset(model, ds, dec, tgt, max_samples=10_000_000, max_pad_ratio=1.0)
+    (single,), _, _, _ = decode_dataset(model, ds, dec, tgt, batch_size=1)
     assert len(batched) == len(ds) and batched == single
     # and the emissions themselves: one padded batch of everything vs each utterance alone
-    from speechlm.cli.infer import emissions
-
     samples = [ds[i] for i in range(len(ds))]
     lp, lengths = emissions(model, ds.collater(samples))
     assert len(set(lengths.tolist())) > 1, "test utterances all have one length: nothing padded"

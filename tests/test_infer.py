@@ -6,13 +6,13 @@ import pytest
 import torch
 from fairseq.data import Dictionary
 
-from speechlm.cli.infer import (
+from speechlm.cli.infer import compose_config, compose_configs, expand_overrides
+from speechlm.decoding.ctc import (
     KENLM_MISSING,
-    DecodingConfig,
     KenLMDecoder,
     ViterbiDecoder,
-    compose_config,
     emissions,
+    plan_batches,
     word_errors,
 )
 
@@ -99,6 +99,36 @@ def test_kenlm_config_composes():
                     reason="pyctcdecode is installed: the missing-decoder message cannot show")
 def test_kenlm_without_a_decoder_says_what_to_install():
     with pytest.raises(SystemExit) as e:
-        KenLMDecoder(letters(), 0, DecodingConfig(type="kenlm", lm_path="lm.arpa"))
+        KenLMDecoder(letters(), 0, "lm.arpa")
     assert str(e.value) == KENLM_MISSING
     assert "pip install pyctcdecode kenlm" in KENLM_MISSING and "infer_viterbi" in KENLM_MISSING
+
+
+def test_sweeps_expand_to_a_grid_of_decoding_settings():
+    fixed, subsets, grid = expand_overrides([
+        "common_eval.path=x.pt", "dataset.gen_subset=dev,test", "decoding.lm_weight=0,1,2",
+        "decoding.word_score=range(-1,1)"])
+    assert fixed == ["common_eval.path=x.pt"] and subsets == ["dev", "test"]
+    assert len(grid) == 6 and grid[0] == ["decoding.lm_weight=0", "decoding.word_score=-1"]
+    cfgs = compose_configs(str(DECODE_DIRS[1]), "infer_kenlm", [
+        "common_eval.path=x.pt", "decoding.lm_path=lm.arpa", "dataset.gen_subset=dev,test",
+        "decoding.lm_weight=0,0.5", "decoding.word_score=-1,1"])
+    assert [(c.decoding.lm_weight, c.decoding.word_score) for c in cfgs] == [
+        (0, -1), (0, 1), (0.5, -1), (0.5, 1)]
+    assert all(c.dataset.gen_subset == "dev,test" for c in cfgs)
+    with pytest.raises(SystemExit, match="task.data=a,b: only dataset.gen_subset and decoding"):
+        expand_overrides(["task.data=a,b"])
+    with pytest.raises(SystemExit, match="use compose_configs"):
+        compose_config(str(DECODE_DIRS[1]), "infer_kenlm", ["common_eval.path=x", "decoding.beam=1,2"])
+
+
+def test_batches_are_length_sorted_bounded_and_cover_every_utterance():
+    sizes = [100, 950, 1000, 480, 500, 90, 990, 10]
+    batches = plan_batches(sizes, max_samples=2000, max_pad_ratio=0.1)
+    assert sorted(i for b in batches for i in b) == list(range(len(sizes)))
+    for b in batches:
+        longest = max(sizes[i] for i in b)
+        assert len(b) * longest <= 2000 or len(b) == 1  # samples incl. padding
+        assert min(sizes[i] for i in b) >= 0.9 * longest  # padding under 10 %
+    assert batches[0] == [2, 6]  # longest first; 950 would make 3 x 1000 > 2000
+    assert plan_batches(sizes, 10**9, 1.0, max_batch=3) == [[2, 6, 1], [4, 3, 0], [5, 7]]

@@ -1,22 +1,26 @@
-"""`speechlm infer`: batched CTC decoding of a fine-tuned checkpoint, hypothesis/reference files, WER.
+"""`speechlm infer`: CTC decoding of a fine-tuned checkpoint (Viterbi or KenLM), hypotheses, WER, sweeps.
 
     speechlm infer --config-dir examples/librispeech/config/decode --config-name infer_viterbi \\
         common_eval.path=exp/ft/checkpoint_best.pt task.data=DATA dataset.gen_subset=test,test_other \\
         common_eval.results_path=exp/ft/decode
+    speechlm infer --config-dir examples/librispeech/config/decode --config-name infer_kenlm \\
+        common_eval.path=CKPT decoding.lm_path=4-gram.arpa dataset.gen_subset=dev_clean \\
+        decoding.lm_weight=0,0.5,1,2 decoding.word_score=-1,0,1          # a 4 x 3 sweep, one forward pass
 
-Arguments after the options are hydra overrides of the decode config (``InferConfig`` below). The
-task (``speechlm_pretraining`` with ``fine_tuning: true``) and the model come from the checkpoint;
-``task.*`` overrides change the saved task config (``task.data`` points at another data directory).
-Utterances are batched by length and padded, never cropped: each one is decoded over its own frames
-only, so a batch and one-at-a-time decoding give the same hypotheses. For each subset it writes
+Arguments after the options are hydra overrides of the decode config (``InferConfig`` below), in hydra's
+override grammar: a comma list (or ``range(a,b,step)``) is a sweep. ``dataset.gen_subset`` and
+``decoding.*`` may sweep: the model runs once per subset and every combination of the ``decoding.*``
+values decodes its log-probabilities (a table, best setting marked). The task (``speechlm_pretraining``
+with ``fine_tuning: true``) and the model come from the checkpoint; ``task.*`` overrides change the saved
+task config. Batching and decoders: ``speechlm.decoding.ctc``. For each subset it writes
 ``{subset}.hypo.wrd`` and ``{subset}.ref.wrd`` (``WORDS (utterance-id)`` per line, sclite trn format,
-manifest order) under ``common_eval.results_path`` and prints WER/CER (editdistance) and the
-real-time factor.
+manifest order; with a sweep, the best setting's) under ``common_eval.results_path``, plus
+``{subset}.sweep.tsv`` for a sweep.
 """
 import ast
+import itertools
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
@@ -24,16 +28,9 @@ import torch
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.dataclass.configs import CommonConfig, CommonEvalConfig, DatasetConfig
 
-from speechlm.data.manifest import SAMPLE_RATE
-
 logger = logging.getLogger("speechlm.infer")
 
 DECODER_CHOICES = ChoiceEnum(["viterbi", "kenlm"])
-KENLM_MISSING = (
-    "decoding.type=kenlm needs a CTC beam-search decoder with KenLM support, and none is installed: "
-    "`pip install pyctcdecode kenlm` (or flashlight-text). Without them use "
-    "--config-name infer_viterbi."
-)
 
 
 @dataclass
@@ -57,6 +54,15 @@ class DecodingConfig(FairseqDataclass):
     beam_prune_logp: float = field(
         default=-10.0, metadata={"help": "prune beams this far (log prob) below the best"}
     )
+    max_samples: int = field(
+        default=480_000,
+        metadata={"help": "audio samples per batch, padding included (30 s at 16 kHz); small batches "
+                          "keep the conv front end's activations in cache (see speechlm.decoding.ctc)"},
+    )
+    max_pad_ratio: float = field(
+        default=0.1, metadata={"help": "an utterance joins a batch only if it is at most this much "
+                                       "shorter than the batch's longest"},
+    )
 
 
 @dataclass
@@ -69,167 +75,6 @@ class InferConfig(FairseqDataclass):
         default=None,
         metadata={"help": "overrides of the task config saved in the checkpoint (e.g. data)"},
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# decoders: (T, V) log-probs of ONE utterance (its real frames only) -> token ids
-
-
-class ViterbiDecoder:
-    """Best path: argmax per frame, merge repeats, drop blanks."""
-
-    def __init__(self, tgt_dict, blank: int):
-        self.blank = blank
-
-    def decode(self, lprobs: torch.Tensor) -> List[int]:
-        toks = lprobs.argmax(dim=-1).unique_consecutive()
-        return toks[toks != self.blank].tolist()
-
-
-class KenLMDecoder:
-    """CTC beam search with a KenLM word LM through pyctcdecode; returns word strings directly."""
-
-    def __init__(self, tgt_dict, blank: int, cfg: DecodingConfig):
-        try:
-            import pyctcdecode
-        except ImportError:
-            raise SystemExit(KENLM_MISSING) from None
-        if not cfg.lm_path or not os.path.isfile(cfg.lm_path):
-            raise SystemExit(
-                f"decoding.lm_path={cfg.lm_path!r}: KenLM model not found; train one on the "
-                "normalized text with KenLM's lmplz, or use --config-name infer_viterbi"
-            )
-        labels = []
-        for i, sym in enumerate(tgt_dict.symbols):
-            if i == blank:
-                labels.append("")
-            elif sym == "|":
-                labels.append(" ")
-            else:
-                labels.append(sym if len(sym) == 1 else f"\u2047{i}")  # never emitted as text
-        unigrams = None
-        if cfg.unigrams:
-            with open(cfg.unigrams, encoding="utf-8") as f:
-                unigrams = [ln.split()[0] for ln in f if ln.strip()]
-        self.decoder = pyctcdecode.build_ctcdecoder(
-            labels, kenlm_model_path=cfg.lm_path, unigrams=unigrams, alpha=cfg.lm_weight,
-            beta=cfg.word_score,
-        )
-        self.cfg = cfg
-
-    def decode_words(self, lprobs: torch.Tensor) -> str:
-        return self.decoder.decode(
-            lprobs.float().cpu().numpy(), beam_width=self.cfg.beam,
-            beam_prune_logp=self.cfg.beam_prune_logp,
-        ).strip()
-
-
-def build_decoder(cfg: DecodingConfig, tgt_dict, blank: int):
-    if cfg.type == "viterbi":
-        return ViterbiDecoder(tgt_dict, blank)
-    return KenLMDecoder(tgt_dict, blank, cfg)
-
-
-# ----------------------------------------------------------------------------------------------
-
-
-def word_errors(hyp: str, ref: str):
-    """(edit distance in words, reference words, edit distance in chars, reference chars)."""
-    import editdistance
-
-    hw, rw = hyp.split(), ref.split()
-    hc, rc = list(hyp.replace(" ", "")), list(ref.replace(" ", ""))
-    return editdistance.eval(hw, rw), len(rw), editdistance.eval(hc, rc), len(rc)
-
-
-def emissions(model, sample):
-    """Run a CTC model on a padded batch -> (lprobs (B, T, V), lengths (B,)) over real frames."""
-    net_output = model(**sample["net_input"])
-    lprobs = model.get_normalized_probs(net_output, log_probs=True).transpose(0, 1).float()
-    pad = net_output.get("padding_mask")
-    if pad is None:
-        pad = net_output.get("encoder_padding_mask")
-    if pad is not None and pad.any():
-        lengths = (~pad).long().sum(-1)
-    else:
-        lengths = torch.full((lprobs.size(0),), lprobs.size(1), dtype=torch.long)
-    return lprobs, lengths
-
-
-# chunks of a long utterance start on multiples of this (two 320-sample frames: the 25 Hz CTC head's frames)
-CHUNK_ALIGN_SAMPLES = 640
-
-
-def chunked_emissions(model, sample, chunk_samples: int):
-    """``emissions`` of ONE utterance (batch of 1) longer than ``chunk_samples``, in consecutive chunks.
-
-    Each chunk starts on a multiple of 640 samples and carries the 80 samples that complete its last
-    25 ms window, so the conv frames of the chunks are exactly the utterance's frames; the Transformer
-    sees each chunk alone. Returns ``(lprobs (1, T, V), lengths (1,))``.
-    """
-    from speechlm.data.manifest import FRAME_SHIFT_SAMPLES, FRAME_WINDOW_SAMPLES
-
-    src = sample["net_input"]["source"]
-    step = max(CHUNK_ALIGN_SAMPLES, chunk_samples // CHUNK_ALIGN_SAMPLES * CHUNK_ALIGN_SAMPLES)
-    pieces = []
-    for start in range(0, src.size(1), step):
-        piece = src[:, start:start + step + FRAME_WINDOW_SAMPLES - FRAME_SHIFT_SAMPLES]
-        if piece.size(1) < FRAME_WINDOW_SAMPLES:
-            break
-        mask = torch.zeros(piece.shape, dtype=torch.bool, device=piece.device)
-        lp, n = emissions(model, {"net_input": {"source": piece, "padding_mask": mask}})
-        pieces.append(lp[0, : int(n[0])])
-    lprobs = torch.cat(pieces)[None]
-    return lprobs, torch.tensor([lprobs.size(1)])
-
-
-def decode_dataset(model, task, dataset, decoder, post_process: str, max_tokens=None,
-                   batch_size=None, use_cuda=False, num_workers=0):
-    """Decode every utterance of ``dataset``.
-
-    Returns ``(results, audio_seconds, decode_seconds)`` with ``results[id] = (hyp, ref)`` (word
-    strings; ``ref`` is None without targets), in dataset-index order.
-    """
-    from fairseq import utils
-    from fairseq.data.data_utils import post_process as post_process_fn
-
-    tgt_dict = task.target_dictionary
-    itr = task.get_batch_iterator(
-        dataset=dataset, max_tokens=max_tokens, max_sentences=batch_size,
-        max_positions=None, ignore_invalid_inputs=False, required_batch_size_multiple=1,
-        num_workers=num_workers, disable_iterator_cache=True,
-    ).next_epoch_itr(shuffle=False)
-    results, audio_s, t0 = {}, 0.0, time.perf_counter()
-    with torch.inference_mode():
-        for sample in itr:
-            if not sample:
-                continue
-            if use_cuda:
-                sample = utils.move_to_cuda(sample)
-            if max_tokens and sample["net_input"]["source"].size(1) > max_tokens:  # alone in its batch
-                lprobs, lengths = chunked_emissions(model, sample, max_tokens)
-            else:
-                lprobs, lengths = emissions(model, sample)
-            for i, sid in enumerate(sample["id"].tolist()):
-                audio_s += dataset.size(sid) / SAMPLE_RATE if hasattr(dataset, "size") else 0.0
-                lp = lprobs[i, : int(lengths[i])]
-                if hasattr(decoder, "decode_words"):
-                    hyp = decoder.decode_words(lp)
-                else:
-                    hyp = post_process_fn(tgt_dict.string(decoder.decode(lp)), post_process)
-                ref = None
-                if sample.get("target") is not None:
-                    t = sample["target"][i]
-                    t = t[(t != tgt_dict.pad()) & (t != tgt_dict.eos())]
-                    ref = post_process_fn(tgt_dict.string(t), post_process)
-                results[sid] = (" ".join(hyp.split()), " ".join(ref.split()) if ref is not None else None)
-    if len(results) != len(dataset):  # never score a subset silently
-        from speechlm.errors import UserError
-
-        missing = sorted(set(range(len(dataset))) - set(results))
-        raise UserError(f"{len(missing)} of {len(dataset)} utterances were not decoded (dataset ids "
-                        f"{missing[:5]}); the WER would leave them out")
-    return results, audio_s, time.perf_counter() - t0
 
 
 def utterance_ids(data_dir: str, subset: str, n: int) -> List[str]:
@@ -297,8 +142,39 @@ def add_args(parser):
                         help="hydra overrides, e.g. common_eval.path=CKPT dataset.gen_subset=test")
 
 
-def compose_config(config_dir: str, config_name: str, overrides: List[str]):
-    """Hydra-compose the decode yaml with ``overrides`` and type-check it against InferConfig."""
+def expand_overrides(overrides: List[str]):
+    """Split hydra overrides into ``(fixed, subsets, grid)``: ``fixed`` the single-valued ones,
+    ``subsets`` the values of a ``dataset.gen_subset`` sweep (or None), ``grid`` one override list per
+    combination of the ``decoding.*`` sweeps (``[[]]`` without any). Raises SystemExit for bad syntax or
+    a sweep over another key (the model and data are loaded once)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as e:
+        raise SystemExit(f"speechlm infer: bad override: {e}") from None
+    fixed, subsets, sweeps = [], None, []
+    for o in parsed:
+        key = o.get_key_element()
+        if not o.is_sweep_override():
+            fixed.append(o.input_line)
+            continue
+        values = list(o.sweep_string_iterator())
+        if key == "dataset.gen_subset":
+            subsets = values
+        elif key.startswith("decoding."):
+            sweeps.append([f"{key}={v}" for v in values])
+        else:
+            raise SystemExit(f"speechlm infer: {o.input_line}: only dataset.gen_subset and decoding.* may "
+                             "take several values (one model and task per run)")
+    return fixed, subsets, [list(c) for c in itertools.product(*sweeps)]
+
+
+def compose_configs(config_dir: str, config_name: str, overrides: List[str]):
+    """Hydra-compose the decode yaml once per combination of the swept ``decoding.*`` values and
+    type-check each against InferConfig. Returns the list of configs (one without a sweep); their
+    ``dataset.gen_subset`` is the comma-joined list of subsets."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
@@ -306,32 +182,67 @@ def compose_config(config_dir: str, config_name: str, overrides: List[str]):
     config_dir = os.path.abspath(config_dir)
     if not os.path.isfile(os.path.join(config_dir, config_name + ".yaml")):
         raise SystemExit(f"{config_dir}/{config_name}.yaml: decode config not found")
-    # `dataset.gen_subset=test,test_other` means one string here (no sweeps), not a hydra sweep
-    overrides = [
-        f"{o.split('=', 1)[0]}='{o.split('=', 1)[1]}'"
-        if "=" in o and "," in o.split("=", 1)[1] and o.split("=", 1)[1][:1] not in "[{'\""
-        else o
-        for o in overrides
-    ]
+    fixed, subsets, grid = expand_overrides(overrides)
     logging.getLogger("hydra").setLevel(logging.WARNING)
+    cfgs = []
     with initialize_config_dir(config_dir=config_dir, version_base=None):
-        raw = compose(config_name=config_name, overrides=list(overrides))
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(InferConfig), raw)
-    except OmegaConfBaseException as e:
-        raise SystemExit(f"{config_dir}/{config_name}.yaml (+ overrides): {e}") from None
-    if cfg.common_eval.path is None:
-        raise SystemExit("give the fine-tuned checkpoint: common_eval.path=CKPT")
-    return cfg
+        for combo in grid:
+            try:
+                raw = compose(config_name=config_name, overrides=fixed + combo)
+                cfg = OmegaConf.merge(OmegaConf.structured(InferConfig), raw)
+            except OmegaConfBaseException as e:
+                raise SystemExit(f"{config_dir}/{config_name}.yaml (+ overrides): {e}") from None
+            if subsets:
+                cfg.dataset.gen_subset = ",".join(subsets)
+            if cfg.common_eval.path is None:
+                raise SystemExit("give the fine-tuned checkpoint: common_eval.path=CKPT")
+            cfgs.append(cfg)
+    return cfgs
+
+
+def compose_config(config_dir: str, config_name: str, overrides: List[str]):
+    """The config of a run without a ``decoding.*`` sweep (SystemExit if there is one)."""
+    cfgs = compose_configs(config_dir, config_name, overrides)
+    if len(cfgs) != 1:
+        raise SystemExit("compose_config: the overrides sweep decoding.*; use compose_configs")
+    return cfgs[0]
+
+
+def build_decoders(cfgs, tgt_dict, blank: int, post_process: str):
+    """One decoder per config (a KenLM model is loaded once and re-weighted)."""
+    from speechlm.decoding.ctc import KenLMDecoder, ViterbiDecoder, load_kenlm
+
+    decoders, lms = [], {}
+    for cfg in cfgs:
+        d = cfg.decoding
+        if d.type == "viterbi":
+            decoders.append(ViterbiDecoder(tgt_dict, blank, post_process))
+            continue
+        key = (d.lm_path, d.unigrams)
+        if key not in lms:
+            lms[key] = load_kenlm(d.lm_path, d.unigrams, d.lm_weight, d.word_score)
+        decoders.append(KenLMDecoder(tgt_dict, blank, d.lm_path, d.lm_weight, d.word_score, d.beam,
+                                     d.beam_prune_logp, language_model=lms[key]))
+    return decoders
+
+
+def _setting(cfg, swept_keys) -> str:
+    from omegaconf import OmegaConf
+
+    return " ".join(f"{k}={OmegaConf.select(cfg, 'decoding.' + k)}" for k in swept_keys) or cfg.decoding.type
 
 
 def run(args):
     from omegaconf import OmegaConf
 
     import speechlm  # noqa: F401  (registers models/tasks, safe checkpoint loading)
+    from speechlm.decoding.ctc import decode_dataset, error_rates
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(message)s")
-    cfg = compose_config(args.config_dir, args.config_name, args.overrides)
+    cfgs = compose_configs(args.config_dir, args.config_name, args.overrides)
+    cfg = cfgs[0]
+    swept = [k for k in ("type", "lm_weight", "word_score", "beam", "beam_prune_logp", "lm_path")
+             if len({str(OmegaConf.select(c, "decoding." + k)) for c in cfgs}) > 1]
     use_cuda = torch.cuda.is_available() and not cfg.common.cpu
     task_overrides = OmegaConf.to_container(cfg.task) if cfg.task else {}
     if task_overrides.get("data") is None:  # null: keep the data dir saved in the checkpoint
@@ -342,8 +253,8 @@ def run(args):
     )
     tgt_dict = task.target_dictionary
     blank = tgt_dict.index(task.blank_symbol) if hasattr(task, "blank_symbol") else tgt_dict.bos()
-    decoder = build_decoder(cfg.decoding, tgt_dict, blank)
     post = cfg.common_eval.post_process or "letter"
+    decoders = build_decoders(cfgs, tgt_dict, blank, post)
     out_dir = cfg.common_eval.results_path
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
@@ -351,25 +262,36 @@ def run(args):
     for subset in cfg.dataset.gen_subset.split(","):
         task.load_dataset(subset, task_cfg=saved.task)
         ds = task.dataset(subset)
-        results, audio_s, secs = decode_dataset(
-            model, task, ds, decoder, post, cfg.dataset.max_tokens, cfg.dataset.batch_size,
-            use_cuda, cfg.dataset.num_workers,
+        results, audio_s, fwd_s, dec_s = decode_dataset(
+            model, ds, decoders, tgt_dict, post, max_samples=cfg.decoding.max_samples,
+            max_pad_ratio=cfg.decoding.max_pad_ratio, batch_size=cfg.dataset.batch_size,
+            use_cuda=use_cuda, chunk_samples=cfg.dataset.max_tokens,
         )
         names = getattr(ds, "names", None)  # SpeechLabelDataset: manifest paths of its rows
         ids = ([os.path.splitext(n)[0] for n in names] if names is not None
                else utterance_ids(saved.task.get("data"), subset, len(ds)))
-        errs = [word_errors(h, r) for h, r in results.values() if r is not None]
-        we, nw, ce, nc = (sum(x) for x in zip(*errs)) if errs else (0, 0, 0, 0)
+        rates = [error_rates(r) for r in results]
+        best = min(range(len(cfgs)), key=lambda k: rates[k]["wer"])
+        for k, c in enumerate(cfgs):
+            table.append((subset, _setting(c, swept), len(results[k]), rates[k]["words"], rates[k]["wer"],
+                          rates[k]["cer"], (fwd_s + dec_s[k]) / max(audio_s, 1e-9),
+                          len(cfgs) > 1 and k == best))
         if out_dir:
-            for kind, k in (("hypo", 0), ("ref", 1)):
+            for kind, j in (("hypo", 0), ("ref", 1)):
                 with open(os.path.join(out_dir, f"{subset}.{kind}.wrd"), "w", encoding="utf-8") as f:
-                    for sid in sorted(results):
-                        f.write(f"{results[sid][k] or ''} ({ids[sid]})\n")
-        table.append((subset, len(results), nw, 100.0 * we / max(nw, 1), 100.0 * ce / max(nc, 1),
-                      secs / max(audio_s, 1e-9)))
-    print(f"{'subset':<14}{'utts':>7}{'words':>8}{'WER%':>8}{'CER%':>8}{'RTF':>9}")
-    for subset, n, nw, wer, cer, rtf in table:
-        print(f"{subset:<14}{n:>7}{nw:>8}{wer:>8.2f}{cer:>8.2f}{rtf:>9.4f}")
+                    for sid in sorted(results[best]):
+                        f.write(f"{results[best][sid][j] or ''} ({ids[sid]})\n")
+            if len(cfgs) > 1:
+                with open(os.path.join(out_dir, f"{subset}.sweep.tsv"), "w", encoding="utf-8") as f:
+                    f.write("\t".join(swept + ["wer", "cer"]) + "\n")
+                    for c, r in zip(cfgs, rates):
+                        vals = [str(OmegaConf.select(c, "decoding." + k)) for k in swept]
+                        f.write("\t".join(vals + [f"{r['wer']:.2f}", f"{r['cer']:.2f}"]) + "\n")
+    width = max(8, max(len(row[1]) for row in table) + 2)
+    print(f"{'subset':<14}{'decoding':<{width}}{'utts':>6}{'words':>8}{'WER%':>8}{'CER%':>8}{'RTF':>9}")
+    for subset, setting, n, nw, wer, cer, rtf, is_best in table:
+        print(f"{subset:<14}{setting:<{width}}{n:>6}{nw:>8}{wer:>8.2f}{cer:>8.2f}{rtf:>9.4f}"
+              + ("  <- best" if is_best else ""))
     if out_dir:
         print(f"hypotheses and references: {out_dir}/{{subset}}.{{hypo,ref}}.wrd")
     return 0
