@@ -18,9 +18,9 @@ from omegaconf import OmegaConf
 
 import speechlm  # noqa: F401  (registers the components)
 from speechlm.cli.infer import load_model_and_task
-from speechlm.decoding.ctc import ViterbiDecoder, decode_dataset, emissions
 from speechlm.cli.main import main as cli_main
 from speechlm.data.readers import load_labels, load_manifest
+from speechlm.decoding.ctc import ViterbiDecoder, decode_dataset, emissions
 from speechlm.models.speechlm_ctc import SpeechLMCtc, SpeechLMCtcConfig
 from speechlm.tasks.speechlm_pretraining import SpeechLMPretrainingConfig, SpeechLMPretrainingTask
 

