@@ -97,13 +97,12 @@ def test_letters_and_utterance_ids():
 
 
 def test_mini_corpus_as_a_librispeech_tree_round_trips_through_labels(mini_corpus, tmp_path):
-    from speechlm.corpora.librispeech import MINI_TO_LIBRISPEECH, write_librispeech_tree
-    from speechlm.data.manifest import write_manifest
-    from speechlm.data.readers import load_labels, load_manifest, read_audio
-
     import json
     import shutil
 
+    from speechlm.corpora.librispeech import MINI_TO_LIBRISPEECH, write_librispeech_tree
+    from speechlm.data.manifest import write_manifest
+    from speechlm.data.readers import load_labels, load_manifest, read_audio
     from tests.conftest import MINI_CORPUS_HOURS, MINI_CORPUS_SEED
 
     out = tmp_path / "ls"

@@ -55,8 +55,8 @@ class DecodingConfig(FairseqDataclass):
         default=-10.0, metadata={"help": "prune beams this far (log prob) below the best"}
     )
     max_samples: int = field(
-        default=480_000,
-        metadata={"help": "audio samples per batch, padding included (30 s at 16 kHz); small batches "
+        default=200_000,
+        metadata={"help": "audio samples per batch, padding included (12.5 s at 16 kHz); small batches "
                           "keep the conv front end's activations in cache (see speechlm.decoding.ctc)"},
     )
     max_pad_ratio: float = field(
@@ -229,7 +229,7 @@ def build_decoders(cfgs, tgt_dict, blank: int, post_process: str):
 def _setting(cfg, swept_keys) -> str:
     from omegaconf import OmegaConf
 
-    return " ".join(f"{k}={OmegaConf.select(cfg, 'decoding.' + k)}" for k in swept_keys) or cfg.decoding.type
+    return " ".join(f"{k}={OmegaConf.select(cfg, 'decoding.' + k)}" for k in swept_keys) or str(cfg.decoding.type)
 
 
 def run(args):

@@ -15,6 +15,7 @@ VERBS = {
     "corpus": ("speechlm.cli.corpus", "build (mini) or validate (check) a corpus directory"),
     "manifest": ("speechlm.cli.manifest", "write fairseq audio manifests for a folder of audio"),
     "labels": ("speechlm.cli.labels", "transcripts (LibriSpeech *.trans.txt) -> SPLIT.wrd, SPLIT.ltr, dict.ltr.txt"),
+    "ngram": ("speechlm.cli.ngram", "n-gram LM (words, or phones through a lexicon) as an ARPA file"),
     "phonemize": ("speechlm.cli.phonemize", "text -> upsampled phoneme units (+ letters)"),
     "binarize": ("speechlm.cli.binarize", "units + letters -> fairseq indexed datasets"),
     "features": ("speechlm.cli.features", "dump MFCC / checkpoint-layer features for k-means"),

@@ -2,13 +2,14 @@
 
     speechlm phone-units train CORPUS --split train_paired --save phone_ctc.pt [--epochs 30]
     speechlm phone-units label CORPUS train --model phone_ctc.pt --out-dir LAB [--transcripts] \\
-        [--nshard N --rank R]
+        [--phone-lm phones.arpa] [--nshard N --rank R]
     speechlm phone-units merge LAB train --nshard N
     speechlm phone-units score --hyp LAB/valid.phn --ref CORPUS/valid.phn
 
 ``label`` writes ``LAB/{split}.phn`` (``LAB/{split}_{rank}_{nshard}.phn`` when sharded): one line per
 manifest row, one phone per 50 Hz frame. ``--transcripts`` force-aligns ``CORPUS/{split}.wrd``;
-without it the CTC posteriors decide. See ``speechlm.tokenizers.phone_recognizer``.
+``--phone-lm`` decodes the rest with a phone n-gram LM (``speechlm ngram TEXT --phones``); otherwise the
+per-frame argmax of the CTC posteriors decides. See ``speechlm.tokenizers.phone_labelling``.
 """
 import json
 import logging
@@ -45,6 +46,11 @@ def add_args(parser):
                    help="with --transcripts: a word missing from the lexicon is an error (default: that "
                         "utterance is labelled from the posteriors, and counted)")
     p.add_argument("--lexicon", help="'WORD PH1 PH2 ...' lexicon (default: CMU dict)")
+    p.add_argument("--phone-lm", help="phone n-gram ARPA (`speechlm ngram TEXT --phones`): utterances without "
+                                      "a usable transcript are decoded by beam search with it")
+    p.add_argument("--lm-weight", type=float, default=1.0, help="phone LM weight (default: 1.0)")
+    p.add_argument("--insertion", type=float, default=0.0, help="phone insertion bonus (default: 0)")
+    p.add_argument("--beam", type=int, default=16, help="beam width with --phone-lm (default: 16)")
     p.add_argument("--nshard", type=int, default=1)
     p.add_argument("--rank", type=int, default=0)
 
@@ -92,7 +98,6 @@ def run(args):
     from speechlm.data.readers import read_audio
     from speechlm.tokenizers import phone_recognizer as R
     from speechlm.tokenizers.lexicon import Lexicon
-    from speechlm.tokenizers.shards import shard_range
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.action == "train":
@@ -125,50 +130,32 @@ def run(args):
               f"{np.mean(losses[:k]):.3f} (first 10%) -> {np.mean(losses[-k:]):.3f} (last 10%); -> {args.save}",
               file=sys.stderr)
     elif args.action == "label":
+        from speechlm.tokenizers.phone_labelling import LabellingError, label_split
+
         lexicon = Lexicon.load(args.lexicon) if args.transcripts else None
-        root, rows, words = _load_split(args.corpus, args.split, args.transcripts, lexicon)
-        model = R.load_recognizer(args.model)
-        start, end = shard_range(len(rows), args.nshard, args.rank)
-        os.makedirs(args.out_dir, exist_ok=True)
-        name = args.split if args.nshard == 1 else f"{args.split}_{args.rank}_{args.nshard}"
-        out = os.path.join(args.out_dir, f"{name}.phn")
-        n_fallback, oov_lines = 0, []
-        with open(out + ".tmp", "w", encoding="utf-8") as f:
-            for i in range(start, end):
-                rel, n = rows[i]
-                lp = R.posteriors(model, read_audio(os.path.join(root, rel)))
-                labels = None
-                if args.transcripts:
-                    wp = words[i]
-                    if isinstance(wp, tuple):
-                        if args.strict:
-                            sys.exit(f"speechlm phone-units label: {args.corpus}/{args.split}.wrd line {wp[0]}: "
-                                     f"words not in the lexicon: {wp[1]}; add them (--lexicon) or drop --strict")
-                        oov_lines.append(wp)
-                    else:
-                        try:
-                            labels = R.label_with_transcript(lp, wp)
-                        except ValueError:
-                            n_fallback += 1  # transcript does not fit in the frames: trust the posteriors
-                if labels is None:
-                    labels = R.label_without_transcript(lp)
-                f.write(" ".join(labels) + "\n")
-        os.replace(out + ".tmp", out)
+        try:
+            rep = label_split(args.corpus, args.split, args.model, args.out_dir, args.transcripts, lexicon,
+                              args.strict, args.phone_lm, args.lm_weight, args.insertion, args.beam,
+                              args.nshard, args.rank)
+        except LabellingError as e:
+            sys.exit(f"speechlm phone-units label: {e}")
         if args.nshard > 1:
             from speechlm.tokenizers.shards import write_sidecar
 
-            write_sidecar(out[: -len(".phn")], "phone-units label", args.rank, args.nshard,
+            write_sidecar(rep.out[: -len(".phn")], "phone-units label", args.rank, args.nshard,
                           {"manifest": os.path.join(args.corpus, f"{args.split}.tsv"), "model": args.model,
-                           "lexicon": args.lexicon},
-                          {"transcripts": args.transcripts, "strict": args.strict})
-        print(f"[phone-units] {end - start} utterances -> {out}", file=sys.stderr)
-        if n_fallback:
-            print(f"[phone-units] {n_fallback} utterances too short for their transcript: labelled from the "
-                  "posteriors", file=sys.stderr)
-        if oov_lines:
-            eg = "; ".join(f"line {n}: {' '.join(w)}" for n, w in oov_lines[:5])
-            print(f"[phone-units] {len(oov_lines)} transcripts with words missing from the lexicon, labelled "
-                  f"from the posteriors ({args.split}.wrd {eg})", file=sys.stderr)
+                           "lexicon": args.lexicon, "phone_lm": args.phone_lm},
+                          {"transcripts": args.transcripts, "strict": args.strict, "lm_weight": args.lm_weight,
+                           "insertion": args.insertion, "beam": args.beam})
+        print(f"[phone-units] {rep.utterances} utterances -> {rep.out} (forced alignment {rep.aligned}, "
+              f"phone LM {rep.phone_lm}, posteriors only {rep.posteriors})", file=sys.stderr)
+        if rep.too_short:
+            print(f"[phone-units] {rep.too_short} utterances too short for their transcript: labelled without "
+                  "it", file=sys.stderr)
+        if rep.oov_lines:
+            eg = "; ".join(f"line {n}: {' '.join(w)}" for n, w in rep.oov_lines[:5])
+            print(f"[phone-units] {len(rep.oov_lines)} transcripts with words missing from the lexicon, labelled "
+                  f"without them ({args.split}.wrd {eg})", file=sys.stderr)
     elif args.action == "merge":
         out = os.path.join(args.out_dir, f"{args.split}.phn")
         try:

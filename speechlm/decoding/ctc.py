@@ -218,7 +218,7 @@ def plan_batches(sizes: Sequence[int], max_samples: int, max_pad_ratio: float = 
 
 
 def decode_dataset(model, dataset, decoders, tgt_dict, post_process: str = "letter",
-                   max_samples: int = 480_000, max_pad_ratio: float = 0.1, batch_size: Optional[int] = None,
+                   max_samples: int = 200_000, max_pad_ratio: float = 0.1, batch_size: Optional[int] = None,
                    use_cuda: bool = False, chunk_samples: Optional[int] = None):
     """Decode every utterance of ``dataset`` (a SpeechLabelDataset-like: ``__getitem__``, ``collater``,
     ``size``) with each of ``decoders`` (objects with ``decode_words(lprobs (T, V)) -> str``).

@@ -1,0 +1,90 @@
+"""Frame-level phone units of a manifest (one shard): the loop behind ``speechlm phone-units label``.
+
+Per utterance, the recognizer's CTC posteriors (``phone_recognizer.posteriors``) become one phone per 50 Hz
+frame by, in order of preference: forced alignment of its transcript (``transcripts=True``: ``SPLIT.wrd``
+through the lexicon), CTC beam search with a phone n-gram LM (``phone_lm``: unpaired speech, see
+``speechlm.tokenizers.phone_lm``), or the per-frame argmax. Writes ``OUT/{split}.phn`` or, sharded,
+``OUT/{split}_{rank}_{nshard}.phn`` atomically.
+"""
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+from speechlm.tokenizers.lexicon import Lexicon
+
+
+class LabellingError(ValueError):
+    """A transcript that cannot be used with ``strict`` (names the file and line)."""
+
+
+@dataclass
+class LabellingReport:
+    out: str
+    utterances: int = 0
+    aligned: int = 0  # forced alignment of the transcript
+    phone_lm: int = 0  # beam search with the phone LM
+    posteriors: int = 0  # per-frame argmax
+    too_short: int = 0  # transcript did not fit in the frames
+    oov_lines: List[Tuple[int, List[str]]] = field(default_factory=list)  # (line in SPLIT.wrd, missing words)
+
+
+def transcripts_as_phones(corpus: str, split: str, n_rows: int, lexicon: Lexicon):
+    """Per row of ``corpus/split.tsv``: the phones of each word of ``split.wrd``, or ``(line, missing)``."""
+    from speechlm.data.readers import load_labels
+    from speechlm.tokenizers.phone_recognizer import transcript_phones
+
+    lines = load_labels(os.path.join(corpus, f"{split}.wrd"), n_rows, os.path.join(corpus, f"{split}.tsv"))
+    out = []
+    for i, line in enumerate(lines, start=1):
+        wp = transcript_phones(line.split(), lexicon)
+        out.append(wp if wp is not None else (i, [w for w in line.split() if lexicon.get(w) is None]))
+    return out
+
+
+def label_split(corpus: str, split: str, model_path: str, out_dir: str, transcripts: bool = False,
+                lexicon: Optional[Lexicon] = None, strict: bool = False, phone_lm: Optional[str] = None,
+                lm_weight: float = 1.0, insertion: float = 0.0, beam: int = 16, nshard: int = 1,
+                rank: int = 0) -> LabellingReport:
+    """Label rows ``shard_range(n, nshard, rank)`` of ``corpus/split.tsv``; see the module docstring."""
+    from speechlm.data.readers import load_manifest, read_audio
+    from speechlm.tokenizers import phone_recognizer as R
+    from speechlm.tokenizers.phone_lm import ArpaLM, label_with_phone_lm
+    from speechlm.tokenizers.shards import shard_range
+
+    root, rows = load_manifest(os.path.join(corpus, f"{split}.tsv"))
+    words = transcripts_as_phones(corpus, split, len(rows), lexicon or Lexicon.load()) if transcripts else None
+    lm = ArpaLM.load(phone_lm) if phone_lm else None
+    model = R.load_recognizer(model_path)
+    start, end = shard_range(len(rows), nshard, rank)
+    os.makedirs(out_dir, exist_ok=True)
+    name = split if nshard == 1 else f"{split}_{rank}_{nshard}"
+    report = LabellingReport(out=os.path.join(out_dir, f"{name}.phn"))
+    with open(report.out + ".tmp", "w", encoding="utf-8") as f:
+        for i in range(start, end):
+            rel, _ = rows[i]
+            lp = R.posteriors(model, read_audio(os.path.join(root, rel)))
+            labels = None
+            if words is not None:
+                wp = words[i]
+                if isinstance(wp, tuple):
+                    if strict:
+                        raise LabellingError(
+                            f"{corpus}/{split}.wrd:{wp[0]}: words not in the lexicon: {wp[1]}; add them "
+                            "(--lexicon) or drop --strict")
+                    report.oov_lines.append(wp)
+                else:
+                    try:
+                        labels = R.label_with_transcript(lp, wp)
+                        report.aligned += 1
+                    except ValueError:
+                        report.too_short += 1  # transcript does not fit in the frames
+            if labels is None and lm is not None:
+                labels = label_with_phone_lm(lp, lm, lm_weight, insertion, beam)
+                report.phone_lm += 1
+            if labels is None:
+                labels = R.label_without_transcript(lp)
+                report.posteriors += 1
+            f.write(" ".join(labels) + "\n")
+            report.utterances += 1
+    os.replace(report.out + ".tmp", report.out)
+    return report
