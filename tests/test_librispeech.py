@@ -96,6 +96,7 @@ def test_letters_and_utterance_ids():
     assert utterance_id("train-clean-100/103/1240/103-1240-0000.flac") == "103-1240-0000"
 
 
+@pytest.mark.slow
 def test_mini_corpus_as_a_librispeech_tree_round_trips_through_labels(mini_corpus, tmp_path):
     import json
     import shutil

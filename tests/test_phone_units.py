@@ -174,6 +174,7 @@ def test_recognizer_on_checkpoint_features(mini_corpus, tmp_path):
     assert [len(x.split()) for x in lines] == [num_frames_50hz(n) for _, n in rows]
 
 
+@pytest.mark.slow
 def test_label_with_a_phone_lm(mini_corpus, recognizer, tmp_path, capsys):
     """Unpaired speech through `speechlm ngram --phones` + `phone-units label --phone-lm`: every frame labelled,
     the LM used for every utterance, and its weight moves the phone sequences toward what the LM expects."""
