@@ -50,7 +50,8 @@ def build(size: str, corpus: str, workdir: str):
     )
 
     task = SpeechLMPretrainingTask.setup_task(OmegaConf.structured(SpeechLMPretrainingConfig(
-        data=corpus, fine_tuning=True, max_sample_size=None, min_sample_size=0, seed=1)))
+        data=corpus, fine_tuning=True, max_sample_size=None, min_sample_size=0, seed=1,
+        train_subset="")))  # no split is the training split: no shuffling or cropping
     letters = task.target_dictionary
     cfg = OmegaConf.structured(SpeechLMConfig(**model_config(size)))
     pre = SpeechLMModel(cfg, 45, Dictionary().pad(), len(letters))
