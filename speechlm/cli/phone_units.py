@@ -49,7 +49,8 @@ def add_args(parser):
     p.add_argument("--phone-lm", help="phone n-gram ARPA (`speechlm ngram TEXT --phones`): utterances without "
                                       "a usable transcript are decoded by beam search with it")
     p.add_argument("--lm-weight", type=float, default=1.0, help="phone LM weight (default: 1.0)")
-    p.add_argument("--insertion", type=float, default=0.0, help="phone insertion bonus (default: 0)")
+    p.add_argument("--insertion", type=float, default=2.0,
+                   help="phone insertion bonus per phone, natural log (default: 2.0, best on the mini corpus)")
     p.add_argument("--beam", type=int, default=16, help="beam width with --phone-lm (default: 16)")
     p.add_argument("--nshard", type=int, default=1)
     p.add_argument("--rank", type=int, default=0)

@@ -43,7 +43,7 @@ def transcripts_as_phones(corpus: str, split: str, n_rows: int, lexicon: Lexicon
 
 def label_split(corpus: str, split: str, model_path: str, out_dir: str, transcripts: bool = False,
                 lexicon: Optional[Lexicon] = None, strict: bool = False, phone_lm: Optional[str] = None,
-                lm_weight: float = 1.0, insertion: float = 0.0, beam: int = 16, nshard: int = 1,
+                lm_weight: float = 1.0, insertion: float = 2.0, beam: int = 16, nshard: int = 1,
                 rank: int = 0) -> LabellingReport:
     """Label rows ``shard_range(n, nshard, rank)`` of ``corpus/split.tsv``; see the module docstring."""
     from speechlm.data.readers import load_manifest, read_audio
