@@ -15,12 +15,14 @@
 #   7 CTC fine-tuning of each on train_clean_100
 #   8 decoding of dev/test (Viterbi; KenLM with --kenlm-arpa or a 3-gram built from the LM text): WER table
 # --size tiny: the CPU configs of examples/mini (minutes); base: the paper's Base configs (a GPU cluster).
+# Smaller runs: --recognizer-subset (default train_clean_100) --recognizer-epochs --k --t2u-updates
+# --pretrain-updates --finetune-updates --lm-lines (first N lines of the LM text only).
 # --slurm: sharded steps (phone units, features, k-means apply, phonemize) run as job arrays through
 # scripts/slurm/ (SBATCH_OPTS for partition/time), each stage waiting for its arrays; locally otherwise.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 stage=1; stop_stage=8; ls_root=""; lm_text=""; lexicon=""; exp=""; size=tiny; slurm=false; nshard=1; kenlm_arpa=""
-recognizer_epochs=""; k=""; t2u_updates=""; pre_updates=""; ft_updates=""; lm_lines=""
+recognizer_subset=train_clean_100; recognizer_epochs=""; k=""; t2u_updates=""; pre_updates=""; ft_updates=""; lm_lines=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --stage) stage=$2; shift 2;; --stop-stage) stop_stage=$2; shift 2;;
@@ -28,6 +30,7 @@ while [ $# -gt 0 ]; do
     --exp) exp=$2; shift 2;; --size) size=$2; shift 2;; --slurm) slurm=true; shift;;
     --nshard) nshard=$2; shift 2;; --kenlm-arpa) kenlm_arpa=$2; shift 2;;
     --recognizer-epochs) recognizer_epochs=$2; shift 2;; --k) k=$2; shift 2;;
+    --recognizer-subset) recognizer_subset=$2; shift 2;;
     --t2u-updates) t2u_updates=$2; shift 2;; --pretrain-updates) pre_updates=$2; shift 2;;
     --finetune-updates) ft_updates=$2; shift 2;; --lm-lines) lm_lines=$2; shift 2;;
     *) echo "unknown option $1" >&2; exit 2;;
@@ -127,7 +130,7 @@ fi
 phn="$exp/phn"
 if run_stage 4; then
   say "stage 4: speech -> phone units (recognizer on train_clean_100, phone LM for unpaired speech)"
-  done_or "$exp/phone_ctc.pt" && timed phone_units_train "${S[@]}" phone-units train "$data" --split train_clean_100 --lexicon "$lexicon" \
+  done_or "$exp/phone_ctc.pt" && timed phone_units_train "${S[@]}" phone-units train "$data" --split "$recognizer_subset" --lexicon "$lexicon" \
     --save "$exp/phone_ctc.pt" --epochs "$recognizer_epochs" --batch-size 8
   done_or "$exp/phone_lm.arpa" && timed phone_lm "${S[@]}" ngram "$lm_src" --phones --lexicon "$lexicon" --order 4 \
     --max-lines 2000000 --out "$exp/phone_lm.arpa"
