@@ -37,7 +37,7 @@ def test_librispeech_recipe_runs_every_stage_to_a_wer_table(mini_corpus, tmp_pat
     table = (exp / "wer.txt").read_text().splitlines()
     rows = {}
     for line in table:
-        m = re.match(r"^(SpeechLM-[PH]) (viterbi|kenlm) (\w+)\s+\S+\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)", line)
+        m = re.match(r"^(SpeechLM-[PH]) (viterbi|kenlm) (\w+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)", line)
         assert m, line
         rows[m.group(1, 2, 3)] = (int(m.group(4)), int(m.group(5)), float(m.group(6)))
     subsets = ("dev_clean", "test_clean", "test_other")

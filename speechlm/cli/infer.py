@@ -287,11 +287,13 @@ def run(args):
                     for c, r in zip(cfgs, rates):
                         vals = [str(OmegaConf.select(c, "decoding." + k)) for k in swept]
                         f.write("\t".join(vals + [f"{r['wer']:.2f}", f"{r['cer']:.2f}"]) + "\n")
-    width = max(8, max(len(row[1]) for row in table) + 2)
-    print(f"{'subset':<14}{'decoding':<{width}}{'utts':>6}{'words':>8}{'WER%':>8}{'CER%':>8}{'RTF':>9}")
+    # the decoding column only for a sweep: one setting keeps fairseq-like "subset utts words WER CER RTF"
+    width = max(8, max(len(row[1]) for row in table) + 2) if len(cfgs) > 1 else 0
+    print(f"{'subset':<14}" + (f"{'decoding':<{width}}" if width else "")
+          + f"{'utts':>7}{'words':>8}{'WER%':>8}{'CER%':>8}{'RTF':>9}")
     for subset, setting, n, nw, wer, cer, rtf, is_best in table:
-        print(f"{subset:<14}{setting:<{width}}{n:>6}{nw:>8}{wer:>8.2f}{cer:>8.2f}{rtf:>9.4f}"
-              + ("  <- best" if is_best else ""))
+        print(f"{subset:<14}" + (f"{setting:<{width}}" if width else "")
+              + f"{n:>7}{nw:>8}{wer:>8.2f}{cer:>8.2f}{rtf:>9.4f}" + ("  <- best" if is_best else ""))
     if out_dir:
         print(f"hypotheses and references: {out_dir}/{{subset}}.{{hypo,ref}}.wrd")
     return 0
