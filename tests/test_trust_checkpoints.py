@@ -326,7 +326,7 @@ def test_the_wrong_kind_of_checkpoint_says_which_it_got(run4, mini_corpus, tmp_p
 
 @pytest.mark.slow
 def test_infer_decodes_long_utterances_in_chunks(run4, mini_corpus):
-    from speechlm.cli.infer import ViterbiDecoder, chunked_emissions, decode_dataset, emissions
+    from speechlm.decoding.ctc import ViterbiDecoder, chunked_emissions, decode_dataset, emissions
     from speechlm.models.speechlm_ctc import SpeechLMCtc, SpeechLMCtcConfig
     from speechlm.tasks.speechlm_pretraining import SpeechLMPretrainingConfig, SpeechLMPretrainingTask
 
@@ -341,8 +341,9 @@ def test_infer_decodes_long_utterances_in_chunks(run4, mini_corpus):
         w2v_path=str(run4 / "checkpoint_last.pt"), apply_mask=False)), task).eval()
     dec = ViterbiDecoder(task.target_dictionary, task.target_dictionary.bos())
     chunk = int(np.median(ds.sizes)) // 640 * 640
-    whole, _, _ = decode_dataset(model, task, ds, dec, "letter", max_tokens=10_000_000)
-    chunked, _, _ = decode_dataset(model, task, ds, dec, "letter", max_tokens=chunk)
+    tgt = task.target_dictionary
+    (whole,), _, _, _ = decode_dataset(model, ds, [dec], tgt, max_samples=10_000_000, chunk_samples=10_000_000)
+    (chunked,), _, _, _ = decode_dataset(model, ds, [dec], tgt, chunk_samples=chunk)
     assert sorted(chunked) == sorted(whole) == list(range(len(ds)))
     short = [i for i in range(len(ds)) if ds.sizes[i] <= chunk]
     assert short and all(chunked[i] == whole[i] for i in short)
