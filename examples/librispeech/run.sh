@@ -226,7 +226,7 @@ if run_stage 8; then
   for model in p h; do
     ckpt="$exp/finetune_$model/checkpoint_best.pt"
     for dec in viterbi kenlm; do
-      extra=(); [ $dec = kenlm ] && extra=(decoding.type=kenlm decoding.lm_path="$arpa" decoding.beam=50)
+      extra=(); [ $dec = kenlm ] && extra=(++decoding.type=kenlm ++decoding.lm_path="$arpa" ++decoding.beam=50)
       (cd "$REPO" && timed "decode_$dec" "${S[@]}" infer --config-dir "$decode_cfg" --config-name infer_viterbi \
         common_eval.path="$ckpt" task.data="$data" dataset.gen_subset="$evals" \
         common_eval.results_path="$exp/decode_${model}_$dec" "${extra[@]}") \
