@@ -35,7 +35,7 @@ CONFIGS = {
 SHARED_KEYS = (  # SpeechLMConfig fields with the same meaning in HubertConfig
     "extractor_mode", "conv_feature_layers", "conv_bias", "encoder_embed_dim", "encoder_ffn_embed_dim",
     "encoder_attention_heads", "activation_fn", "layer_norm_first", "dropout", "attention_dropout",
-    "activation_dropout", "encoder_layerdrop", "dropout_input", "dropout_features", "feature_grad_mult",
+    "activation_dropout", "encoder_layerdrop", "dropout_input", "feature_grad_mult",
     "conv_pos", "conv_pos_groups", "mask_prob", "mask_length", "mask_selection", "mask_other",
     "no_mask_overlap", "mask_min_space", "logit_temp",
 )

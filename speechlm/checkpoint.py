@@ -18,6 +18,7 @@ import functools
 import logging
 import pickle
 import typing
+from typing import Optional
 
 import numpy as np
 import torch
@@ -118,3 +119,131 @@ def install():
     from speechlm import checkpoint_io
 
     checkpoint_io.install()  # atomic saves, resume past a damaged checkpoint_last, safe config strings
+
+
+# ---------------------------------------------------------------------------------------------------
+# The one loader of a pre-trained SpeechLM: SpeechLMModel.from_checkpoint, the CTC and ST encoders
+# (model.w2v_path) and the feature dumper all go through ``read_checkpoint`` / ``load_pretrained``.
+
+OFFICIAL_TASKS = ("joint_sc2t_pretraining",)
+
+
+def validate_state(path: str, state) -> None:
+    """The one place a loaded checkpoint is checked before anything is built from it.
+
+    Raises ``UserError`` naming ``path`` when the file is not a fairseq checkpoint dict.
+    """
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise UserError(f"{path}: not a fairseq checkpoint (expected a dict with a 'model' state dict)")
+    if state.get("cfg") is None:
+        raise UserError(f"{path}: no 'cfg' in the checkpoint; is it a fairseq (hydra) checkpoint?")
+
+
+def read_checkpoint(path: str, arg_overrides=None) -> dict:
+    """``torch.load`` (weights_only, allow-listed classes) of a fairseq checkpoint, validated."""
+    import os
+
+    from fairseq import checkpoint_utils
+
+    from speechlm.errors import UserFileNotFoundError
+
+    if not os.path.isfile(path):
+        raise UserFileNotFoundError(f"{path}: checkpoint not found")
+    state = checkpoint_utils.load_checkpoint_to_cpu(path, arg_overrides)
+    validate_state(path, state)
+    return state
+
+
+def _cfg_get(node, key, default=None):
+    try:
+        value = node.get(key, default) if node is not None else default
+    except Exception:  # an argparse Namespace (legacy checkpoints)
+        value = getattr(node, key, default)
+    return default if value is None else value
+
+
+def checkpoint_model_name(state) -> Optional[str]:
+    return _cfg_get(_cfg_get(state.get("cfg"), "model"), "_name")
+
+
+def is_official_layout(state) -> bool:
+    """True for a checkpoint written by the published SpeechLM code (microsoft/unilm ``speechlm/``)."""
+    task = _cfg_get(_cfg_get(state.get("cfg"), "task"), "_name")
+    return task in OFFICIAL_TASKS or any(
+        k.startswith(("unit_encoder.", "encoder.w2v_model.unit_encoder.", "w2v_encoder.w2v_model.unit_encoder."))
+        for k in state["model"]
+    )
+
+
+def pretrained_spec(path: str, state) -> dict:
+    """``{"model": model cfg dict, "num_units", "num_letters", "letters"}`` of a ``speechlm`` checkpoint.
+
+    ``letters``: the symbols of the letter dictionary the UCTC head was trained on (saved in the
+    checkpoint's model config), or None. Raises ``UserError`` naming the file otherwise.
+    """
+    from omegaconf import OmegaConf
+
+    name = checkpoint_model_name(state)
+    if is_official_layout(state):
+        raise UserError(
+            f"{path}: a checkpoint of the published SpeechLM code (task 'joint_sc2t_pretraining'); convert "
+            f"it first: speechlm convert {path} OUT.pt --dict-ltr dict.ltr.txt --dict-phn dict.phn.txt "
+            "(or --dict-km dict.km.txt)"
+        )
+    if name != "speechlm":
+        raise UserError(f"{path}: is a checkpoint of model {name!r}, not 'speechlm' (a pre-trained SpeechLM)")
+    sd = state["model"]
+    model_cfg = state["cfg"]["model"]
+    model_cfg = OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True) \
+        if OmegaConf.is_config(model_cfg) else dict(model_cfg)
+    if "unit_embed.weight" not in sd:
+        raise UserError(f"{path}: no 'unit_embed.weight': not a pre-trained 'speechlm' state dict")
+    letters = model_cfg.get("uctc_letters")
+    num_letters = int(sd["uctc_head.proj.weight"].shape[0]) if "uctc_head.proj.weight" in sd else 0
+    if letters is not None and len(letters) != num_letters:
+        raise UserError(f"{path}: the UCTC head predicts {num_letters} letters but the checkpoint lists "
+                         f"{len(letters)} letter symbols")
+    return {
+        "model": model_cfg,
+        "num_units": int(sd["unit_embed.weight"].shape[0]),
+        "num_letters": num_letters,
+        "letters": None if letters is None else list(letters),
+    }
+
+
+def build_from_spec(spec: dict, overrides: Optional[dict] = None):
+    """An untrained ``SpeechLMModel`` of the architecture ``spec`` describes (``overrides`` win)."""
+    from fairseq.data import Dictionary
+    from omegaconf import OmegaConf
+
+    from speechlm.models.speechlm import SpeechLMConfig, SpeechLMModel
+
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(SpeechLMConfig),
+        {k: v for k, v in spec["model"].items() if k != "_name"},
+        overrides or {},
+    )
+    return SpeechLMModel(cfg, spec["num_units"], Dictionary().pad(), spec["num_letters"])
+
+
+def load_pretrained(path: str, arg_overrides: Optional[dict] = None):
+    """``(SpeechLMModel, state dict)`` of a pre-trained ``speechlm`` checkpoint (weights not loaded)."""
+    state = read_checkpoint(path)
+    spec = pretrained_spec(path, state)
+    overrides = {k: v for k, v in (arg_overrides or {}).items() if k in spec["model"] or k == "uctc_letters"}
+    return build_from_spec(spec, overrides), state["model"]
+
+
+def store_in_saved_config(cfg, key: str, value) -> None:
+    """Put ``key: value`` into the config the trainer saves in every checkpoint.
+
+    fairseq builds a model from a merged copy of ``cfg.model``; the copy keeps the parent of the
+    original (the whole run config, which ``Trainer.state_dict`` saves), so the original ``model``
+    node is reached through it.
+    """
+    from omegaconf import OmegaConf, open_dict
+
+    parent = cfg._get_parent() if OmegaConf.is_config(cfg) else None
+    if parent is not None and "model" in parent and parent.model is not cfg:
+        with open_dict(parent.model):
+            parent.model[key] = value

@@ -155,7 +155,7 @@ def test_speechlm_checkpoint_layer_dump(mini_corpus, tmp_path):
     torch.manual_seed(0)
     cfg = SpeechLMConfig(conv_feature_layers=TINY_CONV, encoder_embed_dim=32, encoder_ffn_embed_dim=64,
                          encoder_attention_heads=2, speech_encoder_layers=1, shared_encoder_layers=1,
-                         conv_pos=16, conv_pos_groups=4, num_buckets=16, max_distance=32)
+                         conv_pos=16, conv_pos_groups=4)
     model = SpeechLMModel(OmegaConf.structured(cfg), 12, 1, 8)
     mc = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
     mc["_name"] = "speechlm"

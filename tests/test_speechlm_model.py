@@ -10,13 +10,14 @@ import speechlm  # noqa: F401  (registers the components)
 from speechlm.criterions.speechlm import greedy_ctc, uctc_loss
 from speechlm.models.speechlm import SpeechLMConfig, SpeechLMModel
 from speechlm.modules.conv_frontend import MaskedConvFeatureExtractor
-from speechlm.modules.relpos_transformer import relative_position_bucket
+from speechlm.modules.conv_frontend import parse_conv_layers
+from speechlm.modules.relpos_transformer import REL_POS_CLIP, RelPosEncoderLayer, relative_index, shared_positions
 
 TINY = dict(
     conv_feature_layers="[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2",
     encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=4,
     speech_encoder_layers=2, shared_encoder_layers=2, conv_pos=16, conv_pos_groups=4,
-    num_buckets=32, max_distance=128, encoder_layerdrop=0.0, mask_length=3,
+    encoder_layerdrop=0.0, mask_length=3,
 )
 
 
@@ -25,23 +26,38 @@ def tiny_model(**kw):
     return SpeechLMModel(SpeechLMConfig(**{**TINY, **kw}), num_units=12, unit_pad=1, num_letters=8)
 
 
-def test_swapped_positions_never_inside_masked_spans_or_padding():
-    model = tiny_model(random_swap_prob=0.5, mask_prob=0.5).train()
+def test_swapped_positions_are_spans_never_inside_masked_spans_or_padding():
+    model = tiny_model(random_swap_prob=0.4, random_swap_length=5, mask_prob=0.5).train()
     torch.manual_seed(1)
     B, T = 8, 120
     padding = torch.zeros(B, T, dtype=torch.bool)
     padding[:4, 90:] = True
-    total_unmasked = total_swapped = 0
     for _ in range(20):
-        mask = model._span_mask(B, T, padding, 0.5, "cpu")
+        mask = model._span_mask(B, T, padding, 0.5, 3, 0, "cpu")
         swap = model.swap_positions(mask, padding)
         assert mask.any() and swap.any()
         assert not (swap & mask).any(), "a swapped frame lies inside a masked span"
         assert not (swap & padding).any(), "a padded frame was swapped"
         assert not (mask & padding).any()
-        total_unmasked += int((~mask & ~padding).sum())
-        total_swapped += int(swap.sum())
-    assert abs(total_swapped / total_unmasked - 0.5) < 0.05
+    # without masking, swapped frames come in runs of at least random_swap_length frames (one row:
+    # fairseq evens out the span count across a batch by dropping single frames)
+    for _ in range(10):
+        swap = model.swap_positions(torch.zeros(1, T, dtype=torch.bool), None)
+        runs = [len(list(g)) for k, g in itertools.groupby(swap[0].tolist()) if k]
+        assert runs and min(runs) >= 5
+
+
+def test_masks_and_swaps_follow_the_torch_seed():
+    model = tiny_model(random_swap_prob=0.4, mask_prob=0.5).train()
+    source, target = torch.randn(3, 8000), torch.randint(4, 12, (3, 24))
+    runs = []
+    for seed in (5, 5, 6):
+        torch.manual_seed(seed)  # what fairseq's trainer does before each update (seed + update)
+        out = model(source, None, target=target)
+        runs.append((out["mask_indices"], out["swap_indices"], out["umlm_logits"][1]))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    torch.testing.assert_close(runs[0][2], runs[1][2])
+    assert not torch.equal(runs[0][0], runs[2][0])
 
 
 def test_forward_swaps_only_unmasked_frames_and_prob_zero_turns_swapping_off():
@@ -53,42 +69,46 @@ def test_forward_swaps_only_unmasked_frames_and_prob_zero_turns_swapping_off():
     assert not (out["swap_indices"] & out["mask_indices"]).any()
     assert out["umlm_targets"].tolist() == target[out["mask_indices"]].tolist()
     assert [t.shape for t in out["umlm_logits"]] == [(int(out["mask_indices"].sum()), 12)] * 2
+    assert out["features_pen"].item() > 0
     off = tiny_model(random_swap_prob=0.0).train()(source, None, target=target)
     assert not off["swap_indices"].any()
 
 
 def test_swapped_frames_carry_the_unit_embedding():
-    """With every unmasked frame swapped, the Shared Transformer input at those frames is e(z)."""
-    model = tiny_model(random_swap_prob=1.0, mask_prob=0.3).train()
+    """At swapped frames the Shared Transformer's input is e(z); elsewhere the Speech Transformer output."""
+    model = tiny_model(random_swap_prob=0.8, mask_prob=0.3).train()
     seen = {}
     model.shared_encoder.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
+    model.speech_encoder.register_forward_hook(lambda m, args, out: seen.setdefault("h", out))
     target = torch.randint(4, 12, (2, 24))
     out = model(torch.randn(2, 8000), None, target=target)
     swap = out["swap_indices"]
-    assert swap.sum() == (~out["mask_indices"]).sum()
+    assert swap.any()
     torch.testing.assert_close(seen["x"][swap], model.unit_embed(target)[swap])
+    torch.testing.assert_close(seen["x"][~swap], seen["h"][~swap])
 
 
 def test_umlm_logits_are_cosine_over_temperature_on_a_hand_made_example():
     model = tiny_model(encoder_embed_dim=4, encoder_attention_heads=2, encoder_ffn_embed_dim=8,
-                       conv_pos_groups=2, logit_temp=0.1)
+                       conv_pos_groups=2, logit_temp=0.1, final_dim=4)
     with torch.no_grad():
         model.umlm_proj[0].weight.copy_(torch.eye(4) * 2.0)  # W = 2 I: cosine ignores the scale
         model.umlm_proj[0].bias.zero_()
-        emb = torch.zeros(12, 4)
+        emb = torch.ones(12, 4)
         emb[4] = torch.tensor([1.0, 0, 0, 0])
         emb[5] = torch.tensor([0, 1.0, 0, 0])
         emb[6] = torch.tensor([1.0, 1.0, 0, 0])
         emb[7] = torch.tensor([-3.0, 0, 0, 0])
-        model.unit_embed.weight.copy_(emb)
+        model.umlm_label_embs[0].copy_(emb)
     h = torch.tensor([[1.0, 0, 0, 0], [0, 0.5, 0, 0]])
     logits = model.umlm_logits(h, 0)
-    expect_row0 = {4: 10.0, 5: 0.0, 6: 10.0 / math.sqrt(2), 7: -10.0}
-    expect_row1 = {4: 0.0, 5: 10.0, 6: 10.0 / math.sqrt(2), 7: 0.0}
+    expect_row0 = {4: 10.0, 5: 0.0, 6: 10.0 / math.sqrt(2), 7: -10.0, 0: 5.0}
+    expect_row1 = {4: 0.0, 5: 10.0, 6: 10.0 / math.sqrt(2), 7: 0.0, 0: 5.0}
     for row, expect in ((0, expect_row0), (1, expect_row1)):
         for unit, value in expect.items():
             assert logits[row, unit].item() == pytest.approx(value, abs=1e-5)
-    assert torch.isinf(logits[:, 1]).all() and (logits[:, 1] < 0).all()  # <pad> is never predicted
+    # the second output has its own projection and table
+    assert not torch.allclose(model.umlm_logits(h, 1), logits)
 
 
 def test_uctc_equals_torch_ctc_and_the_path_sum_on_a_hand_made_example():
@@ -165,13 +185,58 @@ def test_masked_front_end_equals_fairseq_front_end_without_padding():
     torch.testing.assert_close(fe(x, torch.tensor([3000, 3000])), fe(x), atol=1e-5, rtol=1e-5)
 
 
-def test_relative_position_buckets_are_symmetric_exact_near_and_capped_far():
-    rel = torch.arange(-1000, 1001)
-    b = relative_position_bucket(rel, 320, 800)
-    assert b.min() >= 0 and b.max() < 320
-    assert b[1000] == 0 and len(set(b[1000:1000 + 80].tolist())) == 80  # exact for |d| < 80
-    assert (b[1000 + 1:] >= 160).all() and (b[:1000] < 160).all()  # one half per direction
-    assert b[-1] == b[-100] == 319  # beyond max_distance: the last bucket
+def test_relative_keys_attention_equals_the_naive_shaw_formula_beyond_the_clip():
+    """softmax((q.k + q.r[clip(i-j)]) / sqrt(d)) V, with the (T,T,d) keys materialised, T > 2 * 160."""
+    torch.manual_seed(0)
+    for pre_ln in (False, True):
+        layer = RelPosEncoderLayer(embedding_dim=8, ffn_embedding_dim=16, num_attention_heads=2, dropout=0.0,
+                                   attention_dropout=0.0, activation_dropout=0.0, activation_fn="gelu",
+                                   layer_norm_first=pre_ln).eval()
+        T, B, H, d = 2 * REL_POS_CLIP + 7, 2, 2, 4
+        x = torch.randn(T, B, 8)
+        table = torch.randn(2 * REL_POS_CLIP, d)
+        pad = torch.zeros(B, T, dtype=torch.bool)
+        pad[1, T - 20:] = True
+        with torch.no_grad():
+            ours = layer(x, table, relative_index(T, "cpu"), pad)
+            # naive reference
+            a = layer.self_attn
+            xin = layer.self_attn_layer_norm(x) if pre_ln else x
+            r_tab = layer.norm_k(table) if pre_ln else table
+            q = a.q_proj(xin).view(T, B, H, d)
+            k = a.k_proj(xin).view(T, B, H, d)
+            v = a.v_proj(xin).view(T, B, H, d)
+            i = torch.arange(T)
+            dist = (i[:, None] - i[None, :]).clamp(-REL_POS_CLIP, REL_POS_CLIP - 1) + REL_POS_CLIP
+            R = r_tab[dist]  # (T, T, d)
+            logits = (torch.einsum("ibhd,jbhd->bhij", q, k) + torch.einsum("ibhd,ijd->bhij", q, R)) / d ** 0.5
+            logits = logits.masked_fill(pad[:, None, None, :], float("-inf"))
+            att = torch.einsum("bhij,jbhd->ibhd", logits.softmax(-1), v).reshape(T, B, 8)
+            y = x + a.out_proj(att)
+            if pre_ln:
+                ref = y + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(y))))
+            else:
+                y = layer.self_attn_layer_norm(y)
+                ref = layer.final_layer_norm(y + layer.fc2(layer.activation_fn(layer.fc1(y))))
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+        assert (layer.norm_k is not None) == pre_ln
+
+
+def test_shared_positions_follow_fairseq_learned_positional_embedding():
+    pad = torch.tensor([[False, False, False], [False, True, True]])
+    assert shared_positions(pad, 2, 3, "cpu").tolist() == [[2, 3, 4], [2, 1, 1]]
+    assert shared_positions(None, 1, 3, "cpu").tolist() == [[2, 3, 4]]
+    assert shared_positions(None, 1, 3005, "cpu")[0, -1].item() == 3001  # clamped to the last row
+
+
+def test_conv_layer_specs_parse_by_grammar_and_refuse_code():
+    assert parse_conv_layers("[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2") == \
+        [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+    assert parse_conv_layers("[(32, 10, 5), (32, 3, 2)]") == [(32, 10, 5), (32, 3, 2)]
+    for bad in ("__import__('os').system('true')", "[(512,10,5)] * 10**9", "[(512,10)]", "[(1.5,2,2)]",
+                "[(512,10,5)] + (1,2,3)", "[x for x in range(3)]", "", "[(0,1,1)]"):
+        with pytest.raises(ValueError, match="conv_feature_layers"):
+            parse_conv_layers(bad)
 
 
 def test_text_branch_and_uctc_head_shapes():
@@ -180,17 +245,19 @@ def test_text_branch_and_uctc_head_shapes():
     pad = torch.zeros(2, 21, dtype=torch.bool)
     pad[1, 15:] = True
     out = model.forward_text(units, pad)
-    assert out["uctc_logits"].shape == (2, 10, 8)  # kernel 2, stride 2: floor((21-2)/2)+1
-    assert out["uctc_lengths"].tolist() == [10, 7]
+    assert out["uctc_logits"].shape == (2, 21, 8)  # kernel 2, stride 1, padding 1: one output per frame
+    assert out["uctc_lengths"].tolist() == [21, 15]
     feats, _ = model.extract_text_features(units, pad, output_layer=1)
     assert feats.shape == (2, 21, 32)
     with pytest.raises(ValueError, match="output_layer=3"):
         model.extract_text_features(units, pad, output_layer=3)
 
 
-def test_base_config_speech_encoder_has_94_7m_parameters():
+def test_base_config_speech_encoder_parameters():
     model = SpeechLMModel(SpeechLMConfig(), num_units=45, unit_pad=1, num_letters=32)
     n = model.speech_encoder_parameters()
-    print(f"SpeechLM Base speech encoder: {n / 1e6:.2f}M parameters (paper: 94.70M)")
-    assert abs(n / 94.70e6 - 1) < 0.01
+    pos = model.shared_encoder.embed_positions.weight.numel()
+    print(f"SpeechLM Base speech encoder: {n / 1e6:.2f}M parameters, of which {pos / 1e6:.2f}M the Shared "
+          f"Transformer's absolute positions ({(n - pos) / 1e6:.2f}M without; HuBERT Base: 94.68M)")
+    assert abs((n - pos) / 94.70e6 - 1) < 0.01
     assert len(model.speech_encoder.layers) + len(model.shared_encoder.layers) == 12

@@ -25,6 +25,7 @@ VERBS = {
     "infer": ("speechlm.cli.infer", "batched CTC decoding of a fine-tuned model, with WER"),
     "st": ("speechlm.cli.st", "speech-translation data preparation"),
     "splat": ("speechlm.cli.splat", "SPLAT data, BERT adaptation and analysis"),
+    "convert": ("speechlm.cli.convert", "convert a released SpeechLM checkpoint to this plugin's layout"),
     "userdir": ("speechlm.cli.userdir", "print the path to pass as common.user_dir / --user-dir"),
 }
 FAIRSEQ_VERBS = {"phone-units", "t2u", "infer", "splat", "convert"}

@@ -1,13 +1,16 @@
-"""Criterion ``speechlm``: UMLM at both transformer outputs + ``text_loss_weight`` x UCTC.
+"""Criterion ``speechlm``: UMLM at both transformer outputs + feature penalty + ``text_loss_weight`` x UCTC.
 
 On the speech batch: cross-entropy of the unit at every masked frame, from the Speech Transformer
-(layer 0) and the Shared Transformer (layer 1) outputs, summed; ``sample_size`` = masked frames.
-On the text batch: CTC from the UCTC head to the letters (blank = the letter dictionary's ``<s>``,
-as fairseq's ``ctc`` criterion), rescaled so that after fairseq divides by ``sample_size`` the total
-is ``UMLM per masked frame (both layers) + text_loss_weight * UCTC per letter``.
+(layer 0) and the Shared Transformer (layer 1) outputs, summed; ``sample_size`` = masked frames; plus
+``feature_penalty_weight`` (10, as the published model) x the mean square of the conv front end's
+output, per masked frame. On the text batch: CTC from the UCTC head to the letters (blank = the
+letter dictionary's ``<s>``, as fairseq's ``ctc`` criterion), rescaled so that after fairseq divides
+by ``sample_size`` the total is ``UMLM per masked frame (both layers) + 10 * penalty +
+text_loss_weight * UCTC per letter``.
 
 Logged (all natural-log): ``umlm_loss_0/1`` per masked frame, ``umlm_acc_0/1`` masked-unit accuracy,
-``uctc_loss`` per letter, ``text_ler`` letter error rate (%) of greedy CTC on the text batch.
+``features_pen``, ``uctc_loss`` per letter; in validation only, ``text_ler`` letter error rate (%) of
+greedy CTC on the text batch.
 """
 from dataclasses import dataclass, field
 from typing import List
@@ -27,6 +30,9 @@ class SpeechLMCriterionConfig(FairseqDataclass):
     text_loss_weight: float = field(default=0.1, metadata={"help": "lambda: weight of UCTC against UMLM"})
     umlm_layer_weights: List[float] = field(
         default_factory=lambda: [1.0, 1.0], metadata={"help": "weights of UMLM at the speech / shared output"}
+    )
+    feature_penalty_weight: float = field(
+        default=10.0, metadata={"help": "weight of the front end's feature penalty (published: 10)"}
     )
 
 
@@ -59,7 +65,7 @@ class SpeechLMCriterion(FairseqCriterion):
         self.umlm_layer_weights = list(cfg.umlm_layer_weights)
         letters = getattr(task, "letter_dictionary", None)
         self.blank = letters.bos() if letters is not None else 0
-        self.letter_pad = letters.pad() if letters is not None else 1
+        self.feature_penalty_weight = cfg.feature_penalty_weight
 
     def forward(self, model, sample, reduce=True):
         log = {}
@@ -76,6 +82,10 @@ class SpeechLMCriterion(FairseqCriterion):
                 log[f"umlm_correct_{layer}"] = int((logits.argmax(-1) == targets).sum())
         log["umlm_count"] = n_masked
         sample_size = max(n_masked, 1)
+        if self.feature_penalty_weight > 0:
+            pen = out["features_pen"]
+            loss = loss + self.feature_penalty_weight * pen * sample_size
+            log["features_pen"] = pen.item() * sample_size
 
         text = sample.get("text")
         if text is not None and self.text_loss_weight > 0:
@@ -87,12 +97,14 @@ class SpeechLMCriterion(FairseqCriterion):
             log["uctc_loss"] = ctc.item()
             log["text_letters"] = n_letters
             log["text_sentences"] = text["nsentences"]
-            errors = 0
-            hyps = greedy_ctc(t_out["uctc_logits"].detach(), t_out["uctc_lengths"], self.blank)
-            for b, hyp in enumerate(hyps):
-                ref = text["target"][b, : int(text["target_lengths"][b])].tolist()
-                errors += editdistance.eval(hyp, ref)
-            log["text_letter_errors"] = errors
+            if not model.training:  # decoding costs CPU time every step: validation only
+                errors = 0
+                hyps = greedy_ctc(t_out["uctc_logits"].detach(), t_out["uctc_lengths"], self.blank)
+                for b, hyp in enumerate(hyps):
+                    ref = text["target"][b, : int(text["target_lengths"][b])].tolist()
+                    errors += editdistance.eval(hyp, ref)
+                log["text_letter_errors"] = errors
+                log["text_letters_decoded"] = n_letters
 
         log.update({
             "loss": loss.item() if torch.is_tensor(loss) else float(loss),
@@ -114,11 +126,15 @@ class SpeechLMCriterion(FairseqCriterion):
         for layer in UMLM_LAYERS:
             metrics.log_scalar(f"umlm_loss_{layer}", total(f"umlm_loss_{layer}") / max(count, 1), count, round=3)
             metrics.log_scalar(f"umlm_acc_{layer}", 100.0 * total(f"umlm_correct_{layer}") / max(count, 1), count, round=2)
+        if any("features_pen" in lo for lo in logging_outputs):
+            metrics.log_scalar("features_pen", total("features_pen") / max(sample_size, 1), sample_size, round=4)
         letters = total("text_letters")
         if letters > 0:
             metrics.log_scalar("uctc_loss", total("uctc_loss") / letters, letters, round=3)
-            metrics.log_scalar("text_ler", 100.0 * total("text_letter_errors") / letters, letters, round=2)
             metrics.log_scalar("text_sentences", total("text_sentences"))
+        decoded = total("text_letters_decoded")
+        if decoded > 0:
+            metrics.log_scalar("text_ler", 100.0 * total("text_letter_errors") / decoded, decoded, round=2)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

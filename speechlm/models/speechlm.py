@@ -1,30 +1,35 @@
 """SpeechLM (Zhang et al., 2022): one encoder for speech and for text in a shared unit space.
 
-    waveform -> fairseq conv front end -> LayerNorm -> Linear(512, D) --[span mask]--> Speech Transformer
-      (L/2 layers, conv + relative positions) --[random swapping]--> Shared Transformer (L/2 layers)
-    units (text) -> unit embedding --[span mask]--> Shared Transformer -> UCTC head (Conv1d k=2, Linear)
+The published architecture (microsoft/unilm ``speechlm/``; the released checkpoints convert one to
+one with ``speechlm convert``):
 
-UMLM: at the masked frames, logits over the unit vocabulary are cos(W_l h, e(z)) / tau at the outputs
-of both transformers (l = 0, 1), with ``e`` the one unit embedding that the text branch and the random
-swapping use too. Random swapping replaces, with probability ``random_swap_prob``, an *unmasked*
-speech frame's Speech-Transformer output by e(its unit) before the Shared Transformer.
+    waveform -> fairseq conv front end -> LayerNorm -> Linear(512, D) --[span mask]--> Speech Transformer
+      (L/2 layers, conv positions + relative keys) --[random swapping]--> Shared Transformer (L/2 layers,
+      learned absolute positions + layernorm_embedding + relative keys)
+    units (text) -> unit embedding --[span mask]--> Shared Transformer -> UCTC head (50 Hz) -> letters
+
+UMLM: at the masked frames, logits over the units are cos(W_l h, e_l(z)) / tau at the outputs of both
+transformers (l = 0, 1), W_l: D -> ``final_dim`` (256) and e_l one label-embedding table per output.
+Random swapping: spans (``random_swap_prob`` 0.4, ``random_swap_length`` 5 frames) are drawn as span
+masks are, and their *unmasked* frames' Speech-Transformer outputs become the unit embedding of
+their unit before the Shared Transformer. Masks and swaps draw from generators seeded from torch's
+RNG, which fairseq's trainer seeds with ``common.seed + update`` at every step: same seed, same run.
 """
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fairseq.data import Dictionary
 from fairseq.data.data_utils import compute_mask_indices
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
 from fairseq.modules import GradMultiply, LayerNorm
 
-from speechlm.errors import UserError
 from speechlm.modules.conv_frontend import MaskedConvFeatureExtractor, conv_output_lengths, parse_conv_layers
 from speechlm.modules.relpos_transformer import RelPosTransformer
+from speechlm.modules.uctc_head import UCTCHead
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +37,10 @@ EXTRACTOR_MODE_CHOICES = ChoiceEnum(["default", "layer_norm"])
 MASK_TYPE_CHOICES = ChoiceEnum(["static", "uniform", "normal", "poisson"])
 # The Base conv front end: 25 ms receptive field, 320-sample (20 ms) stride -> 50 Hz frames.
 BASE_CONV_LAYERS = "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"
+# Streams of the seeded span draws (the ``epoch`` of fairseq's compute_mask_indices seeding)
+MASK_STREAM, SWAP_STREAM, TEXT_MASK_STREAM = 0, 1, 2
+# Modules only pre-training needs; ``remove_pretraining_modules`` drops them (the UCTC head on request)
+PRETRAINING_MODULES = ("unit_embed", "umlm_proj", "umlm_label_embs")
 
 
 @dataclass
@@ -47,7 +56,7 @@ class SpeechLMConfig(FairseqDataclass):
     conv_bias: bool = field(default=False, metadata={"help": "bias in the front-end convolutions"})
     encoder_embed_dim: int = field(default=768, metadata={"help": "model dimension D"})
     encoder_ffn_embed_dim: int = field(default=3072, metadata={"help": "feed-forward dimension"})
-    encoder_attention_heads: int = field(default=12, metadata={"help": "attention heads"})
+    encoder_attention_heads: int = field(default=8, metadata={"help": "attention heads (released Base: 8)"})
     speech_encoder_layers: int = field(default=6, metadata={"help": "layers of the Speech Transformer (L/2)"})
     shared_encoder_layers: int = field(default=6, metadata={"help": "layers of the Shared Transformer (L/2)"})
     activation_fn: str = field(default="gelu", metadata={"help": "feed-forward activation"})
@@ -55,29 +64,34 @@ class SpeechLMConfig(FairseqDataclass):
     dropout: float = field(default=0.1, metadata={"help": "dropout in the transformer layers"})
     attention_dropout: float = field(default=0.1, metadata={"help": "dropout on attention weights"})
     activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the FFN activation"})
-    encoder_layerdrop: float = field(default=0.05, metadata={"help": "probability of skipping a layer in training"})
+    encoder_layerdrop: float = field(default=0.1, metadata={"help": "probability of skipping a layer in training"})
     dropout_input: float = field(default=0.1, metadata={"help": "dropout on the projected speech features"})
-    dropout_features: float = field(default=0.1, metadata={"help": "dropout on the front-end features"})
     feature_grad_mult: float = field(default=0.1, metadata={"help": "gradient scale into the front end (0 freezes it)"})
-    conv_pos: int = field(default=128, metadata={"help": "kernel of the Speech Transformer's conv positions (0: none)"})
+    conv_pos: int = field(default=128, metadata={"help": "kernel of the Speech Transformer's conv positions"})
     conv_pos_groups: int = field(default=16, metadata={"help": "groups of the conv positions"})
-    num_buckets: int = field(default=320, metadata={"help": "relative position buckets"})
-    max_distance: int = field(default=800, metadata={"help": "relative distance (frames) of the last bucket"})
+    final_dim: int = field(default=256, metadata={"help": "dimension of the UMLM projection and label embeddings"})
     mask_prob: float = field(default=0.8, metadata={"help": "HuBERT mask_prob: share of frames that start a span"})
     mask_length: int = field(default=10, metadata={"help": "mask span length (frames)"})
     mask_selection: MASK_TYPE_CHOICES = field(default="static", metadata={"help": "how span lengths are chosen"})
     mask_other: float = field(default=0.0, metadata={"help": "secondary span-length parameter (non-static)"})
-    no_mask_overlap: bool = field(default=False, metadata={"help": "forbid overlapping spans"})
     mask_min_space: int = field(default=1, metadata={"help": "min gap between spans with no_mask_overlap"})
+    no_mask_overlap: bool = field(default=False, metadata={"help": "forbid overlapping spans"})
     text_mask_prob: Optional[float] = field(
         default=None, metadata={"help": "mask_prob for the text units (None: same as speech)"}
     )
     logit_temp: float = field(default=0.1, metadata={"help": "tau of the UMLM logits cos(W h, e(z)) / tau"})
     random_swap_prob: float = field(
-        default=0.3, metadata={"help": "probability to swap an unmasked frame's output for its unit embedding (0: off)"}
+        default=0.4, metadata={"help": "span-start probability of random swapping (0: off); "
+                                       "the published models use mask_prob / 2"},
     )
-    uctc_conv_kernel: int = field(default=2, metadata={"help": "kernel of the UCTC head's 1-D conv"})
-    uctc_conv_stride: int = field(default=2, metadata={"help": "stride of the UCTC head's 1-D conv"})
+    random_swap_length: int = field(
+        default=5, metadata={"help": "span length of random swapping (published: mask_length // 2)"}
+    )
+    uctc_letters: Any = field(
+        default=None,
+        metadata={"help": "symbols of the letter dictionary the UCTC head predicts; filled in when the "
+                          "model is built and saved with the checkpoint; leave empty"},
+    )
 
 
 def _padding_mask_from_lengths(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -104,71 +118,76 @@ class SpeechLMModel(BaseFairseqModel):
         self.layer_norm = LayerNorm(feat_dim)
         self.post_extract_proj = nn.Linear(feat_dim, D) if feat_dim != D else None
         self.dropout_input = nn.Dropout(cfg.dropout_input)
-        self.dropout_features = nn.Dropout(cfg.dropout_features)
         self.mask_emb = nn.Parameter(torch.empty(D).uniform_())
 
-        def stack(n, conv_pos):
+        def stack(n, **kw):
             return RelPosTransformer(
                 n, D, cfg.encoder_ffn_embed_dim, cfg.encoder_attention_heads, cfg.dropout,
                 cfg.attention_dropout, cfg.activation_dropout, cfg.activation_fn,
-                cfg.layer_norm_first, cfg.encoder_layerdrop, cfg.num_buckets, cfg.max_distance,
-                conv_pos=conv_pos, conv_pos_groups=cfg.conv_pos_groups,
+                cfg.layer_norm_first, cfg.encoder_layerdrop, **kw,
             )
 
-        self.speech_encoder = stack(cfg.speech_encoder_layers, cfg.conv_pos)
-        self.shared_encoder = stack(cfg.shared_encoder_layers, 0)
+        self.speech_encoder = stack(cfg.speech_encoder_layers, conv_pos=cfg.conv_pos,
+                                    conv_pos_groups=cfg.conv_pos_groups)
+        self.shared_encoder = stack(cfg.shared_encoder_layers, absolute_positions=True)
 
         self.num_units, self.unit_pad = num_units, unit_pad
         self.unit_embed = nn.Embedding(num_units, D, padding_idx=unit_pad)
         nn.init.normal_(self.unit_embed.weight, mean=0, std=D ** -0.5)
         with torch.no_grad():
             self.unit_embed.weight[unit_pad].zero_()
-        # one W per UMLM layer: 0 = Speech Transformer output, 1 = Shared Transformer output
-        self.umlm_proj = nn.ModuleList(nn.Linear(D, D) for _ in range(2))
-
+        # one projection and one label-embedding table per UMLM output: 0 = Speech, 1 = Shared Transformer
+        self.umlm_proj = nn.ModuleList(nn.Linear(D, cfg.final_dim) for _ in range(2))
+        self.umlm_label_embs = nn.ParameterList(
+            nn.Parameter(torch.empty(num_units, cfg.final_dim).uniform_()) for _ in range(2)
+        )
         self.num_letters = num_letters
-        if num_letters > 0:
-            self.uctc_conv = nn.Conv1d(D, D, cfg.uctc_conv_kernel, stride=cfg.uctc_conv_stride)
-            self.uctc_proj = nn.Linear(D, num_letters)
-        else:
-            self.uctc_conv = self.uctc_proj = None
+        self.uctc_head = UCTCHead(D, num_letters) if num_letters > 0 else None
+        self.num_updates = 0
 
     @classmethod
     def build_model(cls, cfg: SpeechLMConfig, task):
+        from speechlm.checkpoint import store_in_saved_config
+
         units = task.unit_dictionary
         letters = getattr(task, "letter_dictionary", None)
+        if letters is not None:  # saved with the checkpoint: the letters the UCTC head predicts
+            cfg.uctc_letters = list(letters.symbols)
+            store_in_saved_config(cfg, "uctc_letters", cfg.uctc_letters)
         return cls(cfg, len(units), units.pad(), len(letters) if letters is not None else 0)
 
     @classmethod
     def from_checkpoint(cls, path: str, arg_overrides: Optional[Dict] = None) -> "SpeechLMModel":
-        """The pre-trained model saved in a fairseq checkpoint, without the task's data on disk.
+        """The pre-trained model saved in a ``speechlm`` checkpoint, without the task's data on disk.
 
-        Vocabulary sizes come from the saved tensors; raises ``ValueError`` naming the file if the
-        checkpoint was not written by the ``speechlm`` model.
+        One loader for every entry point (see ``speechlm.checkpoint.load_pretrained``); raises
+        ``ValueError`` naming the file if it is not a ``speechlm`` pre-training checkpoint.
         """
-        from fairseq import checkpoint_utils
-        from omegaconf import OmegaConf
+        from speechlm.checkpoint import load_pretrained
 
-        state = checkpoint_utils.load_checkpoint_to_cpu(path, arg_overrides)
-        cfg = state.get("cfg")
-        if cfg is None or cfg.get("model") is None or cfg["model"].get("_name") != "speechlm":
-            name = None if cfg is None or cfg.get("model") is None else cfg["model"].get("_name")
-            raise UserError(f"{path}: is a checkpoint of model {name!r}, not 'speechlm'")
-        model_cfg = OmegaConf.merge(OmegaConf.structured(SpeechLMConfig), {
-            k: v for k, v in OmegaConf.to_container(cfg["model"]).items() if k != "_name"
-        })
-        if arg_overrides:
-            model_cfg = OmegaConf.merge(model_cfg, {k: v for k, v in arg_overrides.items() if k in model_cfg})
-        sd = state["model"]
-        num_letters = sd["uctc_proj.weight"].shape[0] if "uctc_proj.weight" in sd else 0
-        pad = Dictionary().pad()  # every fairseq Dictionary puts <pad> at the same index
-        model = cls(model_cfg, sd["unit_embed.weight"].shape[0], pad, num_letters)
-        model.load_state_dict(sd, strict=True)
+        model, state = load_pretrained(path, arg_overrides)
+        model.load_state_dict(state, strict=True)
         return model
+
+    def set_num_updates(self, num_updates):
+        super().set_num_updates(num_updates)
+        self.num_updates = num_updates
+
+    def remove_pretraining_modules(self, keep_uctc_head: bool = False) -> None:
+        """Drop what only pre-training needs: unit embedding, UMLM projections and label embeddings,
+        and the UCTC head unless ``keep_uctc_head`` (the CTC fine-tuning may start from it)."""
+        for name in PRETRAINING_MODULES:
+            setattr(self, name, None)
+        if not keep_uctc_head:
+            self.uctc_head = None
 
     # ------------------------------------------------------------------ speech
     def _speech_features(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor]):
-        """Front end + LayerNorm + projection: ``(B,S) -> (B,T,D), frame padding mask (B,T) or None``."""
+        """Front end + LayerNorm + projection.
+
+        ``(B,S) -> features (B,T,D), frame padding mask (B,T) or None, feature penalty`` (the mean
+        square of the front end's output, the published criterion's ``features_pen``).
+        """
         lengths = None
         if padding_mask is not None and padding_mask.any():
             lengths = (~padding_mask).long().sum(-1)
@@ -179,19 +198,27 @@ class SpeechLMModel(BaseFairseqModel):
         else:
             with torch.no_grad():
                 feats = self.feature_extractor(source, lengths)
+        penalty = feats.float().pow(2).mean()
         feats = self.layer_norm(feats.transpose(1, 2))
         frame_padding = None
         if lengths is not None:
             frame_padding = _padding_mask_from_lengths(conv_output_lengths(lengths, self.conv_layers), feats.size(1))
         if self.post_extract_proj is not None:
             feats = self.post_extract_proj(feats)
-        return feats, frame_padding
+        return feats, frame_padding, penalty
 
-    def _span_mask(self, B: int, T: int, padding_mask: Optional[torch.Tensor], mask_prob: float, device):
+    def _span_mask(self, B: int, T: int, padding_mask: Optional[torch.Tensor], prob: float, length: int,
+                   stream: int, device) -> torch.Tensor:
+        """``(B,T)`` bool spans (fairseq's compute_mask_indices), seeded from torch's RNG.
+
+        fairseq's trainer seeds torch with ``common.seed + update`` before each step, so the spans
+        depend only on the seed, the update and ``stream`` (mask, swap, text mask).
+        """
+        seed = int(torch.randint(1, 2 ** 31 - 1, ()).item())
         mask = compute_mask_indices(
-            (B, T), padding_mask, mask_prob, self.cfg.mask_length, self.cfg.mask_selection,
-            self.cfg.mask_other, min_masks=2, no_overlap=self.cfg.no_mask_overlap,
-            min_space=self.cfg.mask_min_space, require_same_masks=False,
+            (B, T), padding_mask, prob, length, self.cfg.mask_selection, self.cfg.mask_other,
+            min_masks=2, no_overlap=self.cfg.no_mask_overlap, min_space=self.cfg.mask_min_space,
+            seed=seed, epoch=stream, indices=torch.arange(B),
         )
         mask = torch.from_numpy(mask).to(device)
         if padding_mask is not None:
@@ -199,23 +226,18 @@ class SpeechLMModel(BaseFairseqModel):
         return mask
 
     def swap_positions(self, mask_indices: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """Frames to swap for their unit embedding: Bernoulli(random_swap_prob) at unmasked real frames."""
-        swap = torch.rand(mask_indices.shape, device=mask_indices.device) < self.cfg.random_swap_prob
-        swap &= ~mask_indices
-        if padding_mask is not None:
-            swap &= ~padding_mask
-        return swap
+        """Frames to swap for their unit embedding: spans (``random_swap_prob``, ``random_swap_length``)
+        drawn like mask spans, kept only at unmasked real frames."""
+        B, T = mask_indices.shape
+        swap = self._span_mask(B, T, padding_mask, self.cfg.random_swap_prob, self.cfg.random_swap_length,
+                               SWAP_STREAM, mask_indices.device)
+        return swap & ~mask_indices
 
     def umlm_logits(self, h: torch.Tensor, layer: int) -> torch.Tensor:
-        """``h (N, D) -> (N, num_units)`` logits cos(W_layer h, e(z)) / tau for every unit z."""
+        """``h (N, D) -> (N, num_units)`` logits cos(W_layer h, e_layer(z)) / tau for every unit z."""
         q = F.normalize(self.umlm_proj[layer](h).float(), dim=-1)
-        e = F.normalize(self.unit_embed.weight.float(), dim=-1)
-        logits = (q @ e.t()) / self.cfg.logit_temp
-        # <pad>'s embedding is all zeros (no direction): it is never a target, so it gets -inf
-        # (which also keeps the 1/eps gradient of normalising a zero vector out of training)
-        is_pad = torch.zeros(logits.size(-1), dtype=torch.bool, device=logits.device)
-        is_pad[self.unit_pad] = True
-        return logits.masked_fill(is_pad, float("-inf"))
+        e = F.normalize(self.umlm_label_embs[layer].float(), dim=-1)
+        return (q @ e.t()) / self.cfg.logit_temp
 
     def forward(
         self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,
@@ -226,9 +248,9 @@ class SpeechLMModel(BaseFairseqModel):
         ``source`` (B,S) waveform, ``padding_mask`` (B,S) True at padding, ``target`` (B,T) frame units
         (T = conv frames; pad index beyond each utterance). Returns ``umlm_logits``: a list of two
         (N, num_units) tensors at the N masked frames, ``umlm_targets`` (N,), ``mask_indices`` (B,T),
-        ``swap_indices`` (B,T), ``padding_mask`` (B,T) or None.
+        ``swap_indices`` (B,T), ``padding_mask`` (B,T) or None, ``features_pen`` (scalar).
         """
-        x, frame_padding = self._speech_features(source, padding_mask)
+        x, frame_padding, penalty = self._speech_features(source, padding_mask)
         B, T, _ = x.shape
         if target is not None and target.size(1) != T:
             raise ValueError(
@@ -237,21 +259,22 @@ class SpeechLMModel(BaseFairseqModel):
             )
         x = self.dropout_input(x)
         if mask:
-            mask_indices = self._span_mask(B, T, frame_padding, self.cfg.mask_prob, x.device)
+            mask_indices = self._span_mask(B, T, frame_padding, self.cfg.mask_prob, self.cfg.mask_length,
+                                           MASK_STREAM, x.device)
             x = torch.where(mask_indices.unsqueeze(-1), self.mask_emb.to(x.dtype), x)
         else:
             mask_indices = torch.zeros(B, T, dtype=torch.bool, device=x.device)
         h_speech = self.speech_encoder(x, frame_padding)
 
         swap = torch.zeros_like(mask_indices)
-        if self.training and self.cfg.random_swap_prob > 0 and target is not None:
+        h_mixed = h_speech
+        if self.cfg.random_swap_prob > 0 and target is not None and mask:
             swap = self.swap_positions(mask_indices, frame_padding)
             h_mixed = torch.where(swap.unsqueeze(-1), self.unit_embed(target).to(h_speech.dtype), h_speech)
-        else:
-            h_mixed = h_speech
         h_shared = self.shared_encoder(h_mixed, frame_padding)
 
-        out = {"mask_indices": mask_indices, "swap_indices": swap, "padding_mask": frame_padding}
+        out = {"mask_indices": mask_indices, "swap_indices": swap, "padding_mask": frame_padding,
+               "features_pen": penalty}
         out["umlm_logits"] = [
             self.umlm_logits(h_speech[mask_indices], 0),
             self.umlm_logits(h_shared[mask_indices], 1),
@@ -265,41 +288,39 @@ class SpeechLMModel(BaseFairseqModel):
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Speech representations, no masking: ``(B,S) -> features (B,T,D), padding_mask (B,T) or None``.
 
-        ``output_layer`` counts all L layers from 1 (1..L/2 stop in the Speech Transformer); None = L.
+        ``output_layer`` counts the L layers from 1: 1..L/2 stop inside the Speech Transformer; any
+        larger value, or None, gives the final output (as the published ``extract_features``).
         """
-        x, frame_padding = self._speech_features(source, padding_mask)
+        x, frame_padding, _ = self._speech_features(source, padding_mask)
         n_speech = len(self.speech_encoder.layers)
-        if output_layer is not None and not 1 <= output_layer <= n_speech + len(self.shared_encoder.layers):
-            raise ValueError(f"output_layer={output_layer} outside 1..{n_speech + len(self.shared_encoder.layers)}")
+        n_all = n_speech + len(self.shared_encoder.layers)
+        if output_layer is not None and not 1 <= output_layer <= n_all:
+            raise ValueError(f"output_layer={output_layer} outside 1..{n_all}")
         if output_layer is not None and output_layer <= n_speech:
             return self.speech_encoder(x, frame_padding, output_layer), frame_padding
         x = self.speech_encoder(x, frame_padding)
-        shared_layer = None if output_layer is None else output_layer - n_speech
-        return self.shared_encoder(x, frame_padding, shared_layer), frame_padding
+        return self.shared_encoder(x, frame_padding), frame_padding
 
     # ------------------------------------------------------------------ text
     def forward_text(self, units: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, mask: bool = True):
         """Text pre-training pass: ``units`` (B,T) upsampled unit ids, ``padding_mask`` (B,T).
 
-        Returns ``uctc_logits`` (B,T',letters) and ``uctc_lengths`` (B,), T' after the head's conv.
+        Returns ``uctc_logits`` (B,T,letters) and ``uctc_lengths`` (B,): one output per unit frame.
         """
-        if self.uctc_proj is None:
+        if self.uctc_head is None:
             raise RuntimeError("this SpeechLM model has no UCTC head (built without a letter dictionary)")
         x = self.unit_embed(units)
         if mask:
             mask_prob = self.cfg.mask_prob if self.cfg.text_mask_prob is None else self.cfg.text_mask_prob
-            mask_indices = self._span_mask(x.size(0), x.size(1), padding_mask, mask_prob, x.device)
+            mask_indices = self._span_mask(x.size(0), x.size(1), padding_mask, mask_prob, self.cfg.mask_length,
+                                           TEXT_MASK_STREAM, x.device)
             x = torch.where(mask_indices.unsqueeze(-1), self.mask_emb.to(x.dtype), x)
         h = self.shared_encoder(x, padding_mask)
         if padding_mask is not None:
-            h = h.masked_fill(padding_mask.unsqueeze(-1), 0.0)
             lengths = (~padding_mask).long().sum(-1)
         else:
             lengths = torch.full((h.size(0),), h.size(1), dtype=torch.long, device=h.device)
-        y = self.uctc_conv(h.transpose(1, 2)).transpose(1, 2)
-        k, s = self.cfg.uctc_conv_kernel, self.cfg.uctc_conv_stride
-        out_lengths = (torch.div(lengths - k, s, rounding_mode="floor") + 1).clamp(min=0)
-        return {"uctc_logits": self.uctc_proj(y), "uctc_lengths": out_lengths}
+        return {"uctc_logits": self.uctc_head(h), "uctc_lengths": lengths}
 
     def extract_text_features(
         self, units: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, output_layer: Optional[int] = None
@@ -314,5 +335,5 @@ class SpeechLMModel(BaseFairseqModel):
 
     def speech_encoder_parameters(self) -> int:
         """Parameters of the speech encoder: front end, projection, mask embedding and all L layers."""
-        skip = ("unit_embed.", "umlm_proj.", "uctc_conv.", "uctc_proj.")
+        skip = ("unit_embed.", "umlm_proj.", "umlm_label_embs.", "uctc_head.")
         return sum(p.numel() for n, p in self.named_parameters() if not n.startswith(skip))

@@ -1,14 +1,14 @@
 """CTC fine-tuning of a pre-trained SpeechLM model for ASR (model ``speechlm_ctc``).
 
     waveform -> conv front end -> [time/channel masking] -> Speech Transformer -> Shared Transformer
-             -> CTC head (Conv1d + Linear, the pre-trained UCTC head) -> letters
+             -> CTC head (the published UCTC head, one output per 20 ms frame) -> letters
 
 The pre-trained ``speechlm`` checkpoint is read from ``model.w2v_path`` once, when fine-tuning starts;
 its model config and vocabulary sizes are then kept in ``model.w2v_args`` and so saved inside every
 fine-tuned checkpoint, which therefore loads (``speechlm infer``, resuming) without the pre-trained
 file and without editing ``w2v_path``. When the pre-trained UCTC head predicts the same letter
 dictionary as the fine-tuning task, it initialises the CTC head; otherwise the head starts random.
-Pre-training-only parameters (unit embedding, UMLM projections) are dropped.
+Pre-training-only modules are dropped by the pre-trained model's ``remove_pretraining_modules()``.
 
 ``SpeechLMCtc`` subclasses fairseq's ``Wav2VecCtc``: same ``get_logits`` / ``get_normalized_probs`` and
 the same net output (``encoder_out`` (T,B,V), ``padding_mask`` (B,T)), so fairseq's ``ctc`` criterion
@@ -26,15 +26,14 @@ from fairseq.data.data_utils import compute_mask_indices
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import FairseqEncoder, register_model
 from fairseq.models.wav2vec.wav2vec2_asr import Wav2VecCtc
-from omegaconf import MISSING, OmegaConf, open_dict
+from omegaconf import MISSING
 
 from speechlm.errors import UserError, UserFileNotFoundError
+from speechlm.modules.uctc_head import UCTCHead
 
 logger = logging.getLogger(__name__)
 
 MASK_TYPE_CHOICES = ChoiceEnum(["static", "uniform", "normal", "poisson"])
-# Pre-training-only modules: not needed to recognise speech, dropped after initialisation.
-PRETRAINING_ONLY = ("unit_embed", "umlm_proj", "uctc_conv", "uctc_proj")
 # Pre-trained model fields that fine-tuning may override (regularisation), by the same names.
 OVERRIDABLE = ("dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop",
                "dropout_input", "feature_grad_mult")
@@ -114,77 +113,31 @@ class SpeechLMEncoderConfig(FairseqDataclass):
     )
 
 
-def pretrained_args(path: str) -> dict:
-    """``{"model": pre-trained model cfg, "num_units", "num_letters", "letters"}`` from a checkpoint.
-
-    ``letters`` is the pre-training letter dictionary (its symbols) when its file can still be found
-    (``dict.ltr.txt`` in the pre-training data directory), else None. Raises ``ValueError`` naming the
-    file if it is not a ``speechlm`` checkpoint.
-    """
-    from fairseq import checkpoint_utils
-
-    if not os.path.isfile(path):
-        raise UserFileNotFoundError(
-            f"model.w2v_path={path!r}: pre-trained checkpoint not found (pre-train first, or give "
-            "the path of a `speechlm` checkpoint)"
-        )
-    state = checkpoint_utils.load_checkpoint_to_cpu(path)
-    cfg = state.get("cfg")
-    name = None if cfg is None or cfg.get("model") is None else cfg["model"].get("_name")
-    if name != "speechlm":
-        raise UserError(
-            f"model.w2v_path={path}: is a checkpoint of model {name!r}; speechlm_ctc/speechlm_st "
-            "fine-tune a `speechlm` pre-trained checkpoint"
-        )
-    sd = state["model"]
-    letters = None
-    task = cfg.get("task") or {}
-    for d in (task.get("text_data"), task.get("data")):  # where pre-training read dict.ltr.txt
-        if d and os.path.isfile(os.path.join(str(d), "dict.ltr.txt")):
-            with open(os.path.join(str(d), "dict.ltr.txt"), encoding="utf-8") as f:
-                letters = [ln.split()[0] for ln in f if ln.strip()]
-            break
-    return {
-        "model": OmegaConf.to_container(cfg["model"], resolve=True, enum_to_str=True),
-        "num_units": int(sd["unit_embed.weight"].shape[0]),
-        "num_letters": int(sd["uctc_proj.weight"].shape[0]) if "uctc_proj.weight" in sd else 0,
-        "letters": letters,
-        "_state": sd,  # popped before the args are stored
-    }
-
-
-def _store_in_saved_config(cfg, args) -> None:
-    """Put ``w2v_args`` into the config the trainer saves in every checkpoint.
-
-    fairseq builds the model from a merged copy of ``cfg.model``; the copy keeps the parent of the
-    original (the whole run config, which ``Trainer.state_dict`` saves), so the original
-    ``model`` node is reached through it.
-    """
-    parent = cfg._get_parent() if OmegaConf.is_config(cfg) else None
-    if parent is not None and "model" in parent and parent.model is not cfg:
-        with open_dict(parent.model):
-            parent.model.w2v_args = args
-
-
 def build_pretrained(cfg: SpeechLMEncoderConfig):
-    """-> (SpeechLMModel, pre-trained state dict or None). Fills ``cfg.w2v_args`` on first use."""
-    from fairseq.data import Dictionary
+    """-> (SpeechLMModel, pre-trained state dict or None). Fills ``cfg.w2v_args`` on first use.
 
-    from speechlm.models.speechlm import SpeechLMConfig, SpeechLMModel
+    The pre-trained checkpoint is read through the one loader (``speechlm.checkpoint``); its model
+    config, vocabulary sizes and UCTC letters are kept in ``w2v_args`` (saved with the fine-tuned model).
+    """
+    from speechlm.checkpoint import build_from_spec, pretrained_spec, read_checkpoint, store_in_saved_config
 
     state = None
     if cfg.w2v_args is None:
-        args = pretrained_args(cfg.w2v_path)
-        state = args.pop("_state")
+        if not os.path.isfile(str(cfg.w2v_path)):
+            raise UserFileNotFoundError(
+                f"model.w2v_path={cfg.w2v_path!r}: pre-trained checkpoint not found (pre-train first, or "
+                "give the path of a `speechlm` checkpoint; convert a released one with `speechlm convert`)"
+            )
+        full = read_checkpoint(cfg.w2v_path)
+        try:
+            args = pretrained_spec(cfg.w2v_path, full)
+        except ValueError as e:
+            raise UserError(f"model.w2v_path={e}") from None
+        state = full["model"]
         cfg.w2v_args = args
-        _store_in_saved_config(cfg, args)
+        store_in_saved_config(cfg, "w2v_args", args)
     args = cfg.w2v_args
-    model_cfg = OmegaConf.merge(
-        OmegaConf.structured(SpeechLMConfig),
-        {k: v for k, v in args["model"].items() if k != "_name"},
-        {k: getattr(cfg, k) for k in OVERRIDABLE},
-    )
-    model = SpeechLMModel(model_cfg, args["num_units"], Dictionary().pad(), args["num_letters"])
+    model = build_from_spec(args, {k: getattr(cfg, k) for k in OVERRIDABLE})
     if state is not None and not cfg.no_pretrained_weights:
         model.load_state_dict(state, strict=True)
         logger.info("initialised from the pre-trained model %s", cfg.w2v_path)
@@ -204,11 +157,8 @@ class SpeechLMEncoder(FairseqEncoder):
         super().__init__(None)
         self.cfg = cfg
         self.w2v_model, self.pretrained_state = build_pretrained(cfg)
-        self.uctc = None  # (conv, proj) of the pre-trained head, taken by the CTC model if wanted
-        if self.w2v_model.uctc_proj is not None:
-            self.uctc = (self.w2v_model.uctc_conv, self.w2v_model.uctc_proj)
-        for name in PRETRAINING_ONLY:
-            setattr(self.w2v_model, name, None)
+        self.uctc = self.w2v_model.uctc_head  # the pre-trained UCTC head, taken by the CTC model if wanted
+        self.w2v_model.remove_pretraining_modules()
         self.embed_dim = self.w2v_model.cfg.encoder_embed_dim
         self.final_dropout = nn.Dropout(cfg.final_dropout)
         self.num_updates = 0
@@ -225,7 +175,7 @@ class SpeechLMEncoder(FairseqEncoder):
             mask = compute_mask_indices(
                 (B, T), padding_mask, cfg.mask_prob, cfg.mask_length, cfg.mask_selection,
                 cfg.mask_other, min_masks=2, no_overlap=cfg.no_mask_overlap,
-                require_same_masks=False,
+                seed=int(torch.randint(1, 2 ** 31 - 1, ()).item()), epoch=0, indices=torch.arange(B),
             )
             mask = torch.from_numpy(mask).to(x.device)
             x = torch.where(mask.unsqueeze(-1), self.w2v_model.mask_emb.to(x.dtype), x)
@@ -235,6 +185,7 @@ class SpeechLMEncoder(FairseqEncoder):
                     (B, C), None, cfg.mask_channel_prob, cfg.mask_channel_length,
                     cfg.mask_channel_selection, cfg.mask_channel_other,
                     no_overlap=cfg.no_mask_channel_overlap,
+                    seed=int(torch.randint(1, 2 ** 31 - 1, ()).item()), epoch=1, indices=torch.arange(B),
                 )
             except ValueError:
                 # fairseq raises ("this should never happens") when the random rounding of
@@ -248,16 +199,16 @@ class SpeechLMEncoder(FairseqEncoder):
         m = self.w2v_model
         frozen = self.training and self.num_updates < self.cfg.freeze_finetune_updates
         with torch.no_grad() if frozen else contextlib.nullcontext():
-            x, frame_padding = m._speech_features(source, padding_mask)
+            x, frame_padding, _ = m._speech_features(source, padding_mask)
             x = m.dropout_input(x)
             if self.training and self.cfg.apply_mask:
                 x = self._mask(x, frame_padding)
             layer, n_speech = self.cfg.output_layer, len(m.speech_encoder.layers)
             if layer is not None and layer <= n_speech:
                 x = m.speech_encoder(x, frame_padding, layer)
-            else:
+            else:  # as extract_features: any layer beyond the Speech Transformer = the final output
                 x = m.speech_encoder(x, frame_padding)
-                x = m.shared_encoder(x, frame_padding, None if layer is None else layer - n_speech)
+                x = m.shared_encoder(x, frame_padding)
         if frame_padding is not None:
             x = x.masked_fill(frame_padding.unsqueeze(-1), 0.0)
         x = self.final_dropout(x)
@@ -275,15 +226,10 @@ class SpeechLMEncoder(FairseqEncoder):
 
 @dataclass
 class SpeechLMCtcConfig(SpeechLMEncoderConfig):
-    head_stride: Optional[int] = field(
-        default=None,
-        metadata={"help": "stride of the CTC head's conv (None: as in pre-training, 2 -> 25 Hz "
-                          "outputs; 1 gives 50 Hz outputs with the same weights)"},
-    )
     init_head_from_uctc: bool = field(
         default=True,
         metadata={"help": "initialise the CTC head from the pre-trained UCTC head when the letter "
-                          "dictionaries match"},
+                          "dictionaries match (the published fine-tuning does)"},
     )
     blank_weight: float = field(default=0.0, metadata={"help": "added to the blank logit"})
     blank_mode: str = field(default="add", metadata={"help": "'add' or 'set' the blank logit"})
@@ -291,25 +237,23 @@ class SpeechLMCtcConfig(SpeechLMEncoderConfig):
 
 @register_model("speechlm_ctc", dataclass=SpeechLMCtcConfig)
 class SpeechLMCtc(Wav2VecCtc):
-    """``forward(source, padding_mask) -> {"encoder_out": logits (T,B,V), "padding_mask": (B,T)}``."""
+    """``forward(source, padding_mask) -> {"encoder_out": logits (T,B,V), "padding_mask": (B,T)}``.
+
+    The CTC head is the published UCTC head (Conv1d k=2 -> Dropout -> LayerNorm -> GELU -> Linear),
+    one output per 20 ms frame.
+    """
 
     def __init__(self, cfg: SpeechLMCtcConfig, encoder: SpeechLMEncoder, num_letters: int,
                  letters=None):
         super().__init__(cfg, encoder)
-        D = encoder.embed_dim
-        k = encoder.w2v_model.cfg.uctc_conv_kernel
-        s = cfg.head_stride or encoder.w2v_model.cfg.uctc_conv_stride
-        self.head_kernel, self.head_stride = k, s
-        self.ctc_conv = nn.Conv1d(D, D, k, stride=s)
-        self.ctc_proj = nn.Linear(D, num_letters)
+        self.ctc_head = UCTCHead(encoder.embed_dim, num_letters)
         uctc, pre = encoder.uctc, cfg.w2v_args
         if encoder.pretrained_state is not None and uctc is not None and cfg.init_head_from_uctc:
             same = pre["num_letters"] == num_letters and (
-                pre.get("letters") is None or letters is None or pre["letters"] == list(letters)
+                pre.get("letters") is None or letters is None or list(pre["letters"]) == list(letters)
             )
             if same and not cfg.no_pretrained_weights:
-                self.ctc_conv.load_state_dict(uctc[0].state_dict())
-                self.ctc_proj.load_state_dict(uctc[1].state_dict())
+                self.ctc_head.load_state_dict(uctc.state_dict())
                 logger.info("CTC head initialised from the pre-trained UCTC head")
             elif not same:
                 logger.warning(
@@ -322,23 +266,9 @@ class SpeechLMCtc(Wav2VecCtc):
     @classmethod
     def build_model(cls, cfg: SpeechLMCtcConfig, task):
         tgt = task.target_dictionary
-        return cls(cfg, SpeechLMEncoder(cfg), len(tgt), list(tgt.symbols[tgt.nspecial:]))
-
-    def output_lengths(self, frames: torch.Tensor) -> torch.Tensor:
-        return (torch.div(frames - self.head_kernel, self.head_stride, rounding_mode="floor")
-                + 1).clamp(min=0)
+        return cls(cfg, SpeechLMEncoder(cfg), len(tgt), list(tgt.symbols))
 
     def forward(self, source, padding_mask=None, **kwargs):
         enc = self.w2v_encoder(source, padding_mask)
-        x = enc["encoder_out"]  # (T,B,D)
-        T = x.size(0)
-        if T < self.head_kernel:  # shorter than the head's conv: pad with zero frames
-            x = nn.functional.pad(x, (0, 0, 0, 0, 0, self.head_kernel - T))
-        logits = self.ctc_proj(self.ctc_conv(x.permute(1, 2, 0)).transpose(1, 2))  # (B,T',V)
-        pad = enc["padding_mask"]
-        if pad is not None:
-            lengths = self.output_lengths((~pad).long().sum(-1))
-            pad = torch.arange(logits.size(1), device=logits.device)[None, :] >= lengths[:, None]
-            if not pad.any():
-                pad = None
-        return {"encoder_out": logits.transpose(0, 1), "padding_mask": pad}
+        logits = self.ctc_head(enc["encoder_out"].transpose(0, 1))  # (B,T,V)
+        return {"encoder_out": logits.transpose(0, 1), "padding_mask": enc["padding_mask"]}

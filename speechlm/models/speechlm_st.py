@@ -1,7 +1,8 @@
 """Speech translation with a pre-trained SpeechLM encoder (model ``speechlm_st``).
 
     raw 16 kHz waveform -> pre-trained SpeechLM encoder (conv front end, Speech + Shared Transformer)
-        -> randomly initialised fairseq Transformer decoder (6 layers by default) -> target characters
+        -> randomly initialised Transformer decoder (6 post-LN layers, fairseq's with the published
+           model's relative position keys) -> target characters
 
 Trained and decoded on fairseq's own ``speech_to_text`` task with raw audio input
 (``use_audio_input: true`` in the data's ``config.yaml``, written by ``speechlm st prepare``):
@@ -21,10 +22,11 @@ from typing import Any, Optional
 
 import torch
 from fairseq.models import FairseqEncoder, FairseqEncoderDecoderModel, register_model
-from fairseq.models.transformer import Embedding, TransformerDecoder
+from fairseq.models.transformer import Embedding
 from fairseq.models.transformer.transformer_legacy import base_architecture
 
 from speechlm.models.speechlm_ctc import SpeechLMEncoder, SpeechLMEncoderConfig
+from speechlm.modules.relpos_decoder import RelPosTransformerDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +38,12 @@ class SpeechLMSTConfig(SpeechLMEncoderConfig):
     decoder_ffn_embed_dim: int = field(default=3072, metadata={"help": "decoder feed-forward dim"})
     decoder_attention_heads: int = field(default=12, metadata={"help": "decoder attention heads"})
     decoder_normalize_before: bool = field(
-        default=True, metadata={"help": "pre-LN decoder layers"}
+        default=False, metadata={"help": "pre-LN decoder layers (the relative-key decoder is post-LN, as released)"}
     )
     decoder_learned_pos: bool = field(
         default=False, metadata={"help": "learned (else sinusoidal) decoder positions"}
     )
-    decoder_dropout: float = field(default=0.1, metadata={"help": "dropout in the decoder"})
+    decoder_dropout: float = field(default=0.0, metadata={"help": "dropout in the decoder"})
     decoder_attention_dropout: float = field(
         default=0.1, metadata={"help": "dropout on the decoder's attention weights"}
     )
@@ -49,8 +51,10 @@ class SpeechLMSTConfig(SpeechLMEncoderConfig):
         default=0.0, metadata={"help": "dropout after the decoder's FFN activation"}
     )
     decoder_layerdrop: float = field(default=0.0, metadata={"help": "decoder LayerDrop"})
+    decoder_activation_fn: str = field(default="gelu", metadata={"help": "decoder FFN activation (released: gelu)"})
     share_decoder_input_output_embed: bool = field(
-        default=True, metadata={"help": "tie the decoder's input embedding and output projection"}
+        default=False, metadata={"help": "tie the decoder's input embedding and output projection "
+                                         "(released models: untied)"}
     )
     max_target_positions: int = field(
         default=1024, metadata={"help": "longest target (characters) the decoder's positions cover"}
@@ -125,6 +129,7 @@ def decoder_args(cfg: SpeechLMSTConfig, encoder_dim: int) -> argparse.Namespace:
         dropout=cfg.decoder_dropout,
         attention_dropout=cfg.decoder_attention_dropout,
         activation_dropout=cfg.decoder_activation_dropout,
+        activation_fn=cfg.decoder_activation_fn,
         share_decoder_input_output_embed=cfg.share_decoder_input_output_embed,
         max_target_positions=cfg.max_target_positions,
     )
@@ -140,7 +145,7 @@ class SpeechLMST(FairseqEncoderDecoderModel):
         tgt = task.target_dictionary
         args = decoder_args(cfg, encoder.embed_dim)
         embed = Embedding(len(tgt), cfg.decoder_embed_dim, tgt.pad())
-        decoder = TransformerDecoder(args, tgt, embed)
+        decoder = RelPosTransformerDecoder(args, tgt, embed)
         return cls(encoder, decoder)
 
     def max_positions(self):

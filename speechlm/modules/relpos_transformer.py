@@ -1,91 +1,136 @@
-"""Transformer stacks with a learned relative position bias (T5/WavLM-style buckets).
+"""The two transformer stacks of SpeechLM, with the published model's position scheme.
+
+Both stacks use Shaw-style relative position *keys*: one table ``relative_keys`` of ``2 * 160``
+vectors of the head dimension per stack; for query i and key j the logit gains ``q_i . r[clip(i - j)]``
+(distance clipped to [-160, 159]), scaled like ``q_i . k_j``. Pre-LN layers (Large) first normalise
+the table with their own ``norm_k`` LayerNorm. The Speech Transformer adds fairseq's convolutional
+positions (wav2vec 2.0 / HuBERT); the Shared Transformer adds learned absolute positions (fairseq
+``LearnedPositionalEmbedding`` semantics: row ``pad + 1 + t`` for frame t, 3000 positions, row
+``pad`` = 0 for padding, later frames clamped to the last row) and ``layernorm_embedding``.
+
+Speed: the relative term is computed as ``(B,H,T,d) @ (d, 320)`` then gathered to ``(B,H,T,T)``
+through a small index table, never a ``(T,T,d)`` tensor of keys; attention runs in
+``F.scaled_dot_product_attention`` with that term (and the key padding) as its float mask.
 
 The layers are fairseq's wav2vec2 ``TransformerSentenceEncoderLayer`` (same parameters and
-state-dict keys); the subclass only passes the position bias to the attention in the post-LN
-branch too (fairseq drops ``self_attn_mask`` there). The bias is one ``(num_buckets, heads)``
-table per stack, shared by its layers, added to the attention logits.
+state-dict keys, plus ``norm_k`` when pre-LN); only the attention call is replaced.
 """
-import math
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from fairseq.models.wav2vec.wav2vec2 import TransformerSentenceEncoderLayer, make_conv_pos
 from fairseq.modules import LayerNorm
 
-
-def relative_position_bucket(relative_position: torch.Tensor, num_buckets: int, max_distance: int):
-    """Bidirectional T5 buckets: half per direction; exact below ``num_buckets // 4``, log above."""
-    num_buckets = num_buckets // 2
-    ret = (relative_position > 0).long() * num_buckets
-    n = relative_position.abs()
-    max_exact = num_buckets // 2
-    is_small = n < max_exact
-    large = max_exact + (
-        torch.log(n.float().clamp(min=1) / max_exact)
-        / math.log(max_distance / max_exact)
-        * (num_buckets - max_exact)
-    ).long()
-    large = torch.minimum(large, torch.full_like(large, num_buckets - 1))
-    return ret + torch.where(is_small, n, large)
+# Relative distances are clipped to [-REL_POS_CLIP, REL_POS_CLIP - 1] (the published models' 160 frames = 3.2 s)
+REL_POS_CLIP = 160
+# Absolute positions of the Shared Transformer (the published models' max_source_positions)
+MAX_SHARED_POSITIONS = 3000
+# fairseq Dictionary's <pad> index: LearnedPositionalEmbedding offsets positions by it
+POSITION_PAD = 1
 
 
-class RelativePositionBias(nn.Module):
-    """``forward(T) -> (heads, T, T)`` additive attention bias depending on key - query offset."""
+def relative_index(length: int, device, clip: int = REL_POS_CLIP) -> torch.Tensor:
+    """``(T, T)`` long: row of the relative key table for query i, key j = clip(i - j) + clip."""
+    pos = torch.arange(length, device=device)
+    return (pos[:, None] - pos[None, :]).clamp(-clip, clip - 1) + clip
 
-    def __init__(self, num_heads: int, num_buckets: int = 320, max_distance: int = 800):
-        super().__init__()
-        self.num_heads, self.num_buckets, self.max_distance = num_heads, num_buckets, max_distance
-        self.embedding = nn.Embedding(num_buckets, num_heads)
-        nn.init.zeros_(self.embedding.weight)
 
-    def forward(self, length: int) -> torch.Tensor:
-        pos = torch.arange(length, device=self.embedding.weight.device)
-        buckets = relative_position_bucket(pos[None, :] - pos[:, None], self.num_buckets, self.max_distance)
-        return self.embedding(buckets).permute(2, 0, 1)
+def shared_positions(padding_mask: Optional[torch.Tensor], B: int, T: int, device) -> torch.Tensor:
+    """``(B,T)`` rows of the absolute position table: ``pad + 1 + t`` at real frames, ``pad`` at padding.
+
+    fairseq's ``make_positions`` counts real frames from the left; frames beyond
+    ``MAX_SHARED_POSITIONS`` reuse the last row (the published model clamps the same way).
+    """
+    if padding_mask is None:
+        pos = torch.arange(T, device=device).unsqueeze(0).expand(B, T) + POSITION_PAD + 1
+    else:
+        real = (~padding_mask).long()
+        pos = torch.cumsum(real, dim=1) * real + POSITION_PAD
+    return pos.clamp(max=POSITION_PAD + MAX_SHARED_POSITIONS)
+
+
+def relative_attention(layer, x: torch.Tensor, rel_keys: torch.Tensor, rel_index: torch.Tensor,
+                       key_padding: Optional[torch.Tensor]) -> torch.Tensor:
+    """Self-attention of ``layer.self_attn`` on ``x (T,B,C)`` with relative keys ``rel_keys (R, d)``."""
+    attn = layer.self_attn
+    T, B, C = x.shape
+    H = attn.num_heads
+    d = C // H
+    q = attn.q_proj(x).view(T, B, H, d).permute(1, 2, 0, 3)  # (B,H,T,d)
+    k = attn.k_proj(x).view(T, B, H, d).permute(1, 2, 0, 3)
+    v = attn.v_proj(x).view(T, B, H, d).permute(1, 2, 0, 3)
+    scale = d ** -0.5
+    rel = torch.matmul(q * scale, rel_keys.to(q.dtype).t())  # (B,H,T,R)
+    bias = torch.gather(rel, 3, rel_index.expand(B, H, T, T))  # (B,H,T,T)
+    if key_padding is not None:
+        bias = bias.masked_fill(key_padding[:, None, None, :], float("-inf"))
+    p = attn.dropout_module.p if layer.training else 0.0
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p, scale=scale)
+    return attn.out_proj(out.permute(2, 0, 1, 3).reshape(T, B, C))
 
 
 class RelPosEncoderLayer(TransformerSentenceEncoderLayer):
-    """fairseq's wav2vec2 encoder layer; ``forward(x (T,B,C), bias (B*H,T,T), padding (B,T))``."""
+    """fairseq's wav2vec2 encoder layer with relative keys.
 
-    def forward(self, x, self_attn_mask=None, self_attn_padding_mask=None, need_weights=False, att_args=None):
-        if self.layer_norm_first:
-            return super().forward(x, self_attn_mask, self_attn_padding_mask, need_weights, att_args)
+    ``forward(x (T,B,C), rel_keys (R,d), rel_index (T,T), key_padding (B,T) or None) -> (T,B,C)``.
+    Pre-LN layers own a ``norm_k`` LayerNorm over the head dimension applied to the key table.
+    """
+
+    def __init__(self, *args, layer_norm_first: bool = False, **kwargs):
+        super().__init__(*args, layer_norm_first=layer_norm_first, **kwargs)
+        self.norm_k = LayerNorm(self.embedding_dim // self.self_attn.num_heads) if layer_norm_first else None
+
+    def forward(self, x, rel_keys, rel_index, key_padding=None):
         residual = x
-        x, attn = self.self_attn(
-            query=x, key=x, value=x, key_padding_mask=self_attn_padding_mask,
-            attn_mask=self_attn_mask, need_weights=False,
-        )
+        if self.layer_norm_first:
+            x = self.self_attn_layer_norm(x)
+            x = relative_attention(self, x, self.norm_k(rel_keys), rel_index, key_padding)
+            x = residual + self.dropout1(x)
+            residual = x
+            x = self.final_layer_norm(x)
+            x = self.fc2(self.dropout2(self.activation_fn(self.fc1(x))))
+            return residual + self.dropout3(x)
+        x = relative_attention(self, x, rel_keys, rel_index, key_padding)
         x = self.self_attn_layer_norm(residual + self.dropout1(x))
         residual = x
-        x = self.dropout2(self.activation_fn(self.fc1(x)))
-        x = self.fc2(x)
-        layer_result = x
-        x = self.final_layer_norm(residual + self.dropout3(x))
-        return x, (attn, layer_result)
+        x = self.fc2(self.dropout2(self.activation_fn(self.fc1(x))))
+        return self.final_layer_norm(residual + self.dropout3(x))
 
 
 class RelPosTransformer(nn.Module):
-    """A stack of ``num_layers`` layers with a relative position bias and optional conv positions.
+    """A stack of ``num_layers`` relative-key layers.
+
+    ``conv_pos > 0``: the Speech Transformer (conv positions; post-LN stacks normalise their input).
+    ``absolute_positions``: the Shared Transformer (learned absolute positions + ``layernorm_embedding``).
+    Pre-LN stacks normalise their output (``layer_norm``) after the last layer.
 
     ``forward(x (B,T,C), padding_mask (B,T) bool or None, output_layer=None) -> (B,T,C)``;
-    ``output_layer`` (1-based) stops after that layer. Post-LN stacks (``layer_norm_first=False``,
-    the Base models) normalise their input; pre-LN stacks normalise their output.
+    ``output_layer`` (1-based) stops after that layer (pre-LN: the final norm only after the last).
     """
 
     def __init__(
         self, num_layers: int, embed_dim: int, ffn_dim: int, num_heads: int, dropout: float,
         attention_dropout: float, activation_dropout: float, activation_fn: str,
-        layer_norm_first: bool, layerdrop: float, num_buckets: int, max_distance: int,
-        conv_pos: int = 0, conv_pos_groups: int = 16,
+        layer_norm_first: bool, layerdrop: float, conv_pos: int = 0, conv_pos_groups: int = 16,
+        absolute_positions: bool = False,
     ):
         super().__init__()
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.layer_norm_first, self.layerdrop = layer_norm_first, layerdrop
         self.dropout = nn.Dropout(dropout)
         self.pos_conv = make_conv_pos(embed_dim, conv_pos, conv_pos_groups) if conv_pos > 0 else None
-        self.rel_pos_bias = RelativePositionBias(num_heads, num_buckets, max_distance)
+        if absolute_positions:
+            self.embed_positions = nn.Embedding(MAX_SHARED_POSITIONS + POSITION_PAD + 1, embed_dim,
+                                                padding_idx=POSITION_PAD)
+            nn.init.normal_(self.embed_positions.weight, mean=0, std=embed_dim ** -0.5)
+            with torch.no_grad():
+                self.embed_positions.weight[POSITION_PAD].zero_()
+            self.layernorm_embedding = LayerNorm(embed_dim)
+        else:
+            self.embed_positions = self.layernorm_embedding = None
+        self.relative_keys = nn.Embedding(2 * REL_POS_CLIP, embed_dim // num_heads)
         self.layers = nn.ModuleList(
             RelPosEncoderLayer(
                 embedding_dim=embed_dim, ffn_embedding_dim=ffn_dim, num_attention_heads=num_heads,
@@ -95,30 +140,34 @@ class RelPosTransformer(nn.Module):
             )
             for _ in range(num_layers)
         )
-        self.layer_norm = LayerNorm(embed_dim)
+        # post-LN Speech Transformer: norm of its input; pre-LN stacks: norm of their output; the
+        # post-LN Shared Transformer has none (its layernorm_embedding normalises the input)
+        self.layer_norm = LayerNorm(embed_dim) if (layer_norm_first or not absolute_positions) else None
 
     def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, output_layer: Optional[int] = None):
         if padding_mask is not None and not padding_mask.any():
             padding_mask = None
+        B, T, _ = x.shape
         if padding_mask is not None:
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         if self.pos_conv is not None:
             x = x + self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
-        if not self.layer_norm_first:
+        if self.embed_positions is None and not self.layer_norm_first:
             x = self.layer_norm(x)
+        if self.embed_positions is not None:
+            x = x + self.embed_positions(shared_positions(padding_mask, B, T, x.device))
+            x = self.layernorm_embedding(x)
         x = self.dropout(x)
-        B, T, _ = x.shape
-        bias = self.rel_pos_bias(T).to(x.dtype)
-        bias = bias.unsqueeze(0).expand(B, -1, -1, -1)
-        if padding_mask is not None:  # padded keys join the additive bias (one float mask, not two kinds)
-            bias = bias.masked_fill(padding_mask[:, None, None, :], float("-inf"))
-        bias = bias.reshape(B * self.num_heads, T, T)
+        if self.embed_positions is not None and padding_mask is not None:
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        rel_index = relative_index(T, x.device)
         x = x.transpose(0, 1)
         n = len(self.layers) if output_layer is None else output_layer
+        drop = torch.rand(n) if self.training and self.layerdrop > 0 else None  # torch RNG: seeded per update
         for i, layer in enumerate(self.layers[:n]):
-            if self.training and self.layerdrop > 0 and np.random.random() < self.layerdrop:
+            if drop is not None and drop[i] < self.layerdrop:
                 continue
-            x, _ = layer(x, self_attn_mask=bias, self_attn_padding_mask=None)
+            x = layer(x, self.relative_keys.weight, rel_index, padding_mask)
         x = x.transpose(0, 1)
         if self.layer_norm_first and n == len(self.layers):
             x = self.layer_norm(x)
