@@ -9,8 +9,7 @@ import torch.nn.functional as F
 import speechlm  # noqa: F401  (registers the components)
 from speechlm.criterions.speechlm import greedy_ctc, uctc_loss
 from speechlm.models.speechlm import SpeechLMConfig, SpeechLMModel
-from speechlm.modules.conv_frontend import MaskedConvFeatureExtractor
-from speechlm.modules.conv_frontend import parse_conv_layers
+from speechlm.modules.conv_frontend import MaskedConvFeatureExtractor, parse_conv_layers
 from speechlm.modules.relpos_transformer import REL_POS_CLIP, RelPosEncoderLayer, relative_index, shared_positions
 
 TINY = dict(
