@@ -1,7 +1,8 @@
-"""Unit tests of the SpeechLM model and criterion on small hand-made tensors (no corpus needed)."""
+"""Unit tests of the SpeechLM model and criterion on small hand-made tensors (and two tiny seeded trainings)."""
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -260,3 +261,47 @@ def test_base_config_speech_encoder_parameters():
           f"Transformer's absolute positions ({(n - pos) / 1e6:.2f}M without; HuBERT Base: 94.68M)")
     assert abs((n - pos) / 94.70e6 - 1) < 0.01
     assert len(model.speech_encoder.layers) + len(model.shared_encoder.layers) == 12
+
+
+def _tiny_training(seed: int, source, target, units, letters, steps: int = 3):
+    """A few Adam steps of speech + text, seeded before each step as fairseq's trainer does
+    (``common.seed + update``); returns the losses."""
+    from speechlm.criterions.speechlm import SpeechLMCriterion, SpeechLMCriterionConfig
+
+    class _Task:
+        letter_dictionary = None
+
+    model = tiny_model(random_swap_prob=0.4, mask_prob=0.5).train()
+    crit = SpeechLMCriterion(SpeechLMCriterionConfig(), _Task())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    speech = {"net_input": {"source": source, "padding_mask": None}, "target": target,
+              "ntokens": target.numel(), "nsentences": source.size(0)}
+    text = {"net_input": {"units": units, "padding_mask": None}, "target": letters,
+            "target_lengths": torch.full((letters.size(0),), letters.size(1)), "nsentences": units.size(0)}
+    losses = []
+    for update in range(steps):
+        torch.manual_seed(seed + update)
+        opt.zero_grad()
+        loss, _, log = crit(model, {"speech": speech, "text": text})
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_two_same_seed_trainings_give_identical_losses(mini_corpus):
+    """Masks, swaps, text masks and layerdrop all draw from the per-update seed: same seed, same run."""
+    from speechlm.data.readers import load_manifest, read_audio
+
+    root, rows = load_manifest(str(mini_corpus / "valid.tsv"))
+    n = 8000
+    wavs = [read_audio(f"{root}/{rel}")[:n] for rel, frames in rows if frames >= n][:2]
+    source = torch.from_numpy(np.stack(wavs)).float()
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(4, 12, (2, 24), generator=g)
+    units, letters = torch.randint(4, 12, (2, 40), generator=g), torch.randint(4, 8, (2, 6), generator=g)
+    a = _tiny_training(7, source, target, units, letters)
+    b = _tiny_training(7, source, target, units, letters)
+    c = _tiny_training(8, source, target, units, letters)
+    assert a == b
+    assert a != c
