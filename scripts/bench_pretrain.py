@@ -10,8 +10,10 @@ masking and dropouts, and times forward + loss + backward + Adam step on the SAM
 - ``speech``: SpeechLM's speech path (UMLM at both transformer outputs, random swapping);
 - ``speech+text``: SpeechLM's full step, speech batch plus a text batch of max_tokens/320 unit frames.
 
-It prints speech-seconds per second for each, SpeechLM-speech / HuBERT step time (goal: <= 1.05) and
-the extra cost of the text batch. Audio: ``--corpus DIR`` takes utterances of DIR/valid.tsv (+ .phn);
+It prints, for each, the median wall time and the median process CPU time of a step (CPU time is
+what to compare on a shared machine: other users' load inflates wall time, not CPU time, at 1
+thread), speech-seconds per wall second, SpeechLM-speech / HuBERT step time (goal: <= 1.05) and the
+extra cost of the text batch. Audio: ``--corpus DIR`` takes utterances of DIR/valid.tsv (+ .phn);
 without it the batch is white noise with random units (timing does not depend on the values).
 
     OMP_NUM_THREADS=2 python scripts/bench_pretrain.py --corpus exp/mini/corpus --sizes tiny base
@@ -174,7 +176,8 @@ def main(argv=None):
     print(f"speech batch: {source.size(0)} x {args.seconds:.1f} s = {speech_seconds:.1f} s; "
           f"text batch: {text_units.size(0)} x {text_len} unit frames; threads: {args.threads}; "
           f"device: cpu; torch {torch.__version__}")
-    header = f"{'size':<6} {'variant':<12} {'step s (median)':>16} {'speech-s/s':>11} {'vs hubert':>10}"
+    header = (f"{'size':<6} {'variant':<12} {'wall s':>9} {'cpu s':>9} {'speech-s/s':>11} {'wall vs hubert':>15} "
+              f"{'cpu vs hubert':>14}")
     print(header)
     print("-" * len(header))
     for size in args.sizes:
@@ -182,23 +185,26 @@ def main(argv=None):
         slm.train(), hub.train()
         steps = make_steps(slm, hub, d, source, target, text_units, text_letters)
         times = {k: [] for k in steps}
+        cpu = {k: [] for k in steps}
         for fn in steps.values():  # warm-up
             fn()
         for _ in range(args.reps):  # interleaved, so load changes hit every variant alike
             for k, fn in steps.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn()
                 times[k].append(time.perf_counter() - t0)
+                cpu[k].append(time.process_time() - c0)
         med = {k: statistics.median(v) for k, v in times.items()}
+        cmed = {k: statistics.median(v) for k, v in cpu.items()}
         for k in steps:
-            print(f"{size:<6} {k:<12} {med[k]:>16.4f} {speech_seconds / med[k]:>11.1f} "
-                  f"{med[k] / med['hubert']:>10.3f}")
-        extra = med["speech+text"] / med["speech"] - 1
+            print(f"{size:<6} {k:<12} {med[k]:>9.3f} {cmed[k]:>9.3f} {speech_seconds / med[k]:>11.1f} "
+                  f"{med[k] / med['hubert']:>15.3f} {cmed[k] / cmed['hubert']:>14.3f}")
+        extra = cmed["speech+text"] / cmed["speech"] - 1
         n_slm = sum(q.numel() for q in slm.parameters()) / 1e6
         n_hub = sum(q.numel() for q in hub.parameters()) / 1e6
-        print(f"{size:<6} speech path / HuBERT step time = {med['speech'] / med['hubert']:.3f} "
-              f"(goal <= 1.05); text batch adds {100 * extra:.1f}%; params SpeechLM {n_slm:.2f}M, "
-              f"HuBERT {n_hub:.2f}M")
+        print(f"{size:<6} speech path / HuBERT step: CPU time {cmed['speech'] / cmed['hubert']:.3f}, wall "
+              f"{med['speech'] / med['hubert']:.3f} (goal <= 1.05); text batch adds {100 * extra:.1f}% CPU; "
+              f"params SpeechLM {n_slm:.2f}M, HuBERT {n_hub:.2f}M")
     return 0
 
 
