@@ -114,16 +114,22 @@ def test_converted_asr_checkpoint_decodes_with_speechlm_infer(converted, mini_co
 
 
 def _st_data(tmp_path, mini_corpus, n=3):
-    """A fairseq speech_to_text data dir (raw audio) over mini-corpus utterances, the fixture's vocabulary."""
+    """A fairseq speech_to_text data dir (raw audio in fairseq's zip storage) over mini-corpus utterances,
+    with the fixture's target vocabulary."""
+    from speechlm.corpora.st import pack_audio_zip
+
     data = tmp_path / "st_data"
     data.mkdir()
     lines = (Path(mini_corpus) / "valid.tsv").read_text().splitlines()
     root = Path(lines[0]) if os.path.isabs(lines[0]) else (Path(mini_corpus) / lines[0]).resolve()
-    rows = ["id\taudio\tn_frames\ttgt_text"]
+    rows = []
     for i, line in enumerate(lines[1: n + 1]):
-        rel, frames = line.split("\t")[:2]
-        rows.append(f"utt{i}\t{root / rel}\t{frames}\ta b c d")
-    (data / "test.tsv").write_text("\n".join(rows) + "\n")
+        rel, samples = line.split("\t")[:2]
+        rows.append({"id": f"utt{i}", "audio": str(root / rel), "n_frames": str(int(samples) // 320),
+                     "tgt_text": "a b c d"})  # n_frames: 50 Hz, as `speechlm st prepare` writes
+    pack_audio_zip(rows, str(data / "test_audio.zip"))
+    tsv = ["id\taudio\tn_frames\ttgt_text"] + [f"{r['id']}\t{r['audio']}\t{r['n_frames']}\t{r['tgt_text']}" for r in rows]
+    (data / "test.tsv").write_text("\n".join(tsv) + "\n")
     (data / "dict.st.txt").write_text((FIX / "dict.st.txt").read_text())
     (data / "config.yaml").write_text("use_audio_input: true\nuse_sample_rate: 16000\nstandardize_audio: false\n"
                                       "vocab_filename: dict.st.txt\ninput_channels: 1\ninput_feat_per_channel: 1\n")
@@ -161,7 +167,8 @@ def test_converted_st_checkpoint_decodes_with_fairseq_generate(converted, mini_c
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [str(BIN / "fairseq-generate"), str(data), "--user-dir", str(REPO / "speechlm"), "--task",
            "speech_to_text", "--config-yaml", "config.yaml", "--path", str(converted["st"]), "--gen-subset", "test",
-           "--beam", "5", "--max-tokens", "400000", "--max-len-b", "20", "--scoring", "sacrebleu"]
+           "--beam", "5", "--max-tokens", "20000", "--max-len-b", "20", "--required-batch-size-multiple", "1",
+           "--scoring", "sacrebleu"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
