@@ -149,6 +149,7 @@ def read_checkpoint(path: str, arg_overrides=None) -> dict:
 
     if not os.path.isfile(path):
         raise UserFileNotFoundError(f"{path}: checkpoint not found")
+    install()  # idempotent: also when the console script has not registered the plugin
     state = checkpoint_utils.load_checkpoint_to_cpu(path, arg_overrides)
     validate_state(path, state)
     return state
