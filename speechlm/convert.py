@@ -288,7 +288,9 @@ def _checkpoint(cfg: dict, sd: dict, src: str, criterion: str) -> dict:
 
 
 def _common():
-    return {"_name": None, "common": {"seed": 1}}
+    """The run-config sections a fairseq checkpoint carries that task configs interpolate from."""
+    return {"_name": None, "common": {"seed": 1},
+            "dataset": {"train_subset": "train", "valid_subset": "valid", "gen_subset": "test"}}
 
 
 def convert_pretrained(src, state, dict_ltr, dict_units):
