@@ -98,6 +98,7 @@ def test_converted_asr_model_gives_the_published_ctc_logits(converted, mini_corp
     assert len(task.target_dictionary) == logits.size(-1)
 
 
+@pytest.mark.slow
 def test_converted_asr_checkpoint_decodes_with_speechlm_infer(converted, mini_corpus, tmp_path):
     data = _asr_data(tmp_path, mini_corpus)
     res = tmp_path / "decode"
@@ -162,6 +163,7 @@ def test_converted_st_model_gives_the_published_decoder_output(converted, mini_c
     assert (step[:, -1] - exp["decoder_out"][:, -1]).abs().max().item() < TOL
 
 
+@pytest.mark.slow
 def test_converted_st_checkpoint_decodes_with_fairseq_generate(converted, mini_corpus, tmp_path):
     data = _st_data(tmp_path, mini_corpus)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -205,6 +207,7 @@ def test_converter_errors_name_the_file(tmp_path):
         SpeechLMModel.from_checkpoint(src)
 
 
+@pytest.mark.slow
 def test_convert_cli(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     ok = subprocess.run([str(BIN / "speechlm"), "convert", str(FIX / "pretrained_large.pt"), str(tmp_path / "l.pt"),
