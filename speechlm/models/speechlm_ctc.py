@@ -113,27 +113,37 @@ class SpeechLMEncoderConfig(FairseqDataclass):
     )
 
 
+def pretrained_args(path: str):
+    """``(spec, state dict)`` of the pre-trained ``speechlm`` checkpoint ``path`` (``model.w2v_path``).
+
+    ``spec`` = ``{"model": model cfg, "num_units", "num_letters", "letters"}`` through the one loader
+    (``speechlm.checkpoint``); errors are ``UserError`` naming ``model.w2v_path`` and the file.
+    """
+    from speechlm.checkpoint import pretrained_spec, read_checkpoint
+
+    if not os.path.isfile(str(path)):
+        raise UserFileNotFoundError(
+            f"model.w2v_path={path!r}: pre-trained checkpoint not found (pre-train first, or give "
+            "the path of a `speechlm` checkpoint; convert a released one with `speechlm convert`)"
+        )
+    full = read_checkpoint(str(path))
+    try:
+        return pretrained_spec(str(path), full), full["model"]
+    except ValueError as e:
+        raise UserError(f"model.w2v_path={e}") from None
+
+
 def build_pretrained(cfg: SpeechLMEncoderConfig):
     """-> (SpeechLMModel, pre-trained state dict or None). Fills ``cfg.w2v_args`` on first use.
 
-    The pre-trained checkpoint is read through the one loader (``speechlm.checkpoint``); its model
-    config, vocabulary sizes and UCTC letters are kept in ``w2v_args`` (saved with the fine-tuned model).
+    The pre-trained model config, vocabulary sizes and UCTC letters are kept in ``w2v_args`` (saved
+    with the fine-tuned model, which then loads without the pre-trained file).
     """
-    from speechlm.checkpoint import build_from_spec, pretrained_spec, read_checkpoint, store_in_saved_config
+    from speechlm.checkpoint import build_from_spec, store_in_saved_config
 
     state = None
     if cfg.w2v_args is None:
-        if not os.path.isfile(str(cfg.w2v_path)):
-            raise UserFileNotFoundError(
-                f"model.w2v_path={cfg.w2v_path!r}: pre-trained checkpoint not found (pre-train first, or "
-                "give the path of a `speechlm` checkpoint; convert a released one with `speechlm convert`)"
-            )
-        full = read_checkpoint(cfg.w2v_path)
-        try:
-            args = pretrained_spec(cfg.w2v_path, full)
-        except ValueError as e:
-            raise UserError(f"model.w2v_path={e}") from None
-        state = full["model"]
+        args, state = pretrained_args(cfg.w2v_path)
         cfg.w2v_args = args
         store_in_saved_config(cfg, "w2v_args", args)
     args = cfg.w2v_args
