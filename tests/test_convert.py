@@ -118,6 +118,7 @@ def _st_data(tmp_path, mini_corpus, n=3):
     """A fairseq speech_to_text data dir (raw audio in fairseq's zip storage) over mini-corpus utterances,
     with the fixture's target vocabulary."""
     from speechlm.corpora.st import pack_audio_zip
+    from speechlm.data.manifest import num_frames_50hz
 
     data = tmp_path / "st_data"
     data.mkdir()
@@ -126,7 +127,7 @@ def _st_data(tmp_path, mini_corpus, n=3):
     rows = []
     for i, line in enumerate(lines[1: n + 1]):
         rel, samples = line.split("\t")[:2]
-        rows.append({"id": f"utt{i}", "audio": str(root / rel), "n_frames": str(int(samples) // 320),
+        rows.append({"id": f"utt{i}", "audio": str(root / rel), "n_frames": str(num_frames_50hz(int(samples))),
                      "tgt_text": "a b c d"})  # n_frames: 50 Hz, as `speechlm st prepare` writes
     pack_audio_zip(rows, str(data / "test_audio.zip"))
     tsv = ["id\taudio\tn_frames\ttgt_text"] + [f"{r['id']}\t{r['audio']}\t{r['n_frames']}\t{r['tgt_text']}" for r in rows]
