@@ -71,6 +71,19 @@ def test_converted_pretrained_model_matches_the_published_outputs(converted, nam
     assert model.cfg.uctc_letters[4:] == list("|ETAOS")
 
 
+@pytest.mark.parametrize("name", ["base", "large"])
+def test_feature_dumper_reads_a_converted_checkpoint(converted, name):
+    """`speechlm features dump --checkpoint` / `phone-units --checkpoint` read layer k of the converted
+    model: the published features (the task's normalize flag travels with the checkpoint)."""
+    from speechlm.tokenizers.features import CheckpointFeatureReader
+
+    exp = torch.load(FIX / f"expected_pretrained_{name}.pt", weights_only=True)
+    wav = (exp["wav"].float() / 32768).numpy()
+    for k in (1, 2):
+        feats = CheckpointFeatureReader(str(converted[name]), layer=k)(wav)
+        assert abs(feats - exp["features"][k][0].numpy()).max() < TOL
+
+
 def _asr_data(tmp_path, mini_corpus, n=3):
     """A fine-tuning data dir over a few mini-corpus utterances, with the fixture's letter dictionary."""
     data = tmp_path / "asr_data"
