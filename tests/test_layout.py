@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "speechlm"
-LOWER = ("data", "modules", "models")  # building blocks: they must not reach up
+# building blocks: they must not reach up to the tasks or the command line (speechlm/splat/ is not listed
+# yet: splat/geometry.py still imports read_transcripts from tasks/splat_alignment.py)
+LOWER = ("data", "modules", "models", "corpora", "tokenizers")
 UPPER = ("speechlm.tasks", "speechlm.cli")
 
 
@@ -25,7 +27,7 @@ def imported_modules(path: Path):
                 yield node.lineno, f"{node.module}.{alias.name}"
 
 
-def test_data_modules_and_models_never_import_tasks_or_cli():
+def test_building_blocks_never_import_tasks_or_cli():
     bad = []
     for sub in LOWER:
         for path in sorted((PACKAGE / sub).rglob("*.py")):
