@@ -1,106 +1,272 @@
 #!/usr/bin/env bash
-# The mini recipe: the whole pipeline on the embedded synthesized corpus, on a laptop CPU.
-# Stages run in order; each is skipped when its output is already there (delete it to redo).
-#   bash examples/mini/run.sh [--stage N] [--stop-stage M] [--exp DIR] [--hours H]
-#   0 synthesize the corpus           1 check it
-#   2 text -> phoneme units, binarized (unpaired text for UCTC; valid.wrd for validation)
-#   3 SpeechLM-P tiny pre-training on train (speech units: the corpus's true 50 Hz phones)
-#   4 CTC fine-tuning on train_paired  5 decoding of test and test_other: a WER table
-#   6 the same fine-tuning from random weights, and both last checkpoints decoded side by side
-#   7 (only when asked: --stage 7 --stop-stage 7; ~30 min) speech translation into a SYNTHETIC language
+# The mini recipe: SpeechLM in miniature on the embedded synthesized corpus, on a CPU (a GPU is used
+# when torch sees one). Each stage is skipped when its output is already there (delete it to redo).
+#   bash examples/mini/run.sh [--stage N] [--stop-stage M] [--exp DIR] [--hours H] [--jobs J] [--full]
+#        [--pretrain-updates N] [--finetune-updates N] [--tokenizer-epochs N]   (default: the configs')
+#   0 synthesize the corpus (--hours, default 1)        1 check it
+#   2 unpaired text -> upsampled phoneme units + letters, binarized
+#   3 speech -> phoneme units: `speechlm phone-units` trained on train_paired only, then the unpaired
+#     train speech (and valid) labelled from its posteriors; scored against the true alignments
+#   4 pre-training, one run per row: speech-only (UMLM alone) and SpeechLM-P (speech + unpaired text)
+#   5 CTC fine-tuning on train_paired of every row, and of the same model from random weights
+#   6 Viterbi decoding of test and test_other; SpeechLM-P also zero-shot through its UCTC head
+#   7 the comparison: EXP/results.json, EXP/results.png, the table (TensorBoard logs: EXP/runs/*/tb)
+#   8 (only when asked: --stage 8 --stop-stage 8) speech translation into a SYNTHETIC language
+# --full adds the rows "SpeechLM-P, no swapping" and "oracle units" (the synthesizer's true
+# alignments as speech units) and runs every row with seeds 1 2 3 (mean and spread in the table).
+# Runs go J at a time (default: 2 if the machine has 2 cores or more), each with nproc/J threads;
+# every step's console output is in EXP/runs/RUN/*.log, its wall and CPU seconds in EXP/runs/RUN/time.*.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-stage=0; stop_stage=6; exp="$REPO/exp/mini"; hours=1.0
+stage=0; stop_stage=7; exp="$REPO/exp/mini"; hours=1.0; jobs=""; full=false
+pre_updates=""; ft_updates=""; tok_epochs=60
 while [ $# -gt 0 ]; do
   case "$1" in
     --stage) stage=$2; shift 2;; --stop-stage) stop_stage=$2; shift 2;;
-    --exp) exp=$2; shift 2;; --hours) hours=$2; shift 2;;
+    --exp) exp=$2; shift 2;; --hours) hours=$2; shift 2;; --jobs) jobs=$2; shift 2;;
+    --full) full=true; shift;;
+    --pretrain-updates) pre_updates=$2; shift 2;; --finetune-updates) ft_updates=$2; shift 2;;
+    --tokenizer-epochs) tok_epochs=$2; shift 2;;
     *) echo "unknown option $1" >&2; exit 2;;
   esac
 done
 PY="$REPO/.venv/bin/python"
 export PATH="$REPO/.venv/bin:$PATH" PYTHONHASHSEED=0 HF_HUB_OFFLINE=1
 mkdir -p "$exp"
+exp="$(cd "$exp" && pwd)"
 log="$exp/log.$(date +%Y%m%d-%H%M%S)"
 exec > >(tee -a "$log") 2>&1
 say() { echo "[$(date +%H:%M:%S)] $*"; }
 run_stage() { [ "$1" -ge "$stage" ] && [ "$1" -le "$stop_stage" ]; }
-corpus="$exp/corpus"
+corpus="$exp/corpus"; text_bin="$exp/text_bin"; units="$exp/units"
+
+ncpu=$(env -u OMP_NUM_THREADS nproc 2>/dev/null || echo 1)  # nproc alone obeys OMP_NUM_THREADS
+[ -n "$jobs" ] || jobs=$(( ncpu >= 2 ? 2 : 1 ))
+threads=$(( ncpu / jobs > 0 ? ncpu / jobs : 1 ))
+export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
+if "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  cpu=false; device=cuda
+else
+  cpu=true; device=cpu
+fi
+seeds="1"; $full && seeds="1 2 3"
+
+# timed TIMEFILE LOGFILE CMD...: CMD's output into LOGFILE, its wall/user/sys seconds into TIMEFILE
+timed() {
+  local tf=$1 lf=$2; shift 2
+  local TIMEFORMAT='{"wall": %R, "user": %U, "sys": %S}'
+  if { time "$@" > "$lf" 2>&1 ; } 2> "$tf.tmp"; then mv "$tf.tmp" "$tf"; else
+    rm -f "$tf.tmp"; echo "FAILED: $* (last lines of $lf:)"; tail -n 15 "$lf"; return 1
+  fi
+}
+# spawn CMD...: run CMD in the background, at most $jobs at a time; wait_all waits for them (a plain
+# `wait` would also wait for the `tee` of the log, which never ends)
+pids=()
+spawn() {
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do sleep 1; done
+  "$@" &
+  pids+=($!)
+}
+wait_all() { local p; for p in "${pids[@]}"; do wait "$p" || true; done; pids=(); }
+# the wall and CPU seconds (this script and every process it waited for) of each stage -> stage_times.tsv
+cpu_children() { times | awk 'NR == 2 { split($1, a, /[ms]/); split($2, b, /[ms]/); print a[1] * 60 + a[2] + b[1] * 60 + b[2] }'; }
+stage_begin() { st_wall=$SECONDS; st_cpu=$(cpu_children); }
+stage_end() {
+  printf '%s\t%s\t%s\n' "$1" "$((SECONDS - st_wall))" "$(awk -v a="$(cpu_children)" -v b="$st_cpu" 'BEGIN { print a - b }')" \
+    >> "$exp/stage_times.tsv"
+}
+# need FILE...: after a parallel stage, every step's marker must be there
+need() { local f; for f in "$@"; do [ -f "$f" ] || { say "missing $f: a step failed (see its log)"; exit 1; }; done; }
+# meta RUN NAME SEED ORDER PRETRAIN_UPDATES [TIME_FROM]: what stage 7 reads about a run
+meta() {
+  local tf=""; [ -n "${6:-}" ] && tf="\"$6\""
+  mkdir -p "$exp/runs/$1"
+  printf '{"name": "%s", "seed": %s, "order": %s, "pretrain_updates": %s, "tensorboard": %s, "decode": "runs/%s/decode", "time_from": [%s]}\n' \
+    "$2" "$3" "$4" "$5" "$( [ "$5" -gt 0 ] && [ -z "$tf" ] && echo "\"runs/$1/tb/pretrain\"" || echo null)" "$1" "$tf" \
+    > "$exp/runs/$1/meta.json"
+}
+max_update() { "$PY" -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['optimization']['max_update'])" "$1"; }
+[ -n "$pre_updates" ] || pre_updates=$(max_update "$REPO/examples/mini/config/pretrain/speechlm_tiny.yaml")
+[ -n "$ft_updates" ] || ft_updates=$(max_update "$REPO/examples/mini/config/finetune/speechlm_ctc_tiny.yaml")
+
+# pretrain RUN DATA TEXT_DIR|null SEED [OVERRIDES...]
+pretrain() {
+  local run=$1 data=$2 text=$3 seed=$4; shift 4
+  local d="$exp/runs/$run"
+  if [ -f "$d/pretrain/done" ]; then say "  $run: pre-training done, skipped"; return 0; fi
+  mkdir -p "$d/pretrain"
+  say "  $run: pre-training -> $d/pretrain (log: $d/pretrain.log)"
+  (cd "$REPO" && timed "$d/time.pretrain" "$d/pretrain.log" fairseq-hydra-train \
+    --config-dir examples/mini/config/pretrain --config-name speechlm_tiny \
+    task.data="$data" task.text_data="$text" task.labels='[phn]' common.user_dir="$REPO/speechlm" \
+    common.cpu=$cpu common.seed="$seed" common.tensorboard_logdir="$d/tb/pretrain" \
+    optimization.max_update="$pre_updates" checkpoint.save_dir="$d/pretrain" hydra.run.dir="$d/pretrain/hydra" \
+    "$@") && touch "$d/pretrain/done"
+  say "  $run: pre-training finished ($(cat "$d/time.pretrain" 2>/dev/null))"
+}
+# finetune RUN PRETRAINED SEED [OVERRIDES...]
+finetune() {
+  local run=$1 pre=$2 seed=$3; shift 3
+  local d="$exp/runs/$run"
+  if [ -f "$d/finetune/done" ]; then say "  $run: fine-tuning done, skipped"; return 0; fi
+  mkdir -p "$d/finetune"
+  say "  $run: CTC fine-tuning on train_paired -> $d/finetune (log: $d/finetune.log)"
+  (cd "$REPO" && timed "$d/time.finetune" "$d/finetune.log" fairseq-hydra-train \
+    --config-dir examples/mini/config/finetune --config-name speechlm_ctc_tiny \
+    task.data="$corpus" model.w2v_path="$pre" common.user_dir="$REPO/speechlm" common.cpu=$cpu \
+    common.seed="$seed" common.tensorboard_logdir="$d/tb/finetune" \
+    optimization.max_update="$ft_updates" checkpoint.save_dir="$d/finetune" hydra.run.dir="$d/finetune/hydra" \
+    "$@") && touch "$d/finetune/done"
+  say "  $run: fine-tuning finished ($(cat "$d/time.finetune" 2>/dev/null))"
+}
+# decode RUN: the fine-tuned model (best on valid WER) on test and test_other
+decode() {
+  local d="$exp/runs/$1"
+  if [ -f "$d/decode/done" ]; then return 0; fi
+  (cd "$REPO" && timed "$d/time.decode" "$d/decode.log" "$PY" -m speechlm infer \
+    --config-dir examples/mini/config/decode --config-name infer_viterbi common.cpu=$cpu \
+    common_eval.path="$d/finetune/checkpoint_best.pt" dataset.gen_subset=test,test_other \
+    common_eval.results_path="$d/decode") && touch "$d/decode/done"
+}
+# zero_shot RUN PRETRAINED: no fine-tuning, the pre-trained UCTC head reads speech
+zero_shot() {
+  local d="$exp/runs/$1"
+  if [ -f "$d/decode/done" ]; then return 0; fi
+  local flag=""; $cpu && flag="--cpu"
+  (cd "$REPO" && timed "$d/time.decode" "$d/decode.log" "$PY" scripts/zero_shot_uctc.py $flag \
+    --checkpoint "$2" --data "$corpus" --subsets test,test_other --results-path "$d/decode") \
+    && touch "$d/decode/done"
+}
 
 if run_stage 0; then
-  say "stage 0: synthesize the mini corpus ($hours h) -> $corpus"
-  "$PY" -m speechlm corpus mini "$corpus" --hours "$hours"
+  stage_begin
+  if [ -f "$corpus/done" ]; then say "stage 0: corpus exists, skipped"; else
+    say "stage 0: synthesize the mini corpus ($hours h) -> $corpus"
+    "$PY" -m speechlm corpus mini "$corpus" --hours "$hours"
+  fi
+  stage_end 0
 fi
 if run_stage 1; then
+  stage_begin
   say "stage 1: check the corpus"
   "$PY" -m speechlm corpus check "$corpus"
+  stage_end 1
 fi
-text="$exp/text"; text_bin="$exp/text_bin"
+say "device: $device; $jobs run(s) at a time, $threads thread(s) each; seeds: $seeds"
 if run_stage 2; then
-  say "stage 2: text -> phoneme units -> $text_bin"
+  stage_begin
+  say "stage 2: unpaired text -> phoneme units -> $text_bin"
   for pair in "train:$corpus/unpaired.wrd" "valid:$corpus/valid.wrd"; do
     split=${pair%%:*}; src=${pair#*:}
     if [ -f "$text_bin/$split.phn-ltr.phn.idx" ]; then say "  $split: exists, skipped"; continue; fi
-    "$PY" -m speechlm phonemize "$src" --out-prefix "$text/$split" --seed 1
-    "$PY" -m speechlm binarize --units "$text/$split.phn" --letters "$text/$split.ltr" \
+    "$PY" -m speechlm phonemize "$src" --out-prefix "$exp/text/$split" --seed 1
+    "$PY" -m speechlm binarize --units "$exp/text/$split.phn" --letters "$exp/text/$split.ltr" \
       --unit-dict "$corpus/dict.phn.txt" --letter-dict "$corpus/dict.ltr.txt" --dest "$text_bin" --split "$split"
   done
+  stage_end 2
 fi
-pre="$exp/pretrain"
 if run_stage 3; then
-  if [ -f "$pre/checkpoint_last.pt" ] && [ -f "$pre/done" ]; then say "stage 3: pre-training done, skipped"; else
-    say "stage 3: SpeechLM-P tiny pre-training -> $pre (resumes from checkpoint_last.pt)"
-    (cd "$REPO" && fairseq-hydra-train --config-dir examples/mini/config/pretrain --config-name speechlm_tiny \
-      task.data="$corpus" task.text_data="$text_bin" task.labels='[phn]' common.user_dir="$REPO/speechlm" \
-      checkpoint.save_dir="$pre" hydra.run.dir="$pre/hydra" optimization.update_freq='[2]')
-    touch "$pre/done"
+  stage_begin
+  say "stage 3: speech -> phoneme units (phone-units tokenizer trained on train_paired only) -> $units"
+  mkdir -p "$units"
+  if [ ! -f "$units/phone_ctc.pt" ]; then
+    timed "$units/time.train" "$units/train.log" "$PY" -m speechlm phone-units train "$corpus" \
+      --split train_paired --save "$units/phone_ctc.pt" --epochs "$tok_epochs" --batch-size 8
   fi
+  for split in train valid; do  # no transcripts: the unpaired speech is labelled from the posteriors
+    if [ ! -f "$units/$split.phn" ]; then
+      for r in $(seq 0 $((jobs - 1))); do
+        spawn "$PY" -m speechlm phone-units label "$corpus" "$split" --model "$units/phone_ctc.pt" \
+          --out-dir "$units" --nshard "$jobs" --rank "$r"
+      done
+      wait_all
+      if [ "$jobs" -gt 1 ]; then
+        "$PY" -m speechlm phone-units merge "$units" "$split" --nshard "$jobs"
+        rm -f "$units/${split}_"*"_$jobs.phn"
+      fi
+    fi
+    "$PY" -m speechlm phone-units score --hyp "$units/$split.phn" --ref "$corpus/$split.phn" > "$units/score.$split.json"
+    cp "$corpus/$split.tsv" "$units/"
+  done
+  cp "$corpus/dict.phn.txt" "$corpus/dict.ltr.txt" "$units/"
+  "$PY" -c 'import json, sys
+for s in ("train", "valid"):
+    d = json.load(open(f"{sys.argv[1]}/score.{s}.json"))
+    print(f"  tokenizer on {s:5s} (vs the true alignments): frame accuracy {100 * d["frame_accuracy"]:.1f} %, "
+          f"PER {100 * d["phone_error_rate"]:.1f} %")' "$units"
+  stage_end 3
 fi
-ft="$exp/finetune"
+
+# the rows: RUN-prefix | name | order | data | text | extra overrides (one word, ',' separated)
+rows=("speech-only|speech-only (UMLM)|2|$units|null|"
+      "SpeechLM-P|SpeechLM-P|3|$units|$text_bin|")
+if $full; then
+  rows+=("SpeechLM-P-no-swap|SpeechLM-P, no swapping|5|$units|$text_bin|model.random_swap_prob=0"
+         "oracle|SpeechLM-P, oracle units|6|$corpus|$text_bin|")
+fi
 if run_stage 4; then
-  if [ -f "$ft/done" ]; then say "stage 4: fine-tuning done, skipped"; else
-    say "stage 4: CTC fine-tuning on train_paired -> $ft"
-    (cd "$REPO" && fairseq-hydra-train --config-dir examples/mini/config/finetune --config-name speechlm_ctc_tiny \
-      task.data="$corpus" model.w2v_path="$pre/checkpoint_last.pt" common.user_dir="$REPO/speechlm" \
-      checkpoint.save_dir="$ft" hydra.run.dir="$ft/hydra")
-    touch "$ft/done"
-  fi
+  stage_begin
+  say "stage 4: pre-training ($pre_updates updates per run)"
+  for seed in $seeds; do
+    for row in "${rows[@]}"; do
+      IFS='|' read -r run name order data text extra <<< "$row"
+      meta "$run.s$seed" "$name" "$seed" "$order" "$pre_updates"
+      spawn pretrain "$run.s$seed" "$data" "$text" "$seed" ${extra//,/ }
+    done
+  done
+  wait_all
+  for seed in $seeds; do for row in "${rows[@]}"; do need "$exp/runs/${row%%|*}.s$seed/pretrain/done"; done; done
+  stage_end 4
 fi
 if run_stage 5; then
-  say "stage 5: Viterbi decoding of test and test_other -> $exp/decode"
-  (cd "$REPO" && "$PY" -m speechlm infer --config-dir examples/mini/config/decode --config-name infer_viterbi \
-    common_eval.path="$ft/checkpoint_best.pt" dataset.gen_subset=test,test_other \
-    common_eval.results_path="$exp/decode")
-fi
-ft0="$exp/finetune_scratch"
-if run_stage 6; then
-  if [ -f "$ft0/done" ]; then say "stage 6: from-scratch baseline done, skipped"; else
-    say "stage 6: the same CTC fine-tuning from random weights (baseline) -> $ft0"
-    (cd "$REPO" && fairseq-hydra-train --config-dir examples/mini/config/finetune --config-name speechlm_ctc_tiny \
-      task.data="$corpus" model.w2v_path="$pre/checkpoint_last.pt" model.no_pretrained_weights=true \
-      common.user_dir="$REPO/speechlm" checkpoint.save_dir="$ft0" hydra.run.dir="$ft0/hydra")
-    touch "$ft0/done"
-  fi
-  say "WER / CER of the last checkpoints (pre-trained vs random initialisation, same updates):"
-  for run in finetune finetune_scratch; do
-    (cd "$REPO" && "$PY" -m speechlm infer --config-dir examples/mini/config/decode --config-name infer_viterbi \
-      common_eval.path="$exp/$run/checkpoint_last.pt" dataset.gen_subset=test,test_other \
-      common_eval.results_path="$exp/decode_last_$run") | grep '^test' | sed "s/^/$run  /"
+  stage_begin
+  say "stage 5: CTC fine-tuning on train_paired ($ft_updates updates per run)"
+  for seed in $seeds; do
+    meta "random.s$seed" "random weights" "$seed" 1 0
+    # the same architecture from random weights: any pre-trained checkpoint gives the shapes
+    spawn finetune "random.s$seed" "$exp/runs/SpeechLM-P.s$seed/pretrain/checkpoint_last.pt" "$seed" \
+      model.no_pretrained_weights=true
+    for row in "${rows[@]}"; do
+      run=${row%%|*}
+      spawn finetune "$run.s$seed" "$exp/runs/$run.s$seed/pretrain/checkpoint_last.pt" "$seed"
+    done
   done
+  wait_all
+  for seed in $seeds; do for run in random "${rows[@]%%|*}"; do need "$exp/runs/$run.s$seed/finetune/done"; done; done
+  stage_end 5
 fi
-st="$exp/st_data"; st_exp="$exp/st"
+if run_stage 6; then
+  stage_begin
+  say "stage 6: decoding test and test_other"
+  for seed in $seeds; do
+    for run in random "${rows[@]%%|*}"; do spawn decode "$run.s$seed"; done
+    meta "SpeechLM-P-zero-shot.s$seed" "SpeechLM-P zero-shot (UCTC head)" "$seed" 4 "$pre_updates" \
+      "runs/SpeechLM-P.s$seed/time.pretrain"
+    spawn zero_shot "SpeechLM-P-zero-shot.s$seed" "$exp/runs/SpeechLM-P.s$seed/pretrain/checkpoint_last.pt"
+  done
+  wait_all
+  for seed in $seeds; do
+    for run in random "${rows[@]%%|*}" SpeechLM-P-zero-shot; do need "$exp/runs/$run.s$seed/decode/done"; done
+  done
+  stage_end 6
+fi
 if run_stage 7; then
-  say "stage 7: speech translation into the SYNTHETIC Cipherese (speechlm/corpora/st_synthetic.py)"
+  say "stage 7: the comparison (same pre-training updates and fine-tuning for every row)"
+  "$PY" "$REPO/scripts/mini_summary.py" --exp "$exp" --jobs "$jobs"
+fi
+st="$exp/st_data"; st_exp="$exp/st"; pre="$exp/runs/SpeechLM-P.s1/pretrain"
+if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
+  say "stage 8: speech translation into the SYNTHETIC Cipherese (speechlm/corpora/st_synthetic.py)"
   [ -f "$st/config.yaml" ] || "$PY" -m speechlm st prepare "$corpus" "$st" --synthetic cipherese --splits train,valid,test
   "$PY" -m speechlm st baseline "$st" --split test
   if [ ! -f "$st_exp/done" ]; then
     (cd "$REPO" && fairseq-hydra-train --config-dir examples/mini/config/st --config-name speechlm_st_tiny \
       task.data="$st" model.w2v_path="$pre/checkpoint_last.pt" common.user_dir="$REPO/speechlm" \
-      checkpoint.save_dir="$st_exp" hydra.run.dir="$st_exp/hydra")
+      common.cpu=$cpu checkpoint.save_dir="$st_exp" hydra.run.dir="$st_exp/hydra")
     touch "$st_exp/done"
   fi
   (cd "$REPO" && fairseq-generate "$st" --user-dir "$REPO/speechlm" --task speech_to_text \
-    --path "$st_exp/checkpoint_best.pt" --gen-subset test --beam 5 --max-tokens 20000 \
+    $($cpu && echo --cpu) --path "$st_exp/checkpoint_best.pt" --gen-subset test --beam 5 --max-tokens 20000 \
     --required-batch-size-multiple 1 --scoring sacrebleu) | tail -1
 fi
 say "done; log: $log"

@@ -1,0 +1,293 @@
+#!/usr/bin/env python
+"""The mini recipe's comparison: ``results.json``, a PNG of the curves and WER bars, a printed table.
+
+    python scripts/mini_summary.py --exp exp/mini [--png exp/mini/results.png]
+
+Reads what ``examples/mini/run.sh`` leaves in ``EXP/runs/RUN/`` (one directory per row and seed):
+
+- ``meta.json``: ``{"name": row name, "seed": int, "tensorboard": pre-training TensorBoard dir or null,
+  "decode": decode dir}`` (paths relative to EXP);
+- ``DECODE/{test,test_other}.{hypo,ref}.wrd``: ``WORDS (utterance-id)`` lines (``speechlm infer``);
+- ``time.*``: ``{"wall": s, "user": s, "sys": s}`` of each step (bash ``time``), summed per row with
+  the files that ``meta.json``'s ``time_from`` lists;
+- the pre-training TensorBoard events (fairseq's ``common.tensorboard_logdir``): ``umlm_acc_0/1``,
+  ``uctc_loss``, ``text_ler`` per update, and ``num_updates``;
+
+and ``EXP/units/score.{train,valid}.json`` (the phone-units tokenizer against the true alignments).
+Rows with several seeds are reported as the mean, with the sample standard deviation as ``*_std``
+and each seed's figures in ``seeds``.
+"""
+import argparse
+import glob
+import json
+import os
+import struct
+import sys
+from collections import OrderedDict
+from typing import Dict, List, Optional, Tuple
+
+SUBSETS = ("test", "test_other")
+METRICS = ("test_wer", "test_cer", "test_other_wer", "test_other_cer")
+
+
+def read_trn(path: str) -> List[str]:
+    """``WORDS (utterance-id)`` lines -> the word strings, in file order."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            k = line.rfind(" (") if not line.startswith("(") else -1
+            if not line.endswith(")") or (k < 0 and not line.startswith("(")):
+                raise ValueError(f"{path}:{n}: expected 'WORDS (utterance-id)', got {line!r}")
+            out.append(line[:k].strip() if k >= 0 else "")
+    return out
+
+
+def score_decode(decode_dir: str, subset: str) -> Tuple[float, float]:
+    """(WER %, CER %) of ``decode_dir/{subset}.hypo.wrd`` against ``{subset}.ref.wrd``."""
+    import editdistance
+
+    hyps = read_trn(os.path.join(decode_dir, f"{subset}.hypo.wrd"))
+    refs = read_trn(os.path.join(decode_dir, f"{subset}.ref.wrd"))
+    if len(hyps) != len(refs):
+        raise ValueError(f"{decode_dir}/{subset}: {len(hyps)} hypotheses but {len(refs)} references")
+    we = nw = ce = nc = 0
+    for h, r in zip(hyps, refs):
+        we += editdistance.eval(h.split(), r.split())
+        nw += len(r.split())
+        ce += editdistance.eval(list(h.replace(" ", "")), list(r.replace(" ", "")))
+        nc += len(r.replace(" ", ""))
+    return 100.0 * we / max(nw, 1), 100.0 * ce / max(nc, 1)
+
+
+def read_scalars(event_dir: str) -> Dict[str, List[Tuple[int, float]]]:
+    """Scalars of the TensorBoard event files in ``event_dir``: ``{tag: [(step, value), ...]}``, by step."""
+    from tensorboardX.proto import event_pb2
+
+    out: Dict[str, Dict[int, float]] = {}
+    for path in sorted(glob.glob(os.path.join(event_dir, "events.out.tfevents.*"))):
+        with open(path, "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos + 12 <= len(data):  # TFRecord: u64 length, u32 crc, payload, u32 crc
+            (n,) = struct.unpack("<Q", data[pos:pos + 8])
+            payload = data[pos + 12:pos + 12 + n]
+            pos += 12 + n + 4
+            if len(payload) < n:
+                break  # a record still being written
+            ev = event_pb2.Event.FromString(payload)
+            for v in ev.summary.value:
+                if v.HasField("simple_value"):
+                    out.setdefault(v.tag, {})[int(ev.step)] = float(v.simple_value)
+    return {tag: sorted(d.items()) for tag, d in out.items()}
+
+
+def read_time(paths: List[str]) -> Dict[str, float]:
+    """Summed ``{"wall", "cpu"}`` seconds of ``time.*`` files (bash ``time`` with a JSON TIMEFORMAT)."""
+    wall = cpu = 0.0
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            lines = [ln for ln in f.read().splitlines() if ln.startswith("{")]
+        if not lines:
+            raise ValueError(f"{path}: no '{{\"wall\": ..}}' line (was the step interrupted?)")
+        t = json.loads(lines[-1])
+        wall += float(t["wall"])
+        cpu += float(t["user"]) + float(t["sys"])
+    return {"wall": wall, "cpu": cpu}
+
+
+def collect(exp: str) -> List[dict]:
+    """One dict per run directory under ``exp/runs`` that has been decoded, sorted by row then seed."""
+    runs = []
+    for meta_path in sorted(glob.glob(os.path.join(exp, "runs", "*", "meta.json"))):
+        run_dir = os.path.dirname(meta_path)
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        decode = os.path.join(exp, meta["decode"])
+        if not all(os.path.isfile(os.path.join(decode, f"{s}.hypo.wrd")) for s in SUBSETS):
+            continue
+        run = {"name": meta["name"], "seed": int(meta.get("seed", 1)), "order": int(meta.get("order", 99))}
+        for s in SUBSETS:
+            run[f"{s}_wer"], run[f"{s}_cer"] = score_decode(decode, s)
+        curves = {}
+        if meta.get("tensorboard"):
+            tb = os.path.join(exp, meta["tensorboard"])
+            curves = read_scalars(os.path.join(tb, "train_inner"))
+            valid = read_scalars(os.path.join(tb, "valid"))
+            curves.update({f"valid_{k}": v for k, v in valid.items()})
+        run["curves"] = curves
+        steps = [s for v in curves.values() for s, _ in v]
+        run["pretrain_updates"] = int(meta.get("pretrain_updates", max(steps) if steps else 0))
+        # the run's own steps, plus those it re-uses (the zero-shot row: SpeechLM-P's pre-training)
+        t = read_time(sorted(glob.glob(os.path.join(run_dir, "time.*")))
+                      + [os.path.join(exp, p) for p in meta.get("time_from", [])])
+        run["seconds"], run["cpu_seconds"] = round(t["wall"], 1), round(t["cpu"], 1)
+        runs.append(run)
+    runs.sort(key=lambda r: (r["order"], r["name"], r["seed"]))
+    return runs
+
+
+def aggregate(runs: List[dict]) -> List[dict]:
+    """Rows of ``results.json``: one per name, means over seeds (``*_std`` with two seeds or more)."""
+    import statistics
+
+    by_name: "OrderedDict[str, List[dict]]" = OrderedDict()
+    for r in runs:
+        by_name.setdefault(r["name"], []).append(r)
+    rows = []
+    for name, rs in by_name.items():
+        row = {"name": name}
+        for m in METRICS:
+            vals = [r[m] for r in rs]
+            row[m] = round(statistics.fmean(vals), 2)
+            if len(vals) > 1:
+                row[m + "_std"] = round(statistics.stdev(vals), 2)
+        row["pretrain_updates"] = rs[0]["pretrain_updates"]
+        row["seconds"] = round(statistics.fmean(r["seconds"] for r in rs), 1)
+        row["cpu_seconds"] = round(statistics.fmean(r["cpu_seconds"] for r in rs), 1)
+        row["seeds"] = [{k: r[k] for k in ("seed", *METRICS, "seconds", "cpu_seconds")} for r in rs]
+        rows.append(row)
+    return rows
+
+
+def tokenizer_scores(exp: str) -> Dict[str, dict]:
+    out = {}
+    for split in ("train", "valid"):
+        path = os.path.join(exp, "units", f"score.{split}.json")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                out[split] = json.loads(f.read().strip().splitlines()[-1])
+    return out
+
+
+def format_table(rows: List[dict], tokenizer: Dict[str, dict]) -> str:
+    def cell(row, m):
+        s = f"{row[m]:.1f}"
+        return s + (f" ± {row[m + '_std']:.1f}" if m + "_std" in row else "")
+
+    lines = ["| row | test WER / CER | test_other WER / CER | pre-training updates | wall s | CPU s |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {cell(r, 'test_wer')} / {cell(r, 'test_cer')} | "
+                     f"{cell(r, 'test_other_wer')} / {cell(r, 'test_other_cer')} | {r['pretrain_updates']} | "
+                     f"{r['seconds']:.0f} | {r['cpu_seconds']:.0f} |")
+    for split, s in tokenizer.items():
+        acc, per = s.get("frame_accuracy"), s.get("phone_error_rate")
+        lines.append(f"phone-units tokenizer (trained on train_paired) on `{split}` speech, against the true "
+                     f"alignments: frame accuracy {_pct(acc)}, PER {_pct(per)}")
+    return "\n".join(lines)
+
+
+def _pct(x: Optional[float]) -> str:
+    if x is None:
+        return "n/a"
+    return f"{100 * x:.1f} %" if x <= 1.0 else f"{x:.1f} %"
+
+
+STEP_OF_STAGE = {"4": "pretrain", "5": "finetune", "6": "decode"}  # run.sh stages that run jobs in parallel
+
+
+def timing(exp: str, jobs: int) -> Optional[dict]:
+    """Wall and CPU seconds of the recipe's stages (``EXP/stage_times.tsv``, the largest entry per stage
+    when a stage ran more than once) and an estimate of the wall time on an idle machine with ``jobs``
+    cores: a serial stage takes its CPU time, a parallel one max(CPU / jobs, its longest job's CPU)."""
+    path = os.path.join(exp, "stage_times.tsv")
+    if not os.path.isfile(path):
+        return None
+    stages: Dict[str, Tuple[float, float]] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split()
+            if len(parts) != 3:
+                raise ValueError(f"{path}:{n}: expected 'STAGE WALL CPU', got {line!r}")
+            wall, cpu = float(parts[1]), float(parts[2])
+            if parts[0] not in stages or wall > stages[parts[0]][0]:
+                stages[parts[0]] = (wall, cpu)
+    idle = 0.0
+    for stage, (wall, cpu) in stages.items():
+        step = STEP_OF_STAGE.get(stage)
+        if step is None:
+            idle += cpu
+            continue
+        longest = 0.0
+        for t in glob.glob(os.path.join(exp, "runs", "*", f"time.{step}")):
+            longest = max(longest, read_time([t])["cpu"])
+        idle += max(cpu / max(jobs, 1), longest)
+    return {"stages": {k: {"wall": v[0], "cpu": v[1]} for k, v in sorted(stages.items())},
+            "wall": sum(v[0] for v in stages.values()), "cpu": sum(v[1] for v in stages.values()),
+            "idle_estimate": idle, "jobs": jobs}
+
+
+def plot(runs: List[dict], rows: List[dict], png: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    ax_acc, ax_ctc, ax_wer = axes
+    colors = {}
+    for r in runs:
+        if not r["curves"] or r["name"].endswith("zero-shot"):
+            continue
+        c = colors.setdefault(r["name"], f"C{len(colors)}")
+        label = r["name"] if r["seed"] == min(x["seed"] for x in runs if x["name"] == r["name"]) else None
+        for layer, style in ((0, ":"), (1, "-")):
+            pts = r["curves"].get(f"umlm_acc_{layer}", [])
+            if pts:
+                ax_acc.plot(*zip(*pts), style, color=c,
+                            label=f"{label} ({'speech' if layer == 0 else 'shared'} layer)" if label else None)
+        pts = r["curves"].get("uctc_loss", [])
+        if pts:
+            ax_ctc.plot(*zip(*pts), "-", color=c, label=label)
+    ax_acc.set(title="UMLM masked-unit accuracy (train)", xlabel="pre-training update", ylabel="%")
+    ax_ctc.set(title="UCTC loss on unpaired text (train)", xlabel="pre-training update", ylabel="nats per letter")
+    for ax in (ax_acc, ax_ctc):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    x = range(len(rows))
+    for k, (subset, off) in enumerate((("test", -0.2), ("test_other", 0.2))):
+        vals = [r[f"{subset}_wer"] for r in rows]
+        errs = [r.get(f"{subset}_wer_std", 0.0) for r in rows]
+        bars = ax_wer.bar([i + off for i in x], vals, 0.4, yerr=errs, label=subset, color=f"C{k}")
+        ax_wer.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax_wer.set_xticks(list(x), [r["name"] for r in rows], rotation=20, ha="right", fontsize=8)
+    ax_wer.set(title="WER after CTC fine-tuning on train_paired", ylabel="WER %")
+    ax_wer.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--exp", required=True, help="the recipe's output directory (with runs/)")
+    p.add_argument("--json", help="default: EXP/results.json")
+    p.add_argument("--png", help="default: EXP/results.png")
+    p.add_argument("--jobs", type=int, default=2, help="runs the recipe ran at a time (for the idle estimate)")
+    args = p.parse_args(argv)
+    runs = collect(args.exp)
+    if not runs:
+        sys.exit(f"{args.exp}/runs: no decoded run (run examples/mini/run.sh first)")
+    rows = aggregate(runs)
+    out_json = args.json or os.path.join(args.exp, "results.json")
+    with open(out_json + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(rows, f, indent=1)
+    os.replace(out_json + ".tmp", out_json)
+    png = args.png or os.path.join(args.exp, "results.png")
+    plot(runs, rows, png)
+    print(format_table(rows, tokenizer_scores(args.exp)))
+    t = timing(args.exp, args.jobs)
+    if t is not None:
+        with open(os.path.join(args.exp, "timing.json"), "w", encoding="utf-8") as f:
+            json.dump(t, f, indent=1)
+        print(f"stages {', '.join(t['stages'])}: wall {t['wall'] / 60:.1f} min, CPU {t['cpu'] / 60:.1f} min (all "
+              f"processes); on an idle machine with {t['jobs']} cores about {t['idle_estimate'] / 60:.1f} min")
+    print(f"results: {out_json}; figure: {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""The mini recipe (examples/mini/run.sh) and its summary (scripts/mini_summary.py).
+
+The fast tests score hand-written decode files and read back TensorBoard events that tensorboardX
+wrote. The slow one runs the recipe's stages 2-7 on the test corpus with a few updates per step and
+checks what a user gets: results.json with rows 1-4 and numbers in range, the PNG, the TensorBoard
+logs and the printed table with the tokenizer's scores.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import mini_summary  # noqa: E402
+
+
+def _write_run(exp: Path, run: str, name: str, hyps, refs, seed=1, order=1, wall=10.0, tb=None):
+    d = exp / "runs" / run
+    (d / "decode").mkdir(parents=True)
+    for subset in ("test", "test_other"):
+        for kind, lines in (("hypo", hyps), ("ref", refs)):
+            text = "".join(f"{w} (utt{i})\n" for i, w in enumerate(lines))
+            (d / "decode" / f"{subset}.{kind}.wrd").write_text(text)
+    (d / "time.finetune").write_text(f'{{"wall": {wall}, "user": {wall / 2}, "sys": 1.0}}\n')
+    meta = {"name": name, "seed": seed, "order": order, "pretrain_updates": 0 if tb is None else 50,
+            "tensorboard": tb, "decode": f"runs/{run}/decode", "time_from": []}
+    (d / "meta.json").write_text(json.dumps(meta))
+
+
+def test_score_decode_counts_word_and_letter_errors(tmp_path):
+    refs = ["THE CAT SAT", "IN THE BEGINNING"]
+    hyps = ["THE CAT SAT", "IN A BEGINING"]  # 1 word substituted + 1 word with a deleted letter
+    _write_run(tmp_path, "a.s1", "a", hyps, refs)
+    wer, cer = mini_summary.score_decode(str(tmp_path / "runs/a.s1/decode"), "test")
+    assert wer == pytest.approx(100 * 2 / 6)
+    # letters without spaces: refs have 9 + 14 = 23; THE -> A is 3 edits, BEGINNING -> BEGINING 1
+    assert cer == pytest.approx(100 * 4 / 23)
+
+
+def test_read_trn_rejects_a_line_without_an_utterance_id(tmp_path):
+    p = tmp_path / "test.hypo.wrd"
+    p.write_text("THE CAT (u1)\nNO ID HERE\n")
+    with pytest.raises(ValueError, match=r"test.hypo.wrd:2"):
+        mini_summary.read_trn(str(p))
+
+
+def test_seeds_are_averaged_with_their_spread_and_empty_hypotheses_count(tmp_path):
+    refs = ["A B C D"]
+    _write_run(tmp_path, "x.s1", "x", ["A B C D"], refs, seed=1, wall=10)
+    _write_run(tmp_path, "x.s2", "x", ["A B C E"], refs, seed=2, wall=20)
+    _write_run(tmp_path, "y.s1", "y", [""], refs, seed=1, order=0)
+    rows = mini_summary.aggregate(mini_summary.collect(str(tmp_path)))
+    assert [r["name"] for r in rows] == ["y", "x"]  # by order
+    y, x = rows
+    assert y["test_wer"] == 100.0 and "test_wer_std" not in y
+    assert x["test_wer"] == 12.5 and x["test_wer_std"] == pytest.approx(17.68, abs=0.01)
+    assert x["seconds"] == 15.0 and x["cpu_seconds"] == pytest.approx((5 + 1 + 10 + 1) / 2)
+    assert [s["seed"] for s in x["seeds"]] == [1, 2]
+
+
+def test_tensorboard_scalars_round_trip_and_feed_the_plot(tmp_path):
+    from tensorboardX import SummaryWriter
+
+    tb = tmp_path / "runs/p.s1/tb/pretrain"
+    w = SummaryWriter(str(tb / "train_inner"))
+    for step in (10, 20, 30):
+        w.add_scalar("umlm_acc_1", step / 2, step)
+        w.add_scalar("uctc_loss", 3.0 - step / 30, step)
+    w.close()
+    curves = mini_summary.read_scalars(str(tb / "train_inner"))
+    assert curves["umlm_acc_1"] == [(10, 5.0), (20, 10.0), (30, 15.0)]
+    assert curves["uctc_loss"][-1] == (30, pytest.approx(2.0))
+
+    _write_run(tmp_path, "p.s1", "p", ["A B"], ["A C"], tb="runs/p.s1/tb/pretrain")
+    assert mini_summary.main(["--exp", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert rows[0]["name"] == "p" and rows[0]["test_other_wer"] == 50.0 and rows[0]["pretrain_updates"] == 50
+    png = (tmp_path / "results.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+@pytest.mark.slow
+def test_recipe_stages_2_to_7_on_the_test_corpus(mini_corpus, tmp_path):
+    exp = tmp_path / "exp"
+    corpus = exp / "corpus"
+    corpus.mkdir(parents=True)
+    for f in mini_corpus.iterdir():  # the test corpus, with 2,000 of its unpaired sentences
+        if f.name != "unpaired.wrd":
+            (corpus / f.name).symlink_to(f)
+    lines = (mini_corpus / "unpaired.wrd").read_text().splitlines(keepends=True)
+    (corpus / "unpaired.wrd").write_text("".join(lines[:2000]))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    r = subprocess.run(
+        ["bash", str(REPO / "examples/mini/run.sh"), "--exp", str(exp), "--stage", "2", "--stop-stage", "7",
+         "--pretrain-updates", "6", "--finetune-updates", "6", "--tokenizer-epochs", "2"],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = json.loads((exp / "results.json").read_text())
+    names = [row["name"] for row in rows]
+    assert names == ["random weights", "speech-only (UMLM)", "SpeechLM-P", "SpeechLM-P zero-shot (UCTC head)"]
+    for row in rows:
+        for key in ("test_wer", "test_cer", "test_other_wer", "test_other_cer"):
+            assert 0.0 <= row[key] <= 1000.0, (row["name"], key, row[key])
+        assert row["seconds"] > 0 and row["cpu_seconds"] > 0
+    assert [row["pretrain_updates"] for row in rows] == [0, 6, 6, 6]
+    assert (exp / "results.png").stat().st_size > 10_000
+    assert list((exp / "runs/SpeechLM-P.s1/tb/pretrain/train_inner").glob("events.out.tfevents.*"))
+    score = json.loads((exp / "units/score.train.json").read_text())
+    assert 0.0 < score["frame_accuracy"] <= 1.0
+    assert "| SpeechLM-P |" in r.stdout and "phone-units tokenizer" in r.stdout
