@@ -192,8 +192,8 @@ if run_stage 3; then
   "$PY" -c 'import json, sys
 for s in ("train", "valid"):
     d = json.load(open(f"{sys.argv[1]}/score.{s}.json"))
-    print(f"  tokenizer on {s:5s} (vs the true alignments): frame accuracy {100 * d["frame_accuracy"]:.1f} %, "
-          f"PER {100 * d["phone_error_rate"]:.1f} %")' "$units"
+    acc, per = 100 * d["frame_accuracy"], 100 * d["phone_error_rate"]
+    print(f"  tokenizer on {s:5s} (vs the true alignments): frame accuracy {acc:.1f} %, PER {per:.1f} %")' "$units"
   stage_end 3
 fi
 
