@@ -114,3 +114,6 @@ def test_recipe_stages_2_to_7_on_the_test_corpus(mini_corpus, tmp_path):
     score = json.loads((exp / "units/score.train.json").read_text())
     assert 0.0 < score["frame_accuracy"] <= 1.0
     assert "| SpeechLM-P |" in r.stdout and "phone-units tokenizer" in r.stdout
+    timing = json.loads((exp / "timing.json").read_text())
+    assert sorted(timing["stages"]) == ["2", "3", "4", "5", "6"]
+    assert timing["stages"]["4"]["cpu"] > 1.0 and 0 < timing["idle_estimate"] <= timing["cpu"]

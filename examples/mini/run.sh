@@ -69,10 +69,15 @@ spawn() {
 }
 wait_all() { local p; for p in "${pids[@]}"; do wait "$p" || true; done; pids=(); }
 # the wall and CPU seconds (this script and every process it waited for) of each stage -> stage_times.tsv
-cpu_children() { times | awk 'NR == 2 { split($1, a, /[ms]/); split($2, b, /[ms]/); print a[1] * 60 + a[2] + b[1] * 60 + b[2] }'; }
-stage_begin() { st_wall=$SECONDS; st_cpu=$(cpu_children); }
+# (`times` must run in this shell, not in a $(...) subshell, to see the children's CPU time)
+cpu_now() {
+  times > "$exp/.times"
+  CPU_NOW=$(awk 'NR == 2 { split($1, a, /[ms]/); split($2, b, /[ms]/); print a[1] * 60 + a[2] + b[1] * 60 + b[2] }' "$exp/.times")
+}
+stage_begin() { st_wall=$SECONDS; cpu_now; st_cpu=$CPU_NOW; }
 stage_end() {
-  printf '%s\t%s\t%s\n' "$1" "$((SECONDS - st_wall))" "$(awk -v a="$(cpu_children)" -v b="$st_cpu" 'BEGIN { print a - b }')" \
+  cpu_now
+  printf '%s\t%s\t%s\n' "$1" "$((SECONDS - st_wall))" "$(awk -v a="$CPU_NOW" -v b="$st_cpu" 'BEGIN { print a - b }')" \
     >> "$exp/stage_times.tsv"
 }
 # need FILE...: after a parallel stage, every step's marker must be there
