@@ -19,7 +19,7 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 stage=0; stop_stage=7; exp="$REPO/exp/mini"; hours=1.0; jobs=""; full=false
-pre_updates=""; ft_updates=""; tok_epochs=60
+pre_updates=""; ft_updates=""; tok_epochs=30
 while [ $# -gt 0 ]; do
   case "$1" in
     --stage) stage=$2; shift 2;; --stop-stage) stop_stage=$2; shift 2;;
