@@ -110,7 +110,9 @@ def test_recipe_stages_2_to_7_on_the_test_corpus(mini_corpus, tmp_path):
         assert row["seconds"] > 0 and row["cpu_seconds"] > 0
     assert [row["pretrain_updates"] for row in rows] == [0, 6, 6, 6]
     assert (exp / "results.png").stat().st_size > 10_000
-    assert list((exp / "runs/SpeechLM-P.s1/tb/pretrain/train_inner").glob("events.out.tfevents.*"))
+    # TensorBoard: fairseq's end-of-epoch "train" stats (a 6-update run logs no train_inner) and "valid"
+    for tag in ("train", "valid"):
+        assert list((exp / "runs/SpeechLM-P.s1/tb/pretrain" / tag).glob("events.out.tfevents.*")), tag
     score = json.loads((exp / "units/score.train.json").read_text())
     assert 0.0 < score["frame_accuracy"] <= 1.0
     assert "| SpeechLM-P |" in r.stdout and "phone-units tokenizer" in r.stdout
