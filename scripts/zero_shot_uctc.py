@@ -8,7 +8,7 @@ The UCTC head was trained only on unpaired text (phone units -> letters through 
 Transformer); speech reaches the same Shared Transformer through the Speech Transformer. If the two
 modalities share one unit space, the text-trained head reads speech. The model is built exactly as
 CTC fine-tuning builds it at update 0 (``speechlm_ctc`` with the pre-trained weights and its CTC head
-initialised from the UCTC head), then decoded with ``speechlm infer``'s batched Viterbi decoder. Writes
+initialised from the UCTC head), then decoded with the batched Viterbi decoder of ``speechlm.decoding.ctc`` (as ``speechlm infer``). Writes
 ``{subset}.hypo.wrd`` / ``{subset}.ref.wrd`` (``WORDS (utterance-id)`` per line, as ``speechlm infer``)
 and prints the same WER/CER table.
 """
@@ -58,7 +58,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     import speechlm  # noqa: F401  (registers the task and models)
-    from speechlm.cli.infer import ViterbiDecoder, decode_dataset, word_errors
+    from speechlm.decoding.ctc import ViterbiDecoder, decode_dataset, error_rates
     from speechlm.tasks.speechlm_pretraining import SpeechLMPretrainingConfig, SpeechLMPretrainingTask
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -70,20 +70,20 @@ def main(argv=None):
     if use_cuda:
         model = model.cuda()
     tgt = task.target_dictionary
-    decoder = ViterbiDecoder(tgt, tgt.bos())
+    decoder = ViterbiDecoder(tgt, tgt.bos(), "letter")
     os.makedirs(args.results_path, exist_ok=True)
     print(f"{'subset':<14}{'utts':>7}{'words':>8}{'WER%':>8}{'CER%':>8}")
     for subset in args.subsets.split(","):
         task.load_dataset(subset)
         ds = task.dataset(subset)
-        results, _, _ = decode_dataset(model, task, ds, decoder, "letter", args.max_tokens, None, use_cuda)
+        results = decode_dataset(model, ds, [decoder], tgt, "letter", args.max_tokens, use_cuda=use_cuda)[0][0]
         ids = [os.path.splitext(n)[0] for n in ds.names]
         for kind, k in (("hypo", 0), ("ref", 1)):
             with open(os.path.join(args.results_path, f"{subset}.{kind}.wrd"), "w", encoding="utf-8") as f:
                 for sid in sorted(results):
                     f.write(f"{results[sid][k] or ''} ({ids[sid]})\n")
-        we, nw, ce, nc = (sum(x) for x in zip(*(word_errors(h, r) for h, r in results.values())))
-        print(f"{subset:<14}{len(results):>7}{nw:>8}{100 * we / max(nw, 1):>8.2f}{100 * ce / max(nc, 1):>8.2f}")
+        e = error_rates(results)
+        print(f"{subset:<14}{len(results):>7}{e['words']:>8}{e['wer']:>8.2f}{e['cer']:>8.2f}")
     return 0
 
 
