@@ -35,10 +35,10 @@ def build_zero_shot_model(checkpoint: str, task):
     encoder = SpeechLMEncoder(cfg)
     pre = cfg.w2v_args
     tgt = task.target_dictionary
-    letters = list(tgt.symbols[tgt.nspecial:])
+    letters = list(tgt.symbols)
     if encoder.uctc is None:
         raise SystemExit(f"{checkpoint}: pre-trained without text (no UCTC head): nothing to decode zero-shot")
-    if pre["num_letters"] != len(tgt) or (pre.get("letters") is not None and pre["letters"] != letters):
+    if pre["num_letters"] != len(tgt) or (pre.get("letters") is not None and list(pre["letters"]) != letters):
         raise SystemExit(
             f"{checkpoint}: its UCTC head predicts {pre['num_letters']} letters, {task.cfg.data}/dict.ltr.txt "
             f"has {len(tgt)} (or other symbols); decode with the letter dictionary used in pre-training"
