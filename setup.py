@@ -35,6 +35,7 @@ LM_REQUIRES = [
     "pyctcdecode==0.5.0",
     "pygtrie>=2.1,<3",
     "hypothesis>=6.14,<7",
+    "sortedcontainers>=2.1,<3",  # hypothesis's one requirement (installed with --no-deps here)
 ]
 
 setup(

@@ -82,7 +82,7 @@ fi
 
 # 6. KenLM decoding (pyctcdecode + kenlm, setup.py LM_REQUIRES): --no-deps, because pyctcdecode's numpy<2
 #    pin would downgrade numpy under torch; kenlm compiles from source once (a few minutes).
-if ! "$PY" -c 'import kenlm, pyctcdecode' 2>/dev/null; then
+if ! "$PY" -c 'import kenlm, pyctcdecode, hypothesis' 2>/dev/null; then
   lm_deps=$("$PY" -c 'import ast,sys; t=ast.parse(open(sys.argv[1]).read()); print(" ".join(r for n in ast.walk(t) if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "LM_REQUIRES" for r in ast.literal_eval(n.value)))' "$REPO/setup.py")
   log "pip install --no-deps $lm_deps (kenlm builds from source)"
   # shellcheck disable=SC2086
