@@ -256,7 +256,7 @@ def plot(runs: List[dict], rows: List[dict], png: str) -> None:
         bars = ax_wer.bar([i + off for i in x], vals, 0.4, yerr=errs, label=subset, color=f"C{k}")
         ax_wer.bar_label(bars, fmt="%.0f", fontsize=7)
     ax_wer.set_xticks(list(x), [r["name"] for r in rows], rotation=20, ha="right", fontsize=8)
-    ax_wer.set(title="WER (zero-shot: no fine-tuning)", ylabel="WER %")
+    ax_wer.set(title="WER: CTC fine-tuned on train_paired (zero-shot row: not fine-tuned)", ylabel="WER %")
     ax_wer.legend(fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
