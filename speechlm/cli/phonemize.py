@@ -6,6 +6,11 @@ Sharded (one Slurm array task per shard), then merged::
     speechlm phonemize --merge --out-prefix out/lm --nshard 32
 
 Same seed -> byte-identical ``P.phn``/``P.ltr`` whatever the number of shards.
+
+``--inventory kaldi`` writes Kaldi position-dependent phones (``AH0_B``, ``T_E``, ``A_S``...; stress kept,
+``SIL`` bare between words, unknown words ``SPN_S``) as the released SpeechLM-P models use, from a
+LibriSpeech/Kaldi ``--lexicon`` (default: the CMU dict with stress), and writes that inventory's
+``dict.phn.txt`` (``SYMBOL INDEX`` lines, the released file's 364 symbols) next to ``P``.
 """
 import os
 import sys
@@ -23,6 +28,9 @@ def add_args(parser):
     parser.add_argument("input", nargs="?", help="UTF-8 text, one sentence per line")
     parser.add_argument("--out-prefix", required=True, help="writes PREFIX.phn, PREFIX.ltr, PREFIX.stats.json")
     parser.add_argument("--lexicon", help="LibriSpeech/Kaldi lexicon 'WORD PH1 PH2 ...' (default: CMU dict)")
+    parser.add_argument("--inventory", choices=("arpabet", "kaldi"), default="arpabet",
+                        help="arpabet: 39 phones + SIL, stress removed (default); kaldi: position-dependent "
+                             "phones with stress (the released SpeechLM-P dict.phn.txt, written next to PREFIX)")
     parser.add_argument("--sil-prob", type=float, default=DEFAULT_SIL_PROB, help="SIL between two words")
     parser.add_argument("--seed", type=int, default=1, help="random seed (output is a function of it)")
     parser.add_argument("--max-len", type=int, default=None, help="drop lines longer than this (frames)")
@@ -48,9 +56,13 @@ def run(args):
     from speechlm.tokenizers.lexicon import Lexicon
     from speechlm.tokenizers.upsample import DurationTable
 
-    kw = dict(phone=tuple(args.phone_duration), sil=tuple(args.sil_duration), unk=tuple(args.unk_duration))
+    lexicon = Lexicon.load(args.lexicon, args.inventory)
+    kw = dict(phone=tuple(args.phone_duration), sil=tuple(args.sil_duration), unk=tuple(args.unk_duration),
+              units=lexicon.inventory.units)
     table = DurationTable.from_file(args.duration_table, **kw) if args.duration_table else DurationTable.default(**kw)
-    phonemizer = Phonemizer(Lexicon.load(args.lexicon), table, args.sil_prob, args.max_len)
+    phonemizer = Phonemizer(lexicon, table, args.sil_prob, args.max_len)
+    if args.inventory == "kaldi":
+        _write_kaldi_dict(args.out_prefix)
     stats = phonemize_file(args.input, args.out_prefix, phonemizer, args.seed, args.nshard, args.rank)
     if args.nshard > 1:
         from speechlm.tokenizers.phonemizer import shard_prefix
@@ -58,10 +70,29 @@ def run(args):
 
         write_sidecar(shard_prefix(args.out_prefix, args.rank, args.nshard), "phonemize", args.rank, args.nshard,
                       {"input": args.input, "lexicon": args.lexicon, "duration_table": args.duration_table},
-                      {"sil_prob": args.sil_prob, "seed": args.seed, "max_len": args.max_len,
+                      {"inventory": args.inventory, "sil_prob": args.sil_prob, "seed": args.seed, "max_len": args.max_len,
                        "phone_duration": list(args.phone_duration), "sil_duration": list(args.sil_duration),
                        "unk_duration": list(args.unk_duration)})
     print(f"[phonemize] {args.input} shard {args.rank}/{args.nshard} (lexicon {phonemizer.lexicon.source})",
           file=sys.stderr)
     print(stats.report(), file=sys.stderr)
     return 0
+
+
+def _write_kaldi_dict(out_prefix):
+    """``dict.phn.txt`` of the Kaldi inventory next to the outputs; an existing different one is an error."""
+    from speechlm.tokenizers.lexicon import KALDI_SYMBOLS, read_phone_dict, write_phone_dict
+
+    path = os.path.join(os.path.dirname(os.path.abspath(out_prefix)), "dict.phn.txt")
+    if os.path.exists(path):
+        try:
+            same = read_phone_dict(path) == list(KALDI_SYMBOLS)
+        except ValueError:
+            same = False
+        if not same:
+            sys.exit(f"speechlm phonemize: {path} exists and is not the Kaldi inventory's dict.phn.txt; "
+                     "write the Kaldi units to another directory (--out-prefix) or remove it")
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_phone_dict(path, KALDI_SYMBOLS)
+    print(f"[phonemize] wrote the Kaldi inventory ({len(KALDI_SYMBOLS)} symbols) to {path}", file=sys.stderr)

@@ -24,14 +24,13 @@ from typing import Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from speechlm.tokenizers.lexicon import SIL_ID, UNITS, UNK_ID, Lexicon, letters, normalize_text
+from speechlm.tokenizers.lexicon import Lexicon, letters, normalize_text
 from speechlm.tokenizers.shards import concat_shards
 from speechlm.tokenizers.upsample import DurationTable, sample_repeats
 
 # Lines per random-number block. Part of what a seed means: changing it changes the output.
 BLOCK_LINES = 1000
 _CACHED_REPEATS = 64
-_UNK_PRON = (UNK_ID,)
 DEFAULT_SIL_PROB = 0.25
 
 
@@ -97,13 +96,19 @@ class Phonemizer:
     ):
         if not 0.0 <= sil_prob <= 1.0:
             raise ValueError(f"sil_prob must be in [0, 1], got {sil_prob}")
+        inv = lexicon.inventory  # the units: ARPAbet (default) or Kaldi position-dependent
         self.lexicon = lexicon
-        self.durations = durations or DurationTable.default()
+        self.units = inv.units
+        self.sil_id, self.unk_pron = inv.sil_id, (inv.unk_id,)
+        self.durations = durations or DurationTable.default(units=self.units)
+        if len(self.durations.mean) != len(self.units):
+            raise ValueError(f"the duration table has {len(self.durations.mean)} units but the lexicon's "
+                             f"{inv.name} inventory has {len(self.units)}; build it with units=inventory.units")
         self.sil_prob = sil_prob
         self.max_len = max_len
         # "AH AH AH" built once per (unit, repeat count), not per frame; flat index unit * MAX + count
         self._rep_cache = np.array(
-            [" ".join([u] * r) for u in UNITS for r in range(_CACHED_REPEATS)], dtype=object
+            [" ".join([u] * r) for u in self.units for r in range(_CACHED_REPEATS)], dtype=object
         )
 
     def phonemize_block(
@@ -126,23 +131,23 @@ class Phonemizer:
                     if p is None:
                         stats.unk_words += 1
                         stats.unk_counts[words[i]] += 1
-                        prons[i] = _UNK_PRON
+                        prons[i] = self.unk_pron
             stats.words += len(words)
             n_boundaries += len(words) - 1
             kept.append((prons, words))
         stats.lines_in += len(lines)
         sil_draws = (rng.random(n_boundaries) < self.sil_prob).tolist()
-        flat, starts, pos = [], [], 0
+        flat, starts, pos, sil_id = [], [], 0, self.sil_id
         for prons, _ in kept:
             starts.append(len(flat))
-            flat.append(SIL_ID)
+            flat.append(sil_id)
             flat.extend(prons[0])
             for p in prons[1:]:
                 if sil_draws[pos]:
-                    flat.append(SIL_ID)
+                    flat.append(sil_id)
                 pos += 1
                 flat.extend(p)
-            flat.append(SIL_ID)
+            flat.append(sil_id)
         starts.append(len(flat))
         stats.word_boundaries += n_boundaries
         stats.sil_boundaries += sum(sil_draws)
@@ -150,7 +155,7 @@ class Phonemizer:
         reps = sample_repeats(units, self.durations, rng)
         tokens = self._rep_cache[units * _CACHED_REPEATS + np.minimum(reps, _CACHED_REPEATS - 1)].tolist()
         for i in np.flatnonzero(reps >= _CACHED_REPEATS).tolist():  # rare very long runs
-            tokens[i] = " ".join([UNITS[units[i]]] * int(reps[i]))
+            tokens[i] = " ".join([self.units[units[i]]] * int(reps[i]))
         line_frames = np.add.reduceat(reps, starts[:-1]).tolist() if kept else []
         out = []
         for k, (_, words) in enumerate(kept):

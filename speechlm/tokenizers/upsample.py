@@ -7,11 +7,11 @@ ordinary phones N(5, 2.5), SIL N(14, 7), the unknown-word unit SPN N(32, 11). Th
 "mean 5, variance 25" for phones; both are a ``DurationTable`` away.
 """
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
-from speechlm.tokenizers.lexicon import SIL, UNIT_ID, UNITS, UNK_UNIT
+from speechlm.tokenizers.lexicon import SIL, UNITS, UNK_UNIT
 
 # Defaults of the public reference recipe, in 50 Hz frames (20 ms).
 PHONE_DURATION = (5.0, 2.5)
@@ -21,7 +21,8 @@ UNK_DURATION = (32.0, 11.0)
 
 @dataclass(frozen=True)
 class DurationTable:
-    """Per-unit (mean, std) of the repeat count, as arrays indexed by unit id (see ``UNITS``)."""
+    """Per-unit (mean, std) of the repeat count, as arrays indexed by unit id (``units``: default ``UNITS``;
+    with the Kaldi inventory every ``SIL*`` unit takes the SIL duration and every ``SPN*`` the unknown's)."""
 
     mean: np.ndarray
     std: np.ndarray
@@ -33,17 +34,21 @@ class DurationTable:
         sil: Tuple[float, float] = SIL_DURATION,
         unk: Tuple[float, float] = UNK_DURATION,
         overrides: Dict[str, Tuple[float, float]] = None,
+        units: Sequence[str] = UNITS,
     ) -> "DurationTable":
-        mean = np.full(len(UNITS), phone[0], dtype=np.float64)
-        std = np.full(len(UNITS), phone[1], dtype=np.float64)
-        mean[UNIT_ID[SIL]], std[UNIT_ID[SIL]] = sil
-        mean[UNIT_ID[UNK_UNIT]], std[UNIT_ID[UNK_UNIT]] = unk
+        mean = np.full(len(units), phone[0], dtype=np.float64)
+        std = np.full(len(units), phone[1], dtype=np.float64)
+        unit_id = {u: i for i, u in enumerate(units)}
+        for i, u in enumerate(units):
+            base = u.split("_", 1)[0]
+            if base in (SIL, UNK_UNIT):
+                mean[i], std[i] = sil if base == SIL else unk
         for unit, (m, s) in (overrides or {}).items():
-            mean[UNIT_ID[unit]], std[UNIT_ID[unit]] = m, s
+            mean[unit_id[unit]], std[unit_id[unit]] = m, s
         return cls(mean, std)
 
     @classmethod
-    def from_file(cls, path: str, **defaults) -> "DurationTable":
+    def from_file(cls, path: str, units: Sequence[str] = UNITS, **defaults) -> "DurationTable":
         """Per-unit overrides from ``UNIT MEAN STD`` lines (``#`` comments allowed)."""
         overrides = {}
         with open(path, encoding="utf-8") as f:
@@ -51,10 +56,10 @@ class DurationTable:
                 parts = line.split("#", 1)[0].split()
                 if not parts:
                     continue
-                if len(parts) != 3 or parts[0] not in UNIT_ID:
+                if len(parts) != 3 or parts[0] not in units:
                     raise ValueError(
                         f"{path}:{lineno}: expected 'UNIT MEAN STD' with UNIT one of "
-                        f"{' '.join(UNITS)}; got {line.strip()!r}"
+                        f"{' '.join(units)}; got {line.strip()!r}"
                     )
                 try:
                     m, s = float(parts[1]), float(parts[2])
@@ -63,7 +68,7 @@ class DurationTable:
                 if m <= 0 or s < 0:
                     raise ValueError(f"{path}:{lineno}: need MEAN > 0 and STD >= 0")
                 overrides[parts[0]] = (m, s)
-        return cls.default(overrides=overrides, **defaults)
+        return cls.default(overrides=overrides, units=units, **defaults)
 
 
 def sample_repeats(units: np.ndarray, table: DurationTable, rng: np.random.Generator) -> np.ndarray:
