@@ -81,3 +81,15 @@ def test_kaldi_units_project_onto_the_default_ones(mini_corpus):
     for (pa, la), (pk, lk) in zip(a, k):
         assert la == lk and set(pk.split()) <= symbols
         assert [u.split("_")[0].rstrip("012") for u in pk.split()] == pa.split()
+
+
+def test_recognizer_targets_are_position_independent(tmp_path):
+    """`phone-units train --inventory kaldi`: the CTC targets of a Kaldi lexicon are the ARPAbet ones."""
+    from speechlm.tokenizers import phone_recognizer as R
+
+    lex = tmp_path / "lexicon.txt"
+    lex.write_text("CAT K AE1 T\nA AH0\n")
+    k, a = Lexicon.from_file(str(lex), inventory="kaldi"), Lexicon.from_file(str(lex))
+    words = ["A", "CAT", "A"]
+    assert R.ctc_targets(R.transcript_phones(words, k)) == R.ctc_targets(R.transcript_phones(words, a))
+    assert R.base_phone("AE1_I") == "AE" and R.base_phone("SIL") == "SIL"

