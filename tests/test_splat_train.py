@@ -115,7 +115,7 @@ def test_language_module_gets_no_gradient_and_does_not_change(splat_data, pretra
 
     torch.manual_seed(0)
     task = tasks.setup_task(OmegaConf.structured(SplatAlignmentConfig(
-        _name="splat_alignment", data=str(splat_data["corpus"]), bert_path=splat_data["bert"])))
+        _name="splat_alignment", data=str(splat_data["corpus"]), bert_path=splat_data["bert"], seed=1)))
     model = task.build_model(OmegaConf.structured(SplatSpeechConfig(
         _name="splat_speech", init_from=str(pretrained[0]), dropout=0.0)))
     criterion = task.build_criterion(OmegaConf.structured(
@@ -165,7 +165,7 @@ def test_classifier_learns_a_batch_and_train_fraction(splat_data):
     from speechlm.tasks.slu_classification import SluClassificationConfig
 
     torch.manual_seed(0)
-    cfg = SluClassificationConfig(_name="slu_classification", data=str(splat_data["intent"]))
+    cfg = SluClassificationConfig(_name="slu_classification", data=str(splat_data["intent"]), seed=1)
     task = tasks.setup_task(OmegaConf.structured(cfg))
     task.load_dataset("train")
     assert len(task.dataset("train")) == 26
@@ -201,7 +201,9 @@ def test_spoken_qa_end_to_end(splat_data, aligned):
     assert len(aos) == 2 and all(0 <= a <= 100 for a in aos + f1)
     state = checkpoint_utils.load_checkpoint_to_cpu(str(save / "checkpoint_best.pt"))
     assert state["model"]["span_head.weight"].shape == (2, 32)
-    assert state["model"]["question_embed.weight"].shape[0] == len(BertBundle(splat_data["bert"]).get_tokenizer())
+    # the question goes through the (frozen, unsaved) language module: 32-d tiny BERT -> 32-d QA model
+    assert state["model"]["question_proj.weight"].shape == (32, 32)
+    assert not any(k.startswith(("question_embed", "language_module")) for k in state["model"])
 
 
 def test_spoken_qa_bad_span_names_the_line(splat_data, tmp_path):
@@ -213,7 +215,7 @@ def test_spoken_qa_bad_span_names_the_line(splat_data, tmp_path):
     lines[2] = "1.5"
     (qa / "valid.span").write_text("\n".join(lines))
     task = tasks.setup_task(OmegaConf.structured(
-        SpokenQaConfig(_name="spoken_qa", data=str(qa), bert_path=splat_data["bert"])))
+        SpokenQaConfig(_name="spoken_qa", data=str(qa), bert_path=splat_data["bert"], seed=1)))
     with pytest.raises(ValueError, match=r"valid.span:3: expected 'start_s end_s'"):
         task.load_dataset("valid")
 
@@ -257,3 +259,89 @@ def test_packaged_minilm_loads_and_adapts_from_a_fresh_head(tmp_path, caplog):
 def test_bert_path_errors_say_what_to_give(tmp_path):
     with pytest.raises(FileNotFoundError, match="save_pretrained"):
         BertBundle(str(tmp_path)).resolve()
+
+
+def _qa_model(splat_data, finetune):
+    from speechlm.models.splat_spoken_qa import SplatSpokenQaConfig
+    from speechlm.tasks.spoken_qa import SpokenQaConfig
+
+    task = tasks.setup_task(OmegaConf.structured(SpokenQaConfig(
+        _name="spoken_qa", data=str(splat_data["qa"]), bert_path=splat_data["bert"], seed=1)))
+    torch.manual_seed(0)
+    model = task.build_model(OmegaConf.structured(SplatSpokenQaConfig(
+        _name="splat_spoken_qa", encoder_layers=1, encoder_embed_dim=32, encoder_ffn_embed_dim=64,
+        encoder_attention_heads=2, input_stride=4, dropout=0.0, attention_dropout=0.0, qa_layers=1,
+        qa_embed_dim=32, qa_ffn_embed_dim=64, qa_attention_heads=2, finetune_language_module=finetune)))
+    task.load_dataset("valid")
+    ds = task.dataset("valid")
+    return task, model, ds.collater([ds[i] for i in range(4)])
+
+
+def test_spoken_qa_question_goes_through_the_language_module(splat_data):
+    task, model, batch = _qa_model(splat_data, finetune=False)
+    assert not hasattr(model, "question_embed")
+    lm = model.language_module
+    calls = []
+    hook = lm.register_forward_hook(lambda m, i, o: calls.append(o.last_hidden_state.shape))
+    model.eval()
+    out = model(**batch["net_input"], question=batch["question"])
+    assert len(calls) == 1 and calls[0][-1] == 32
+    model(**batch["net_input"], question=batch["question"])
+    assert len(calls) == 1  # frozen: a question already seen is not encoded again
+    # another question over the same audio moves the span logits: the question is read
+    other = batch["question"].clone()
+    real = other.ne(task.question_pad)
+    real[:, 0] = False  # keep [CLS]
+    other[real] = task.tokenizer.convert_tokens_to_ids("[MASK]")
+    out2 = model(**batch["net_input"], question=other)
+    hook.remove()
+    assert len(calls) == 2
+    assert not torch.allclose(out["start_logits"], out2["start_logits"])
+    # frozen: outside the parameters and the state dict, no gradient, stays in eval mode
+    assert not any(p is q for p in lm.parameters() for q in model.parameters())
+    assert not any(k.startswith("language_module") for k in model.state_dict())
+    model.train()
+    assert not lm.training
+    from speechlm.criterions.spoken_qa import SpokenQaCriterion, SpokenQaCriterionConfig
+
+    loss, _, _ = SpokenQaCriterion(SpokenQaCriterionConfig(), task)(model, batch)
+    loss.backward()
+    assert all(p.grad is None for p in lm.parameters())
+    assert model.question_proj.weight.grad.abs().sum() > 0
+
+
+def test_spoken_qa_fine_tuned_language_module_is_trained_and_saved(splat_data):
+    task, model, batch = _qa_model(splat_data, finetune=True)
+    assert any(k.startswith("language_module.encoder.layer.0.") for k in model.state_dict())
+    from speechlm.criterions.spoken_qa import SpokenQaCriterion, SpokenQaCriterionConfig
+
+    model.train()
+    loss, _, _ = SpokenQaCriterion(SpokenQaCriterionConfig(), task)(model, batch)
+    loss.backward()
+    grad = model.language_module.encoder.layer[0].attention.self.query.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+
+
+def test_pretraining_crops_follow_common_seed(splat_data):
+    from speechlm.tasks.splat_pretraining import SplatPretrainingConfig
+
+    def crops(seed):
+        task = tasks.setup_task(OmegaConf.structured(SplatPretrainingConfig(
+            _name="splat_pretraining", data=str(splat_data["corpus"]), max_frames=50, seed=seed)))
+        task.load_dataset("train")
+        ds = task.dataset("train")
+        return torch.stack([ds[i]["source"] for i in range(6)])
+
+    a, b, c = crops(1), crops(1), crops(2)
+    assert a.shape == (6, 50, 80)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_transcript_reader_checks_the_manifest(splat_data, tmp_path):
+    from speechlm.data.splat_text import read_transcripts
+
+    corpus = splat_data["corpus"]
+    texts = read_transcripts(str(corpus), "valid")
+    assert texts == (corpus / "valid.wrd").read_text().rstrip("\n").split("\n")
+    with pytest.raises(FileNotFoundError, match=r"valid\.txt: missing"):
+        read_transcripts(str(corpus), "valid", "txt")

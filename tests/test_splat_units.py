@@ -177,3 +177,27 @@ def test_intent_grid_has_enough_intents_and_disjoint_voices():
     assert len(labels) >= 20 and len(sents) == 4 * len(labels) == len(set(s for s, _ in sents))
     v = {k: set(x) for k, x in INTENT_VOICES.items()}
     assert not (v["train"] & v["test"]) and not (v["train"] & v["valid"]) and not (v["valid"] & v["test"])
+
+
+def test_sentence_pooling_cls_and_mean_skip_padding():
+    from speechlm.splat.bert import pool_sentence
+
+    h = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [9.0, 9.0]], [[0.0, 4.0], [2.0, 2.0], [4.0, 0.0]]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    assert torch.equal(pool_sentence(h, mask, "cls"), h[:, 0])
+    assert torch.allclose(pool_sentence(h, mask, "mean"), torch.tensor([[2.0, 1.0], [2.0, 2.0]]))
+    with pytest.raises(ValueError, match="choose one of cls, mean"):
+        pool_sentence(h, mask, "max")
+
+
+def test_text_geometry_is_the_geometry_of_an_exact_copy():
+    from speechlm.splat.geometry import text_geometry_scores
+
+    torch.manual_seed(0)
+    t1 = torch.randn(12, 8) + 3.0  # a shared component: high S_avg
+    g = geometry_scores(t1.clone(), t1)
+    assert g == text_geometry_scores(t1)
+    assert g["S_closest"] > g["S_avg"]
+    # a speech module that outputs one vector for everything: S_avg = S_closest = 1, no gap
+    const = geometry_scores(torch.ones(12, 8), t1)
+    assert const["S_avg"] == pytest.approx(1.0) and const["S_closest"] == pytest.approx(1.0)

@@ -1,31 +1,40 @@
 #!/usr/bin/env python
-"""Run the SPLAT variants (config/variants/*.yaml) on the mini corpora and print a Table-3-style table.
+"""Run the SPLAT variants (config/variants/*.yaml) on the mini corpora: Table 3 and Table 4 of the paper.
 
-    python examples/splat/run_variants.py --corpus CORPUS_DIR --work exp/splat_mini \
-        [--bert packaged:all-minilm-l6-v2] [--fractions 1.0 0.1]
+    python examples/splat/run_variants.py --corpus CORPUS_DIR --work exp/splat_mini [--seeds 3] \
+        [--bert packaged:all-minilm-l6-v2] [--fractions 1.0 0.1] [--jobs 2]
 
-CORPUS_DIR is a speech corpus with ``train`` (unlabelled speech for pre-training), ``train_paired`` (the
-paired speech/text for alignment and MLM adaptation) and ``valid`` splits (``speechlm corpus mini``).
-Steps, each skipped when its output exists (re-running a finished run only prints the tables):
+CORPUS_DIR is a speech corpus with ``train`` (speech for pre-training; its transcripts are the paired
+data of the alignment, ``--align-split``), ``train_paired`` (the transcripts of the MLM adaptation) and
+``valid`` splits (``speechlm corpus mini``). Steps, each skipped when its output exists (re-running a
+finished run only prints the tables):
 
  1. fbank + per-speaker CMVN for the corpus; the mini intent and spoken-QA corpora (synthesized)
- 2. MLM adaptation of the BERT on the train_paired transcripts
- 3. speech-module pre-training (splat_pretraining)
- 4. alignment: seq / tok x original / MLM-adapted BERT (splat_alignment)
- 5. downstream for every variant: intent accuracy and spoken-QA AOS / frame F1 on the test split at the
-    epoch that is best on valid, with 100% and 10% of the downstream training data (Table 3, Figure 3)
- 6. geometry (Table 4): S_avg and S_closest of s1 on the corpus's valid split before and after alignment
+ 2. per seed: MLM adaptation of the language module; speech-module pre-training (splat_pretraining)
+ 3. per seed: alignment, seq / tok x original / MLM-adapted language module (splat_alignment)
+ 4. per seed and variant: intent accuracy and spoken-QA AOS / frame F1 on the test split at the epoch that
+    is best on valid, with 100% and 10% of the downstream training data (Table 3, Figure 3); the QA model
+    reads the question through the frozen language module
+ 5. geometry (Table 4): S_avg and S_closest of s1 on the corpus's valid split for every variant, and the
+    same scores of the text vectors t1 themselves (what an exact copy of t1 would reach)
 
-All models are tiny (see MINI below) so the whole run fits a CPU; the numbers show the pipeline, not the
-paper's figures.
+Seed k (1..--seeds) is ``common.seed`` of every training step of that seed (pre-training, MLM,
+alignment, downstream), so the spread covers the whole pipeline. Independent steps run ``--jobs`` at a
+time, one thread each. Outputs: the tables, ``WORK/results.json`` (per variant ``intent_acc``,
+``intent_acc_10pct``, ``qa_aos``, ``qa_aos_10pct``, ``qa_f1``, ``qa_f1_10pct``, ``s_avg``, ``s_closest``;
+a list over seeds when ``--seeds`` > 1) and ``WORK/results.png``.
+
+All models are tiny (see MINI below) so the whole run fits a CPU; the numbers show the pipeline at toy
+scale, not the paper's figures.
 """
 import argparse
+import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import time
+from typing import Dict, List, Optional
 
 from omegaconf import OmegaConf
 
@@ -33,6 +42,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 CONFIG = os.path.join(HERE, "config")
 BIN = os.path.dirname(sys.executable)
+VARIANTS = ["scratch", "speech", "seq", "seq_mlm", "tok", "tok_mlm"]
 
 # tiny speech module for the mini recipe (the paper: 3 x 768 x 12 heads at 100 Hz; here 4 stacked
 # frames per position, 25 Hz, so that a CPU trains every variant in minutes)
@@ -40,55 +50,138 @@ MINI_SPEECH = [
     "model.encoder_layers=3", "model.encoder_embed_dim=128", "model.encoder_ffn_embed_dim=512",
     "model.encoder_attention_heads=4", "model.input_stride=4",
 ]
-MINI_QA = ["model.qa_embed_dim=128", "model.qa_ffn_embed_dim=512", "model.qa_attention_heads=4"]
+MINI_QA = ["model.qa_layers=2", "model.qa_embed_dim=128", "model.qa_ffn_embed_dim=512",
+           "model.qa_attention_heads=4"]
 
 
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def sh(cmd, logfile):
-    """Run ``cmd``; its output goes to ``logfile``; fail with the log's tail."""
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    t = time.time()
-    with open(logfile, "w") as f:
-        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    if rc != 0:
-        tail = open(logfile).read()[-3000:]
-        sys.exit(f"command failed (rc={rc}): {' '.join(cmd)}\n--- {logfile} ---\n{tail}")
-    return time.time() - t
+class Step:
+    """One command whose output goes to a log file; ``done`` marks it finished; CPU time is measured."""
+
+    def __init__(self, name: str, cmd: List[str], logfile: str, done: str, after=()):
+        self.name, self.cmd, self.logfile, self.done, self.after = name, cmd, logfile, done, list(after)
+        self.cpu: Optional[float] = None
+        self.proc = None
+
+    def finished(self) -> bool:
+        return os.path.exists(self.done)
 
 
-def train(config_dir, config_name, save_dir, overrides, logfile):
-    if os.path.exists(os.path.join(save_dir, "done")):
-        return None
-    cmd = [os.path.join(BIN, "fairseq-hydra-train"), "--config-dir", config_dir, "--config-name", config_name,
-           f"common.user_dir={os.path.join(REPO, 'speechlm')}", f"checkpoint.save_dir={save_dir}",
-           "common.log_interval=10"] + overrides
-    dt = sh(cmd, logfile)
-    open(os.path.join(save_dir, "done"), "w").close()
-    return dt
+def run_steps(steps: List[Step], jobs: int, timing: Dict[str, float]) -> None:
+    """Run ``steps`` (dependencies in ``after``) with ``jobs`` at a time; exit with the log's tail on
+    failure. The CPU seconds of every step run here go into ``timing``."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    todo = [s for s in steps if not s.finished()]
+    running: Dict[int, Step] = {}
+    while todo or running:
+        ready = [s for s in todo if all(d.finished() for d in s.after)]
+        while ready and len(running) < jobs:
+            s = ready.pop(0)
+            todo.remove(s)
+            os.makedirs(os.path.dirname(s.logfile), exist_ok=True)
+            log(f"start {s.name}")
+            s.t0 = time.time()
+            with open(s.logfile, "w") as f:
+                s.proc = subprocess.Popen(s.cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+            running[s.proc.pid] = s
+        if not running:
+            sys.exit("steps wait for steps that cannot run: " + ", ".join(s.name for s in todo))
+        pid, status, usage = os.wait4(-1, 0)
+        s = running.pop(pid, None)
+        if s is None:
+            continue
+        rc = os.waitstatus_to_exitcode(status)
+        if rc != 0:
+            for other in running.values():
+                other.proc.kill()
+            tail = open(s.logfile).read()[-3000:]
+            sys.exit(f"step {s.name} failed (rc={rc}): {' '.join(s.cmd)}\n--- {s.logfile} ---\n{tail}")
+        s.cpu = usage.ru_utime + usage.ru_stime
+        timing[s.name] = s.cpu
+        os.makedirs(os.path.dirname(s.done), exist_ok=True)
+        open(s.done, "w").close()
+        log(f"done  {s.name}: {time.time() - s.t0:.0f} s wall, {s.cpu:.0f} s CPU")
+
+
+def idle_estimate(steps: List[Step], timing: Dict[str, float], jobs: int) -> float:
+    """Wall time of ``steps`` on an idle machine with ``jobs`` cores: the same list scheduling, each step
+    taking its measured CPU time (one thread each)."""
+    end: Dict[str, float] = {}
+    free = [0.0] * jobs
+    pending = [s for s in steps if s.name in timing]
+    while pending:
+        ready = [s for s in pending if all(d.name in end for d in s.after if d.name in timing)]
+        s = ready[0]
+        pending.remove(s)
+        start = max([min(free)] + [end[d.name] for d in s.after if d.name in end])
+        k = free.index(min(free))
+        free[k] = end[s.name] = start + timing[s.name]
+    return max(end.values(), default=0.0)
 
 
 VALID_RE = re.compile(r"valid on '(\w+)' subset \|(.*)")
 
 
-def best_on_valid(logfile, metric):
-    """The ``metric`` on test at the validation round where valid's ``metric`` is highest."""
+def best_on_valid(logfile: str, metric: str, also=()):
+    """{metric: test value, ...} at the validation round where valid's ``metric`` is highest."""
     rounds, cur = [], {}
     for line in open(logfile):
         m = VALID_RE.search(line)
         if not m:
             continue
         vals = dict(kv.strip().split(" ", 1) for kv in m.group(2).split("|") if kv.strip().count(" ") >= 1)
-        cur[m.group(1)] = float(vals[metric])
+        cur[m.group(1)] = {k: float(vals[k]) for k in (metric, *also)}
         if "valid" in cur and "test" in cur:
             rounds.append(cur)
             cur = {}
     if not rounds:
         sys.exit(f"{logfile}: no validation rounds with both valid and test")
-    best = max(rounds, key=lambda r: r["valid"])
-    return best["test"], best["valid"]
+    return max(rounds, key=lambda r: r["valid"][metric])["test"]
+
+
+def mean_sd(xs):
+    m = sum(xs) / len(xs)
+    sd = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
+    return m, sd
+
+
+def cell(xs, width=13, digits=1):
+    m, sd = mean_sd(xs)
+    return (f"{m:.{digits}f}±{sd:.{digits}f}" if len(xs) > 1 else f"{m:.{digits}f}").rjust(width)
+
+
+def plot(results, names, path, fractions):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vs = list(results)
+    x = range(len(vs))
+    fig, ax = plt.subplots(1, 3, figsize=(16, 4.2))
+    w = 0.38
+    for k, (key, label) in enumerate((("s_avg", "S_avg"), ("s_closest", "S_closest"))):
+        ms = [mean_sd(results[v][key]) for v in vs]
+        ax[0].bar([i + (k - 0.5) * w for i in x], [m for m, _ in ms], w, yerr=[s for _, s in ms], label=label,
+                  capsize=3)
+    ax[0].set_title("geometry of s1 on valid (Table 4)")
+    for a, (metric, title) in zip(ax[1:], (("intent_acc", "intent accuracy % (test)"),
+                                           ("qa_aos", "spoken-QA AOS % (test)"))):
+        for k, frac in enumerate(fractions):
+            key = metric if frac == 1.0 else f"{metric}_{int(round(frac * 100))}pct"
+            ms = [mean_sd(results[v][key]) for v in vs]
+            a.bar([i + (k - 0.5) * w for i in x], [m for m, _ in ms], w, yerr=[s for _, s in ms], capsize=3,
+                  label=f"{int(round(frac * 100))}% of the training data")
+        a.set_title(title)
+    for a in ax:
+        a.set_xticks(list(x))
+        a.set_xticklabels([names[v].replace("SPLAT-", "") for v in vs], rotation=20)
+        a.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main():
@@ -96,123 +189,206 @@ def main():
     p.add_argument("--corpus", required=True, help="mini corpus (train, train_paired, valid)")
     p.add_argument("--work", default="exp/splat_mini", help="output directory")
     p.add_argument("--bert", default="packaged:all-minilm-l6-v2", help="language module directory")
+    p.add_argument("--text-pooling", default="mean", choices=("cls", "mean"),
+                   help="t1 for L_seq and the geometry: mean for a sentence-embedding model (MiniLM, whose "
+                        "[CLS] is nearly constant), cls for a real BERT")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 1..N of the whole pipeline")
+    p.add_argument("--jobs", type=int, default=2, help="steps run at once (one thread each)")
     p.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.1])
-    p.add_argument("--variants", nargs="+", default=["scratch", "speech", "seq", "seq_mlm", "tok", "tok_mlm"])
+    p.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     p.add_argument("--pretrain-updates", type=int, default=400)
-    p.add_argument("--align-epochs", type=int, default=60,
-                   help="the mini corpus has ~20 paired utterances: one update per epoch")
+    p.add_argument("--align-split", default="train",
+                   help="paired split of the alignment (the mini corpus's train has transcripts)")
+    p.add_argument("--align-updates", type=int, default=150)
+    p.add_argument("--align-lr", type=float, default=1e-3)
+    p.add_argument("--mlm-split", default="train_paired")
     p.add_argument("--mlm-steps", type=int, default=60)
     p.add_argument("--intent-epochs", type=int, default=20)
     p.add_argument("--intent-batch", type=int, default=32)
     p.add_argument("--intent-lr", type=float, default=1e-3, help="the paper's 3e-4 is for 768-d models")
-    p.add_argument("--qa-epochs", type=int, default=5)
+    p.add_argument("--qa-epochs", type=int, default=8)
     p.add_argument("--qa-lr", type=float, default=1e-3)
     args = p.parse_args()
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     W = os.path.abspath(args.work)
     corpus = os.path.abspath(args.corpus)
     os.makedirs(os.path.join(W, "logs"), exist_ok=True)
     L = lambda name: os.path.join(W, "logs", name + ".log")
     speechlm = [sys.executable, "-m", "speechlm"]
+    seeds = list(range(1, args.seeds + 1))
+    timing_file = os.path.join(W, "timing.json")
+    timing = json.load(open(timing_file)) if os.path.exists(timing_file) else {}
+    ck = os.path.join(W, "ckpt")
+
+    def train(name, config_dir, config_name, overrides, after=()):
+        save = os.path.join(ck, name)
+        cmd = [os.path.join(BIN, "fairseq-hydra-train"), "--config-dir", os.path.join(CONFIG, config_dir),
+               "--config-name", config_name, f"common.user_dir={os.path.join(REPO, 'speechlm')}",
+               f"checkpoint.save_dir={save}", "common.log_interval=10"] + overrides
+        return Step(name, cmd, L(name), os.path.join(save, "done"), after)
 
     # 1. features and the mini SLU corpora
-    if not os.path.exists(os.path.join(corpus, "valid.fbank.npy")):
-        log("fbank + per-speaker CMVN for the corpus")
-        sh(speechlm + ["splat", "features", corpus, "--splits", "train", "train_paired", "valid"], L("features"))
     intent, qa = os.path.join(W, "intent"), os.path.join(W, "qa")
-    for verb, out in (("slu-corpus", intent), ("qa-corpus", qa)):
-        if not os.path.exists(os.path.join(out, "done")):
-            log(f"speechlm splat {verb} {out}")
-            sh(speechlm + ["splat", verb, out], L(verb))
-
-    # 2. MLM adaptation
-    bert_mlm = os.path.join(W, "bert_mlm")
-    if not os.path.exists(os.path.join(bert_mlm, "config.json")):
-        log("MLM adaptation of the language module")
-        sh(speechlm + ["splat", "adapt-bert", args.bert, corpus, "--split", "train_paired", "--out", bert_mlm,
-                       "--steps", str(args.mlm_steps), "--batch-size", "16", "--lr", "1e-4"], L("adapt_bert"))
-    berts = {False: args.bert, True: bert_mlm}
-
-    # 3. pre-training
-    ck = os.path.join(W, "ckpt")
-    speech_ckpt = os.path.join(ck, "speech", "checkpoint_last.pt")
-    log("pre-training the speech module")
-    train(os.path.join(CONFIG, "pretrain"), "speech_module", os.path.join(ck, "speech"),
-          [f"task.data={corpus}", f"optimization.max_update={args.pretrain_updates}",
-           "lr_scheduler.warmup_updates=60", "optimization.lr=[0.0005]", "dataset.max_tokens=8000",
-           "task.max_frames=800", "checkpoint.save_interval_updates=0"] + MINI_SPEECH, L("pretrain"))
-
-    # 4. alignment
+    prep = [Step("features", speechlm + ["splat", "features", corpus, "--splits", "train", "train_paired",
+                                         "valid"], L("features"), os.path.join(corpus, "valid.fbank.done"))]
+    if os.path.exists(os.path.join(corpus, "valid.fbank.npy")):
+        prep = []
+    prep += [Step(verb, speechlm + ["splat", verb, out], L(verb), os.path.join(out, "done"))
+             for verb, out in (("slu-corpus", intent), ("qa-corpus", qa))]
+    feats = prep[0] if prep and prep[0].name == "features" else None
     variants = {v: OmegaConf.load(os.path.join(CONFIG, "variants", f"{v}.yaml")) for v in args.variants}
-    init = {}
-    for v, c in variants.items():
-        if not c.pretrain:
-            init[v] = ""
-        elif c.alignment is None:
-            init[v] = speech_ckpt
-        else:
-            name = f"align_{c.alignment}{'_mlm' if c.mlm else ''}"
-            log(f"alignment {name}")
-            train(os.path.join(CONFIG, "align"), c.alignment, os.path.join(ck, name),
-                  [f"task.data={corpus}", f"task.bert_path={berts[bool(c.mlm)]}", f"model.init_from={speech_ckpt}",
-                   f"optimization.max_epoch={args.align_epochs}", "optimization.lr=[0.0003]",
-                   "dataset.validate_interval=10", "lr_scheduler.warmup_updates=10"], L(name))
-            init[v] = os.path.join(ck, name, "checkpoint_last.pt")
+    names = {v: str(c.name) for v, c in variants.items()}
 
-    # 5. downstream
-    results = {}
-    for v, c in variants.items():
-        for frac in args.fractions:
-            tag = f"{v}_{int(round(frac * 100))}pct"
-            common = [f"model.init_from={init[v]}", f"task.train_fraction={frac}",
-                      "dataset.valid_subset='valid,test'"] + MINI_SPEECH
-            log(f"intent {tag}")
-            train(os.path.join(CONFIG, "downstream"), "intent", os.path.join(ck, f"intent_{tag}"),
-                  [f"task.data={intent}", f"optimization.max_epoch={args.intent_epochs}",
-                   f"dataset.batch_size={args.intent_batch}", f"optimization.lr=[{args.intent_lr}]"] + common,
-                  L(f"intent_{tag}"))
-            acc, _ = best_on_valid(L(f"intent_{tag}"), "accuracy")
-            log(f"qa {tag}")
-            train(os.path.join(CONFIG, "downstream"), "spoken_qa", os.path.join(ck, f"qa_{tag}"),
-                  [f"task.data={qa}", f"task.bert_path={args.bert}", f"optimization.max_epoch={args.qa_epochs}",
-                   f"optimization.lr=[{args.qa_lr}]"] + common + MINI_QA, L(f"qa_{tag}"))
-            aos, _ = best_on_valid(L(f"qa_{tag}"), "aos")
-            f1, _ = best_on_valid(L(f"qa_{tag}"), "f1")
-            results[(v, frac)] = (acc, aos, f1)
+    steps = list(prep)
+    speech_ckpt, bert, init = {}, {}, {}
+    for seed in seeds:
+        sfx = f"_s{seed}"
+        # 2. MLM adaptation and pre-training
+        bert_mlm = os.path.join(W, f"bert_mlm{sfx}")
+        mlm = Step(f"adapt_bert{sfx}", speechlm + [
+            "splat", "adapt-bert", args.bert, corpus, "--split", args.mlm_split, "--out", bert_mlm,
+            "--steps", str(args.mlm_steps), "--batch-size", "16", "--lr", "1e-4", "--seed", str(seed)],
+            L(f"adapt_bert{sfx}"), os.path.join(bert_mlm, "done"))
+        pre = train(f"speech{sfx}", "pretrain", "speech_module", [
+            f"task.data={corpus}", f"common.seed={seed}", f"optimization.max_update={args.pretrain_updates}",
+            "lr_scheduler.warmup_updates=60", "optimization.lr=[0.0005]", "dataset.max_tokens=8000",
+            "task.max_frames=800", "checkpoint.save_interval_updates=0"] + MINI_SPEECH,
+            after=[feats] if feats else [])
+        steps += [pre]
+        if any(c.mlm for c in variants.values()):
+            steps.append(mlm)
+        speech_ckpt[seed] = os.path.join(ck, f"speech{sfx}", "checkpoint_last.pt")
+        bert[seed] = {False: args.bert, True: bert_mlm}
+        # 3. alignment
+        for v, c in variants.items():
+            if not c.pretrain:
+                init[v, seed] = ("", [s for s in prep if s.name != "features"])
+            elif c.alignment is None:
+                init[v, seed] = (speech_ckpt[seed], [pre])
+            else:
+                name = f"align_{c.alignment}{'_mlm' if c.mlm else ''}{sfx}"
+                # ~6 updates per epoch on the 192 train transcripts; validate on the last epoch only
+                epochs = max(1, args.align_updates // 6)
+                a = train(name, "align", str(c.alignment), [
+                    f"task.data={corpus}", f"task.bert_path={bert[seed][bool(c.mlm)]}",
+                    f"task.text_pooling={args.text_pooling}", f"model.init_from={speech_ckpt[seed]}",
+                    f"dataset.train_subset={args.align_split}", f"task.idf_split={args.align_split}",
+                    f"common.seed={seed}", f"optimization.max_update={args.align_updates}",
+                    f"optimization.max_epoch={epochs + 1}", f"optimization.lr=[{args.align_lr}]",
+                    "lr_scheduler.warmup_updates=10", f"dataset.validate_interval={epochs + 1}"],
+                    after=[pre] + ([mlm] if c.mlm else []))
+                steps.append(a)
+                init[v, seed] = (os.path.join(ck, name, "checkpoint_last.pt"), [a])
 
-    # 6. geometry
-    geo = []
-    geo_ckpts = [("before alignment (SPLAT-Speech)", speech_ckpt, args.bert)] + [
-        (f"after {os.path.basename(os.path.dirname(init[v]))}", init[v], berts[bool(c.mlm)])
-        for v, c in variants.items() if c.alignment is not None
-    ]
-    for label, ckpt, bert in geo_ckpts:
-        out = subprocess.run(speechlm + ["splat", "geometry", ckpt, "valid", "--data", corpus, "--bert", bert],
-                             capture_output=True, text=True, cwd=REPO)
-        if out.returncode != 0:
-            sys.exit(out.stderr[-3000:])
-        s_avg, s_closest = out.stdout.strip().splitlines()[-1].split()[-2:]
-        geo.append((label, bert, float(s_avg), float(s_closest)))
+    # 4. downstream
+    down = {}
+    for seed in seeds:
+        for v in variants:
+            ckpt, after = init[v, seed]
+            after = after + [s for s in prep if s.name != "features"]
+            for frac in args.fractions:
+                tag = f"{v}_{int(round(frac * 100))}pct_s{seed}"
+                common = [f"model.init_from={ckpt}", f"task.train_fraction={frac}", f"common.seed={seed}",
+                          "dataset.valid_subset='valid,test'"] + MINI_SPEECH
+                si = train(f"intent_{tag}", "downstream", "intent", [
+                    f"task.data={intent}", f"optimization.max_epoch={args.intent_epochs}",
+                    f"dataset.batch_size={args.intent_batch}", f"optimization.lr=[{args.intent_lr}]",
+                    "dataset.validate_interval=2"] + common,
+                    after=after)
+                sq = train(f"qa_{tag}", "downstream", "spoken_qa", [
+                    f"task.data={qa}", f"task.bert_path={args.bert}", f"optimization.max_epoch={args.qa_epochs}",
+                    f"optimization.lr=[{args.qa_lr}]"] + common + MINI_QA, after=after)
+                steps += [si, sq]
+                down[v, frac, seed] = (si, sq)
+
+    run_steps(steps, args.jobs, timing)
+    json.dump(timing, open(timing_file, "w"), indent=1)
+
+    results = {v: {} for v in variants}
+
+    def put(v, key, val):
+        results[v].setdefault(key, []).append(round(val, 4))
+
+    for (v, frac, seed), (si, sq) in down.items():
+        sfx = "" if frac == 1.0 else f"_{int(round(frac * 100))}pct"
+        put(v, f"intent_acc{sfx}", best_on_valid(si.logfile, "accuracy")["accuracy"])
+        q = best_on_valid(sq.logfile, "aos", also=("f1",))
+        put(v, f"qa_aos{sfx}", q["aos"])
+        put(v, f"qa_f1{sfx}", q["f1"])
+
+    # 5. geometry, in this process (one language module load per BERT)
+    t_geo = time.process_time()
+    import torch
+
+    torch.set_num_threads(1)
+    from speechlm.data.fbank import SpeakerFeatures
+    from speechlm.data.splat_text import read_transcripts
+    from speechlm.splat.geometry import (geometry_scores, load_speech_module, text_geometry_scores,
+                                         text_sentence_vectors, utterance_vectors)
+
+    feats_valid = SpeakerFeatures(corpus, "valid")
+    texts = read_transcripts(corpus, "valid")
+    t1_cache, text_geo = {}, {}
+    for seed in seeds:
+        for v, c in variants.items():
+            b = bert[seed][bool(c.mlm)]
+            if b not in t1_cache:
+                t1_cache[b] = text_sentence_vectors(b, texts, args.text_pooling)
+                text_geo[b] = text_geometry_scores(t1_cache[b])
+            ckpt = init[v, seed][0] or os.path.join(ck, f"intent_{v}_100pct_s{seed}", "checkpoint_best.pt")
+            if not c.pretrain:  # SPLAT-Scratch: the random speech module before fine-tuning has no meaning;
+                ckpt = None     # report the untrained module of seed k
+            if ckpt is None:
+                from speechlm.models.splat_speech import SplatSpeechConfig, SplatSpeechEncoder
+
+                torch.manual_seed(seed)
+                enc = SplatSpeechEncoder(SplatSpeechConfig(
+                    **{f.split("=")[0][len("model."):]: int(f.split("=")[1]) for f in MINI_SPEECH})).eval()
+            else:
+                enc = load_speech_module(ckpt)
+            g = geometry_scores(utterance_vectors(enc, feats_valid), t1_cache[b])
+            put(v, "s_avg", g["S_avg"])
+            put(v, "s_closest", g["S_closest"])
+    timing["geometry"] = time.process_time() - t_geo
 
     # tables
     print()
-    print("Table 3 (mini): intent accuracy % / spoken-QA AOS % / frame F1 % on test, best epoch on valid")
-    head = f"{'variant':<16}" + "".join(f"{'intent':>9}{'AOS':>7}{'F1':>7}  " for _ in args.fractions)
-    print(" " * 16 + "".join(f"{f'-- {int(f * 100)}% train --':^25}" for f in args.fractions))
-    print(head)
-    for v, c in variants.items():
-        row = f"{c.name:<16}"
+    print("Table 3 (mini): intent accuracy % / spoken-QA AOS % / frame F1 % on test, best epoch on valid"
+          + (f"; mean±sd over {len(seeds)} seeds" if len(seeds) > 1 else ""))
+    w = 13 if len(seeds) > 1 else 8
+    print(" " * 16 + "".join(f"{f'-- {int(round(f * 100))}% train --':^{3 * w + 2}}" for f in args.fractions))
+    print(f"{'variant':<16}" + "".join(f"{'intent':>{w}}{'AOS':>{w}}{'F1':>{w}}  " for _ in args.fractions))
+    for v in variants:
+        row = f"{names[v]:<16}"
         for frac in args.fractions:
-            acc, aos, f1 = results[(v, frac)]
-            row += f"{acc:9.1f}{aos:7.1f}{f1:7.1f}  "
+            sfx = "" if frac == 1.0 else f"_{int(round(frac * 100))}pct"
+            row += "".join(cell(results[v][f"{k}{sfx}"], w) for k in ("intent_acc", "qa_aos", "qa_f1")) + "  "
         print(row)
     print()
-    print("Table 4 (mini): cosine geometry of s1 on the corpus's valid split")
-    print(f"{'model':<34}{'S_avg':>8}{'S_closest':>11}")
-    for label, bert, s_avg, s_closest in geo:
-        print(f"{label:<34}{s_avg:8.3f}{s_closest:11.3f}")
-    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(f"\ntotal wall time {time.time() - t0:.0f} s; CPU time of the steps {cpu.ru_utime + cpu.ru_stime:.0f} s")
+    print(f"Table 4 (mini): cosine geometry of s1 on the corpus's valid split ({len(texts)} utterances; "
+          f"neighbours by the language module's t1, {args.text_pooling} pooling)")
+    print(f"{'model':<16}{'S_avg':>{w}}{'S_closest':>{w}}{'gap':>{w}}")
+    for v in variants:
+        gap = [c - a for a, c in zip(results[v]["s_avg"], results[v]["s_closest"])]
+        print(f"{names[v]:<16}{cell(results[v]['s_avg'], w, 3)}{cell(results[v]['s_closest'], w, 3)}"
+              f"{cell(gap, w, 3)}")
+    for b, g in text_geo.items():
+        label = "t1 itself (MLM)" if "bert_mlm" in b else "t1 itself"
+        print(f"{label:<16}{g['S_avg']:>{w}.3f}{g['S_closest']:>{w}.3f}{g['S_closest'] - g['S_avg']:>{w}.3f}"
+              f"   <- an exact copy of t1 ({os.path.basename(b)})")
+    # a single seed is reported as one number, several as a list per seed
+    out = {v: {k: (x if len(seeds) > 1 else x[0]) for k, x in r.items()} for v, r in results.items()}
+    out["_meta"] = {"seeds": seeds, "fractions": args.fractions, "text_pooling": args.text_pooling,
+                    "bert": args.bert, "text_geometry": {os.path.basename(b): g for b, g in text_geo.items()}}
+    json.dump(out, open(os.path.join(W, "results.json"), "w"), indent=1)
+    plot(results, names, os.path.join(W, "results.png"), args.fractions)
+    json.dump(timing, open(timing_file, "w"), indent=1)
+    cpu = sum(timing.values()) + time.process_time() - cpu0 - timing["geometry"]
+    idle = idle_estimate(steps, timing, args.jobs) + timing["geometry"]
+    print(f"\nresults: {os.path.join(W, 'results.json')}, {os.path.join(W, 'results.png')}")
+    print(f"wall time of this call {time.time() - t0:.0f} s; CPU time of all steps {cpu:.0f} s; on an idle "
+          f"{args.jobs}-core machine (the same schedule, each step taking its measured CPU time) about "
+          f"{idle / 60:.1f} min")
 
 
 if __name__ == "__main__":

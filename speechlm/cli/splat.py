@@ -42,6 +42,9 @@ def add_args(parser):
     p.add_argument("--bert", help="language module for the text [CLS] (default: the checkpoint's "
                                   "task.bert_path)")
     p.add_argument("--ext", default="wrd", help="transcript extension")
+    p.add_argument("--text-pooling", choices=("cls", "mean"),
+                   help="text sentence vector that picks the neighbours (default: the checkpoint's "
+                        "task.text_pooling, else cls)")
 
 
 def _from_checkpoint_task(ckpt: str, key: str):
@@ -72,7 +75,7 @@ def run(args):
         print(f"{args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     elif args.cmd == "adapt-bert":
         from speechlm.splat.bert import adapt_mlm
-        from speechlm.tasks.splat_alignment import read_transcripts
+        from speechlm.data.splat_text import read_transcripts
 
         texts = read_transcripts(args.data, args.split, args.ext)
         losses = adapt_mlm(args.bert, texts, args.out, steps=args.steps, batch_size=args.batch_size,
@@ -88,7 +91,10 @@ def run(args):
         if not data or not bert:
             sys.exit(f"speechlm splat geometry: {args.ckpt} does not name "
                      f"{'task.data' if not data else 'task.bert_path'}; pass --data / --bert")
-        g = checkpoint_geometry(args.ckpt, data, args.split, bert, args.ext)
+        pooling = args.text_pooling or _from_checkpoint_task(args.ckpt, "text_pooling") or "cls"
+        g = checkpoint_geometry(args.ckpt, data, args.split, bert, args.ext, pooling)
+        print(f"text t1 ({pooling}) on {args.split}: S_avg {g['T_avg']:.3f} S_closest {g['T_closest']:.3f} "
+              f"(gap {g['T_closest'] - g['T_avg']:+.3f}: what an exact copy of t1 as s1 would show)")
         print(f"{'checkpoint':<40} {'split':<12} {'S_avg':>7} {'S_closest':>9}")
         print(f"{os.path.basename(os.path.dirname(args.ckpt)) + '/' + os.path.basename(args.ckpt):<40} "
               f"{args.split:<12} {g['S_avg']:7.3f} {g['S_closest']:9.3f}")

@@ -1,6 +1,7 @@
 """Criterion ``splat_alignment``: sequence- or token-level alignment of speech to a frozen BERT.
 
-- ``seq``: L_seq = || s1 - t1 ||_1, the first speech output against BERT's [CLS] output.
+- ``seq``: L_seq = || s1 - t1 ||_1, the first speech output against the language module's sentence
+  vector t1 (its [CLS] output, or the mean token output with ``task.text_pooling=mean``).
 - ``tok``: L_tok = - sum_j idf(t_j) max_i cos(s_i, t_j) / sum_j idf(t_j) (BERTScore recall with idf;
   [CLS]/[SEP]/padding weigh 0).
 
@@ -57,8 +58,9 @@ class SplatAlignmentCriterion(FairseqCriterion):
         s = model.encoder.to_text_space(out["encoder_out"])
         tokens = sample["text_tokens"]
         t = self.task.text_representations(tokens)
+        t1 = self.task.sentence_vectors(tokens, t)
         if self.alignment == "seq":
-            losses = sequence_alignment_loss(s[:, 0], t[:, 0])
+            losses = sequence_alignment_loss(s[:, 0], t1)
         else:
             weight = self.task.idf.to(tokens.device)[tokens]
             pad = out["padding_mask"]
@@ -66,7 +68,7 @@ class SplatAlignmentCriterion(FairseqCriterion):
                 pad = torch.zeros(s.shape[:2], dtype=torch.bool, device=s.device)
             losses = token_alignment_loss(s, pad, t, weight)
         with torch.no_grad():
-            cos1 = F.cosine_similarity(s[:, 0], t[:, 0], dim=-1).sum()
+            cos1 = F.cosine_similarity(s[:, 0], t1, dim=-1).sum()
         loss = losses.sum()
         B = s.shape[0]
         logging_output = {

@@ -108,8 +108,8 @@ class SplatSpeechEncoder(nn.Module):
         return x, pm
 
     def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> Dict:
-        """source (B, T, C), padding_mask (B, T) True at padding -> dict with
-        ``encoder_out`` (B, T', D), ``padding_mask`` (B, T') and ``reconstruction`` (B, T, C)."""
+        """source (B, T, C), padding_mask (B, T) True at padding -> dict with ``encoder_out`` (B, T', D)
+        and ``padding_mask`` (B, T') (T' = ceil(T / input_stride)); ``reconstruct`` gives the frames back."""
         x, pm = self.stack(source, padding_mask)
         if x.shape[1] > self.cfg.max_positions:
             raise ValueError(
@@ -124,9 +124,10 @@ class SplatSpeechEncoder(nn.Module):
         for layer in self.layers:
             x, _ = layer(x, self_attn_padding_mask=pm if pm is not None and pm.any() else None)
         x = x.transpose(0, 1)
-        return {"encoder_out": x, "padding_mask": pm, "features": x}
+        return {"encoder_out": x, "padding_mask": pm}
 
     def reconstruct(self, encoder_out: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """encoder_out (B, T', D) -> predicted input frames (B, num_frames, C)."""
         B, Tp, _ = encoder_out.shape
         y = self.reconstruction_head(encoder_out).reshape(B, Tp * self.stride, -1)
         return y[:, :num_frames]
@@ -210,6 +211,8 @@ class SplatSpeechModel(BaseFairseqModel):
         return self.encoder.frame_rate
 
     def forward(self, source, padding_mask=None, reconstruct: bool = False):
+        """The encoder's dict (``encoder_out``, ``padding_mask``); with ``reconstruct`` also
+        ``reconstruction`` (B, T, C), the predicted input frames (pre-training)."""
         out = self.encoder(source, padding_mask)
         if reconstruct:
             out["reconstruction"] = self.encoder.reconstruct(out["encoder_out"], source.shape[1])

@@ -1,8 +1,14 @@
-"""Model ``splat_spoken_qa``: speech-module outputs + the tokenized text question -> a randomly
-initialised Transformer (3 layers) -> start and end logits for every audio frame.
+"""Model ``splat_spoken_qa``: speech-module outputs + the text question encoded by the language module
+-> a randomly initialised Transformer (3 layers) -> start and end logits for every audio frame.
 
-The joint sequence is [speech frames (projected to ``qa_embed_dim``); question token embeddings], each
-with sinusoidal positions and a segment embedding; the heads read the speech positions only.
+The joint sequence is [speech frames (projected to ``qa_embed_dim``, + sinusoidal positions);
+the language module's outputs for the question tokens (projected to ``qa_embed_dim``; BERT has its own
+positions)], each with a segment embedding; the heads read the speech positions only.
+
+The language module (the task's ``bert_path``) is frozen by default: then it is kept out of the model's
+parameters and state dict (never saved, never seen by the optimizer; a loaded checkpoint gets it again
+from ``bert_path``), like the alignment task's. ``finetune_language_module=true`` makes it a trained
+submodule, saved in the checkpoints.
 """
 from dataclasses import dataclass, field
 
@@ -12,6 +18,7 @@ from fairseq.models import BaseFairseqModel, register_model
 from fairseq.modules import SinusoidalPositionalEmbedding, TransformerSentenceEncoderLayer
 
 from speechlm.models.splat_speech import SplatSpeechConfig, build_speech_module
+from speechlm.splat.bert import FrozenOutputCache, freeze
 
 
 @dataclass
@@ -23,18 +30,27 @@ class SplatSpokenQaConfig(SplatSpeechConfig):
     freeze_speech_module: bool = field(
         default=False, metadata={"help": "train only the QA Transformer (speech module stays as loaded)"}
     )
+    finetune_language_module: bool = field(
+        default=False,
+        metadata={"help": "train the language module that encodes the question (default: frozen, unsaved)"},
+    )
 
 
 @register_model("splat_spoken_qa", dataclass=SplatSpokenQaConfig)
 class SplatSpokenQaModel(BaseFairseqModel):
-    def __init__(self, cfg: SplatSpokenQaConfig, speech, vocab_size: int, pad: int):
+    def __init__(self, cfg: SplatSpokenQaConfig, speech, language_module: nn.Module, pad: int):
         super().__init__()
         self.cfg = cfg
         self.speech = speech
         E = cfg.qa_embed_dim
         self.pad = pad
+        if cfg.finetune_language_module:
+            self.language_module = language_module
+        else:  # a plain attribute, not a submodule: frozen, outside parameters() and state_dict()
+            object.__setattr__(self, "language_module", freeze(language_module))
+            self.question_cache = FrozenOutputCache()  # each question is encoded once
         self.speech_proj = nn.Linear(speech.cfg.encoder_embed_dim, E)
-        self.question_embed = nn.Embedding(vocab_size, E, padding_idx=pad)
+        self.question_proj = nn.Linear(language_module.config.hidden_size, E)
         self.segment_embed = nn.Embedding(2, E)
         self.register_buffer(
             "positions", SinusoidalPositionalEmbedding.get_embedding(speech.cfg.max_positions, E),
@@ -57,9 +73,22 @@ class SplatSpokenQaModel(BaseFairseqModel):
 
     @classmethod
     def build_model(cls, cfg: SplatSpokenQaConfig, task):
-        if not hasattr(task, "question_vocab_size"):
+        if not hasattr(task, "build_language_module"):
             raise ValueError("model splat_spoken_qa needs task spoken_qa")
-        return cls(cfg, build_speech_module(cfg), task.question_vocab_size, task.question_pad)
+        lm = task.build_language_module(frozen=not cfg.finetune_language_module)
+        return cls(cfg, build_speech_module(cfg), lm, task.question_pad)
+
+    def encode_question(self, question: torch.Tensor) -> torch.Tensor:
+        """question (B, L) WordPiece ids, padded with the tokenizer's pad -> (B, L, H) language-module
+        outputs (without gradient when the language module is frozen)."""
+        lm = self.language_module
+        mask = question.ne(self.pad).long()
+        if self.cfg.finetune_language_module:
+            return lm(input_ids=question, attention_mask=mask).last_hidden_state
+        if next(lm.parameters()).device != question.device:
+            lm.to(question.device)
+        lm.eval()
+        return self.question_cache(lm, question, self.pad)
 
     @property
     def frame_rate(self) -> float:
@@ -74,9 +103,8 @@ class SplatSpokenQaModel(BaseFairseqModel):
         if s_pad is None:
             s_pad = torch.zeros(B, T, dtype=torch.bool, device=x_s.device)
         q_pad = question.eq(self.pad)
-        L = question.shape[1]
         x_s = x_s + self.positions[:T].to(x_s) + self.segment_embed.weight[0]
-        x_q = self.question_embed(question) + self.positions[:L].to(x_s) + self.segment_embed.weight[1]
+        x_q = self.question_proj(self.encode_question(question).to(x_s)) + self.segment_embed.weight[1]
         x = self.dropout(self.embed_norm(torch.cat([x_s, x_q], 1)))
         pad = torch.cat([s_pad, q_pad], 1)
         x = x.masked_fill(pad[:, :, None], 0.0).transpose(0, 1)

@@ -66,6 +66,53 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+TEXT_POOLING_CHOICES = ("cls", "mean")
+
+
+def pool_sentence(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """The sentence vector t1 of the language module's outputs: hidden (B, L, H), mask (B, L) True at real
+    tokens -> (B, H). ``cls``: the [CLS] output (BERT's, the paper's); ``mean``: the average over the real
+    tokens (the trained output of sentence-transformers models such as all-MiniLM-L6-v2)."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "mean":
+        m = mask.unsqueeze(-1).to(hidden)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+    raise ValueError(f"text pooling {pooling!r}: choose one of {', '.join(TEXT_POOLING_CHOICES)}")
+
+
+class FrozenOutputCache:
+    """Outputs of a FROZEN language module, computed once per distinct token sequence.
+
+    Alignment and spoken QA read the same transcripts / questions every epoch; a frozen BERT gives the
+    same outputs each time, so only sequences not seen before are run. ``__call__(lm, tokens, pad)``:
+    tokens (B, L) padded with ``pad`` -> (B, L, H) ``last_hidden_state`` (zeros at padding).
+    """
+
+    def __init__(self):
+        self.store = {}
+
+    @torch.no_grad()
+    def __call__(self, lm: torch.nn.Module, tokens: torch.Tensor, pad: int) -> torch.Tensor:
+        lengths = tokens.ne(pad).sum(1).tolist()
+        keys = [tuple(row[:n]) for row, n in zip(tokens.tolist(), lengths)]
+        new = sorted({k for k in keys if k not in self.store})
+        if new:
+            L = max(len(k) for k in new)
+            ids = torch.full((len(new), L), pad, dtype=torch.long)
+            for i, k in enumerate(new):
+                ids[i, : len(k)] = torch.tensor(k)
+            ids = ids.to(tokens.device)
+            hidden = lm(input_ids=ids, attention_mask=ids.ne(pad).long()).last_hidden_state
+            for i, k in enumerate(new):
+                self.store[k] = hidden[i, : len(k)]
+        H = self.store[keys[0]].shape[-1]
+        out = self.store[keys[0]].new_zeros(tokens.shape[0], tokens.shape[1], H)
+        for i, k in enumerate(keys):
+            out[i, : len(k)] = self.store[k]
+        return out
+
+
 def tokenize(tokenizer, texts: Sequence[str], max_length: int = 128) -> List[List[int]]:
     """WordPiece ids with [CLS] ... [SEP] for each text (lower-cased by an uncased tokenizer)."""
     return [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]

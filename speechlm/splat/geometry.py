@@ -2,8 +2,13 @@
 
 For the s1 vectors of a split: S_avg is the average cosine similarity over all pairs of different
 utterances; S_closest is the average, over utterances i, of cos(s1_i, s1_j) where j != i is the utterance
-whose TEXT [CLS] vector (from the language module) is closest to i's. Alignment should raise S_closest
-well above S_avg: utterances with similar text get similar speech representations.
+whose TEXT sentence vector t1 (from the language module: its [CLS] output, or its mean token output
+with ``pooling="mean"``) is closest to i's. Alignment should raise S_closest well above S_avg: utterances
+with similar text get similar speech representations.
+
+``text_geometry_scores`` gives the same scores for t1 itself: S_closest - S_avg of the text vectors is
+what a speech module that copied t1 exactly would show: L_seq regresses s1 onto t1, so this is the gap
+it aims at on that split.
 """
 from typing import Dict, Sequence
 
@@ -12,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from speechlm.data.fbank import SpeakerFeatures
+from speechlm.data.splat_text import read_transcripts
 from speechlm.models.splat_speech import SplatSpeechConfig, SplatSpeechEncoder, _speech_state_from_checkpoint
 
 
@@ -59,9 +65,16 @@ def geometry_scores(s1: torch.Tensor, t1: torch.Tensor) -> Dict[str, float]:
     return {"S_avg": s_avg, "S_closest": s_closest}
 
 
+def text_geometry_scores(t1: torch.Tensor) -> Dict[str, float]:
+    """S_avg and S_closest of the text vectors t1 (N, H) themselves (an exact copy of t1 as s1)."""
+    return geometry_scores(t1, t1)
+
+
 @torch.no_grad()
-def text_cls_vectors(bert_path: str, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
-    from speechlm.splat.bert import BertBundle
+def text_sentence_vectors(bert_path: str, texts: Sequence[str], pooling: str = "cls",
+                          batch_size: int = 32) -> torch.Tensor:
+    """t1 (N, H) of each text: the language module's [CLS] output (``cls``) or mean token output (``mean``)."""
+    from speechlm.splat.bert import BertBundle, pool_sentence
 
     bundle = BertBundle(bert_path)
     tok, lm = bundle.get_tokenizer(), bundle.get_model(frozen=True)
@@ -69,15 +82,18 @@ def text_cls_vectors(bert_path: str, texts: Sequence[str], batch_size: int = 32)
     for b in range(0, len(texts), batch_size):
         enc = tok(list(texts[b: b + batch_size]), padding=True, truncation=True, max_length=128,
                   return_tensors="pt")
-        out.append(lm(**enc).last_hidden_state[:, 0])
+        hidden = lm(**enc).last_hidden_state
+        out.append(pool_sentence(hidden, enc["attention_mask"].bool(), pooling))
     return torch.cat(out)
 
 
-def checkpoint_geometry(ckpt: str, data: str, split: str, bert_path: str, transcript_ext: str = "wrd"):
-    from speechlm.tasks.splat_alignment import read_transcripts
-
+def checkpoint_geometry(ckpt: str, data: str, split: str, bert_path: str, transcript_ext: str = "wrd",
+                        pooling: str = "cls") -> Dict[str, float]:
+    """S_avg and S_closest of the checkpoint's s1 on ``split``, neighbours by the text t1 (``pooling``);
+    also ``T_avg``/``T_closest``, the same scores of t1 itself."""
     enc = load_speech_module(ckpt)
     feats = SpeakerFeatures(data, split)
     s1 = utterance_vectors(enc, feats)
-    t1 = text_cls_vectors(bert_path, read_transcripts(data, split, transcript_ext))
-    return geometry_scores(s1, t1)
+    t1 = text_sentence_vectors(bert_path, read_transcripts(data, split, transcript_ext), pooling)
+    text = text_geometry_scores(t1)
+    return dict(geometry_scores(s1, t1), T_avg=text["S_avg"], T_closest=text["S_closest"])

@@ -8,15 +8,15 @@ learned projection only when the widths differ. idf weights for ``alignment=tok`
 the ``idf_split`` transcripts.
 """
 import logging
-import os
 from dataclasses import dataclass, field
 
 import torch
+from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from omegaconf import MISSING, open_dict
 
-from speechlm.data.readers import load_labels, load_manifest
-from speechlm.splat.bert import BertBundle, tokenize
+from speechlm.data.splat_text import read_transcripts
+from speechlm.splat.bert import TEXT_POOLING_CHOICES, BertBundle, FrozenOutputCache, pool_sentence, tokenize
 from speechlm.splat.idf import compute_idf
 from speechlm.tasks.splat_pretraining import SplatFbankTask, SplatFbankTaskConfig
 
@@ -33,15 +33,12 @@ class SplatAlignmentConfig(SplatFbankTaskConfig):
     transcript_ext: str = field(default="wrd", metadata={"help": "transcript file extension ({split}.EXT)"})
     idf_split: str = field(default="train_paired", metadata={"help": "split whose transcripts give the idf"})
     max_text_tokens: int = field(default=128, metadata={"help": "WordPiece tokens kept per transcript"})
-
-
-def read_transcripts(data: str, split: str, ext: str):
-    tsv = os.path.join(data, f"{split}.tsv")
-    _, rows = load_manifest(tsv)
-    path = os.path.join(data, f"{split}.{ext}")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: missing; alignment needs one transcript per row of {tsv}")
-    return load_labels(path, len(rows), tsv)
+    text_pooling: ChoiceEnum(TEXT_POOLING_CHOICES) = field(
+        default="cls",
+        metadata={"help": "the sentence vector t1 that L_seq aligns s1 with: cls = BERT's [CLS] output (the "
+                          "paper); mean = the average token output, the trained output of a "
+                          "sentence-embedding model (all-MiniLM-L6-v2), whose [CLS] is nearly constant"},
+    )
 
 
 @register_task("splat_alignment", dataclass=SplatAlignmentConfig)
@@ -52,6 +49,7 @@ class SplatAlignmentTask(SplatFbankTask):
         self.tokenizer = bundle.get_tokenizer()
         # a plain attribute of the task, not a submodule of the model or criterion: frozen, unsaved
         self.language_module = bundle.get_model(frozen=True)
+        self.text_cache = FrozenOutputCache()  # the transcripts repeat every epoch
         self.text_embed_dim = self.language_module.config.hidden_size
         tok = self.tokenizer
         ids = tokenize(tok, read_transcripts(cfg.data, cfg.idf_split, cfg.transcript_ext), cfg.max_text_tokens)
@@ -75,6 +73,8 @@ class SplatAlignmentTask(SplatFbankTask):
         if next(lm.parameters()).device != text_tokens.device:
             lm.to(text_tokens.device)
         lm.eval()
-        with torch.no_grad():
-            mask = text_tokens.ne(self.tokenizer.pad_token_id)
-            return lm(input_ids=text_tokens, attention_mask=mask.long()).last_hidden_state
+        return self.text_cache(lm, text_tokens, self.tokenizer.pad_token_id)
+
+    def sentence_vectors(self, text_tokens: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """t1 (B, H) of ``text_representations`` outputs ``hidden`` (B, L, H), by ``text_pooling``."""
+        return pool_sentence(hidden, text_tokens.ne(self.tokenizer.pad_token_id), self.cfg.text_pooling)

@@ -11,7 +11,7 @@ from typing import Optional
 
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
-from omegaconf import MISSING
+from omegaconf import II, MISSING
 
 from speechlm.data.fbank import SpeakerFeatures
 from speechlm.data.splat_dataset import SplatFbankDataset
@@ -27,6 +27,7 @@ class SplatFbankTaskConfig(FairseqDataclass):
         default=None, metadata={"help": "longest utterance in 10 ms frames (cropped or skipped)"}
     )
     min_frames: int = field(default=8, metadata={"help": "shorter utterances are skipped"})
+    seed: int = field(default=II("common.seed"), metadata={"help": "seed of the random crops (common.seed)"})
 
 
 class SplatFbankTask(FairseqTask):
@@ -63,7 +64,7 @@ class SplatFbankTask(FairseqTask):
             crop=self.crop_long_utterances,
             shuffle=True,
             extras=self.extras(split, len(feats)),
-            seed=getattr(self.cfg, "seed", 1),
+            seed=self.cfg.seed,
         )
         if ds.num_skipped:
             logger.warning(f"{split}: skipped {ds.num_skipped} utterances outside "
