@@ -345,3 +345,28 @@ def test_transcript_reader_checks_the_manifest(splat_data, tmp_path):
     assert texts == (corpus / "valid.wrd").read_text().rstrip("\n").split("\n")
     with pytest.raises(FileNotFoundError, match=r"valid\.txt: missing"):
         read_transcripts(str(corpus), "valid", "txt")
+
+
+@pytest.mark.slow
+def test_sequence_alignment_transfers_text_structure_instead_of_collapsing(splat_data, pretrained):
+    """After L_seq on the train transcripts (mean-pooled t1), the s1 of the aligned utterances are closer
+    for utterances whose texts are close (S_closest - S_avg > 0 and above the pre-trained module's) and
+    are not pulled to one point (S_avg stays well below 1)."""
+    from speechlm.data.fbank import SpeakerFeatures
+    from speechlm.data.splat_text import read_transcripts
+    from speechlm.splat.geometry import geometry_scores, load_speech_module, text_sentence_vectors, utterance_vectors
+
+    save = splat_data["root"] / "ck_align_seq"
+    hydra_train("align", "seq", str(save), [
+        f"task.data={splat_data['corpus']}", f"task.bert_path={splat_data['bert']}", "task.text_pooling=mean",
+        f"model.init_from={pretrained[0]}", "dataset.train_subset=train", "task.idf_split=train",
+        "optimization.max_update=120", "optimization.max_epoch=200", "optimization.lr=[0.002]",
+        "dataset.batch_size=16", "model.dropout=0.0", "dataset.validate_interval=200"])
+    corpus = str(splat_data["corpus"])
+    feats = SpeakerFeatures(corpus, "train")
+    t1 = text_sentence_vectors(splat_data["bert"], read_transcripts(corpus, "train"), "mean")
+    before = geometry_scores(utterance_vectors(load_speech_module(str(pretrained[0])), feats), t1)
+    after = geometry_scores(utterance_vectors(load_speech_module(str(save / "checkpoint_last.pt")), feats), t1)
+    gap_before, gap_after = (g["S_closest"] - g["S_avg"] for g in (before, after))
+    assert gap_after > 0.05 and gap_after > gap_before + 0.05, (before, after)
+    assert after["S_avg"] < 0.9, after

@@ -289,7 +289,7 @@ def main():
             for frac in args.fractions:
                 tag = f"{v}_{int(round(frac * 100))}pct_s{seed}"
                 common = [f"model.init_from={ckpt}", f"task.train_fraction={frac}", f"common.seed={seed}",
-                          "dataset.valid_subset='valid,test'"] + MINI_SPEECH
+                          "dataset.valid_subset='valid,test'", "checkpoint.no_save=true"] + MINI_SPEECH
                 si = train(f"intent_{tag}", "downstream", "intent", [
                     f"task.data={intent}", f"optimization.max_epoch={args.intent_epochs}",
                     f"dataset.batch_size={args.intent_batch}", f"optimization.lr=[{args.intent_lr}]",
@@ -323,8 +323,13 @@ def main():
     torch.set_num_threads(1)
     from speechlm.data.fbank import SpeakerFeatures
     from speechlm.data.splat_text import read_transcripts
-    from speechlm.splat.geometry import (geometry_scores, load_speech_module, text_geometry_scores,
-                                         text_sentence_vectors, utterance_vectors)
+    from speechlm.splat.geometry import (
+        geometry_scores,
+        load_speech_module,
+        text_geometry_scores,
+        text_sentence_vectors,
+        utterance_vectors,
+    )
 
     feats_valid = SpeakerFeatures(corpus, "valid")
     texts = read_transcripts(corpus, "valid")
@@ -335,10 +340,8 @@ def main():
             if b not in t1_cache:
                 t1_cache[b] = text_sentence_vectors(b, texts, args.text_pooling)
                 text_geo[b] = text_geometry_scores(t1_cache[b])
-            ckpt = init[v, seed][0] or os.path.join(ck, f"intent_{v}_100pct_s{seed}", "checkpoint_best.pt")
-            if not c.pretrain:  # SPLAT-Scratch: the random speech module before fine-tuning has no meaning;
-                ckpt = None     # report the untrained module of seed k
-            if ckpt is None:
+            ckpt = init[v, seed][0]
+            if not ckpt:  # SPLAT-Scratch: the randomly initialised speech module of seed k
                 from speechlm.models.splat_speech import SplatSpeechConfig, SplatSpeechEncoder
 
                 torch.manual_seed(seed)

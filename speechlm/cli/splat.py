@@ -74,8 +74,8 @@ def run(args):
         open(done, "w").close()
         print(f"{args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     elif args.cmd == "adapt-bert":
-        from speechlm.splat.bert import adapt_mlm
         from speechlm.data.splat_text import read_transcripts
+        from speechlm.splat.bert import adapt_mlm
 
         texts = read_transcripts(args.data, args.split, args.ext)
         losses = adapt_mlm(args.bert, texts, args.out, steps=args.steps, batch_size=args.batch_size,

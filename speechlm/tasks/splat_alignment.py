@@ -33,6 +33,12 @@ class SplatAlignmentConfig(SplatFbankTaskConfig):
     transcript_ext: str = field(default="wrd", metadata={"help": "transcript file extension ({split}.EXT)"})
     idf_split: str = field(default="train_paired", metadata={"help": "split whose transcripts give the idf"})
     max_text_tokens: int = field(default=128, metadata={"help": "WordPiece tokens kept per transcript"})
+    center_text: bool = field(
+        default=False,
+        metadata={"help": "L_seq aligns s1 with t1 minus the mean t1 of the idf_split transcripts: the "
+                          "component every sentence shares is not a target (regressing onto it pulls every "
+                          "s1 to one point)"},
+    )
     text_pooling: ChoiceEnum(TEXT_POOLING_CHOICES) = field(
         default="cls",
         metadata={"help": "the sentence vector t1 that L_seq aligns s1 with: cls = BERT's [CLS] output (the "
@@ -54,6 +60,7 @@ class SplatAlignmentTask(SplatFbankTask):
         tok = self.tokenizer
         ids = tokenize(tok, read_transcripts(cfg.data, cfg.idf_split, cfg.transcript_ext), cfg.max_text_tokens)
         self.idf = compute_idf(ids, len(tok), [tok.cls_token_id, tok.sep_token_id, tok.pad_token_id])
+        self.text_mean = self.mean_sentence_vector(ids) if cfg.center_text else None
         logger.info(f"language module {cfg.bert_path}: width {self.text_embed_dim}, frozen; "
                     f"idf over {len(ids)} transcripts of {cfg.idf_split}")
 
@@ -76,5 +83,21 @@ class SplatAlignmentTask(SplatFbankTask):
         return self.text_cache(lm, text_tokens, self.tokenizer.pad_token_id)
 
     def sentence_vectors(self, text_tokens: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """t1 (B, H) of ``text_representations`` outputs ``hidden`` (B, L, H), by ``text_pooling``."""
-        return pool_sentence(hidden, text_tokens.ne(self.tokenizer.pad_token_id), self.cfg.text_pooling)
+        """t1 (B, H) of ``text_representations`` outputs ``hidden`` (B, L, H), by ``text_pooling``; minus
+        the mean t1 of the ``idf_split`` transcripts with ``center_text``."""
+        t1 = pool_sentence(hidden, text_tokens.ne(self.tokenizer.pad_token_id), self.cfg.text_pooling)
+        if self.text_mean is not None:
+            t1 = t1 - self.text_mean.to(t1)
+        return t1
+
+    def mean_sentence_vector(self, ids, batch_size: int = 64) -> torch.Tensor:
+        """The mean t1 (H,) over token-id lists ``ids``."""
+        from fairseq.data import data_utils
+
+        pad = self.tokenizer.pad_token_id
+        total = None
+        for b in range(0, len(ids), batch_size):
+            tokens = data_utils.collate_tokens([torch.tensor(x) for x in ids[b: b + batch_size]], pad)
+            t1 = pool_sentence(self.text_representations(tokens), tokens.ne(pad), self.cfg.text_pooling)
+            total = t1.sum(0) if total is None else total + t1.sum(0)
+        return total / len(ids)
