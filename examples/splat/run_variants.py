@@ -43,6 +43,9 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 CONFIG = os.path.join(HERE, "config")
 BIN = os.path.dirname(sys.executable)
 VARIANTS = ["scratch", "speech", "seq", "seq_mlm", "tok", "tok_mlm"]
+# the steps behind the comparison the paper headlines (Seq-MLM > Speech > Scratch, low-resource intent, QA)
+HEADLINE = {"pretrain", "mlm", "align_seq_mlm"} | {
+    f"{task}_{v}_{pct}" for v in ("scratch", "speech", "seq_mlm") for task, pct in (("intent", 10), ("qa", 100))}
 
 # tiny speech module for the mini recipe (the paper: 3 x 768 x 12 heads at 100 Hz; here 4 stacked
 # frames per position, 25 Hz, so that a CPU trains every variant in minutes)
@@ -61,8 +64,9 @@ def log(msg):
 class Step:
     """One command whose output goes to a log file; ``done`` marks it finished; CPU time is measured."""
 
-    def __init__(self, name: str, cmd: List[str], logfile: str, done: str, after=()):
+    def __init__(self, name: str, cmd: List[str], logfile: str, done: str, after=(), priority: int = 0):
         self.name, self.cmd, self.logfile, self.done, self.after = name, cmd, logfile, done, list(after)
+        self.priority = priority
         self.cpu: Optional[float] = None
         self.proc = None
 
@@ -77,7 +81,7 @@ def run_steps(steps: List[Step], jobs: int, timing: Dict[str, float]) -> None:
     todo = [s for s in steps if not s.finished()]
     running: Dict[int, Step] = {}
     while todo or running:
-        ready = [s for s in todo if all(d.finished() for d in s.after)]
+        ready = sorted((s for s in todo if all(d.finished() for d in s.after)), key=lambda s: s.priority)
         while ready and len(running) < jobs:
             s = ready.pop(0)
             todo.remove(s)
@@ -143,14 +147,17 @@ def best_on_valid(logfile: str, metric: str, also=()):
 
 
 def mean_sd(xs):
+    if not xs:
+        return float("nan"), float("nan")
     m = sum(xs) / len(xs)
     sd = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
     return m, sd
 
 
-def cell(xs, width=13, digits=1):
+def cell(xs, width=13, digits=1, seeds=1):
     m, sd = mean_sd(xs)
-    return (f"{m:.{digits}f}±{sd:.{digits}f}" if len(xs) > 1 else f"{m:.{digits}f}").rjust(width)
+    text = f"{m:.{digits}f}±{sd:.{digits}f}" if len(xs) > 1 else f"{m:.{digits}f}" if xs else "-"
+    return (text + (f" n={len(xs)}" if 0 < len(xs) < seeds else "")).rjust(width)
 
 
 def plot(results, names, path, fractions):
@@ -194,19 +201,23 @@ def main():
                         "[CLS] is nearly constant), cls for a real BERT")
     p.add_argument("--seeds", type=int, default=1, help="seeds 1..N of the whole pipeline")
     p.add_argument("--jobs", type=int, default=2, help="steps run at once (one thread each)")
+    p.add_argument("--report", action="store_true",
+                   help="run nothing: tabulate the steps already finished (cells show n= when seeds are missing)")
     p.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.1])
     p.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     p.add_argument("--pretrain-updates", type=int, default=400)
     p.add_argument("--align-split", default="train",
                    help="paired split of the alignment (the mini corpus's train has transcripts)")
-    p.add_argument("--align-updates", type=int, default=150)
-    p.add_argument("--align-lr", type=float, default=1e-3)
+    p.add_argument("--align-updates", type=int, default=120)
+    p.add_argument("--align-lr", type=float, default=3e-4)
+    p.add_argument("--no-center-text", dest="center_text", action="store_false",
+                   help="L_seq on t1 as it is (default: t1 minus the mean t1 of the alignment transcripts)")
     p.add_argument("--mlm-split", default="train_paired")
     p.add_argument("--mlm-steps", type=int, default=60)
-    p.add_argument("--intent-epochs", type=int, default=20)
+    p.add_argument("--intent-epochs", type=int, default=16)
     p.add_argument("--intent-batch", type=int, default=32)
     p.add_argument("--intent-lr", type=float, default=1e-3, help="the paper's 3e-4 is for 768-d models")
-    p.add_argument("--qa-epochs", type=int, default=8)
+    p.add_argument("--qa-epochs", type=int, default=6)
     p.add_argument("--qa-lr", type=float, default=1e-3)
     args = p.parse_args()
     t0, cpu0 = time.time(), time.process_time()
@@ -220,12 +231,17 @@ def main():
     timing = json.load(open(timing_file)) if os.path.exists(timing_file) else {}
     ck = os.path.join(W, "ckpt")
 
-    def train(name, config_dir, config_name, overrides, after=()):
+    def train(name, config_dir, config_name, overrides, after=(), priority=0):
         save = os.path.join(ck, name)
         cmd = [os.path.join(BIN, "fairseq-hydra-train"), "--config-dir", os.path.join(CONFIG, config_dir),
                "--config-name", config_name, f"common.user_dir={os.path.join(REPO, 'speechlm')}",
                f"checkpoint.save_dir={save}", "common.log_interval=10"] + overrides
-        return Step(name, cmd, L(name), os.path.join(save, "done"), after)
+        return Step(name, cmd, L(name), os.path.join(save, "done"), after, priority)
+
+    def priority(seed, key=None):
+        """Seed 1 first; for later seeds the steps of the headline comparison (Seq-MLM / Speech / Scratch
+        on intent with 10% of the data and on spoken QA) before the rest."""
+        return 0 if seed == 1 else (2 * seed - 1 if key in HEADLINE else 2 * seed)
 
     # 1. features and the mini SLU corpora
     intent, qa = os.path.join(W, "intent"), os.path.join(W, "qa")
@@ -248,12 +264,12 @@ def main():
         mlm = Step(f"adapt_bert{sfx}", speechlm + [
             "splat", "adapt-bert", args.bert, corpus, "--split", args.mlm_split, "--out", bert_mlm,
             "--steps", str(args.mlm_steps), "--batch-size", "16", "--lr", "1e-4", "--seed", str(seed)],
-            L(f"adapt_bert{sfx}"), os.path.join(bert_mlm, "done"))
+            L(f"adapt_bert{sfx}"), os.path.join(bert_mlm, "done"), priority=priority(seed, "mlm"))
         pre = train(f"speech{sfx}", "pretrain", "speech_module", [
             f"task.data={corpus}", f"common.seed={seed}", f"optimization.max_update={args.pretrain_updates}",
             "lr_scheduler.warmup_updates=60", "optimization.lr=[0.0005]", "dataset.max_tokens=8000",
             "task.max_frames=800", "checkpoint.save_interval_updates=0"] + MINI_SPEECH,
-            after=[feats] if feats else [])
+            after=[feats] if feats else [], priority=priority(seed, "pretrain"))
         steps += [pre]
         if any(c.mlm for c in variants.values()):
             steps.append(mlm)
@@ -267,16 +283,17 @@ def main():
                 init[v, seed] = (speech_ckpt[seed], [pre])
             else:
                 name = f"align_{c.alignment}{'_mlm' if c.mlm else ''}{sfx}"
-                # ~6 updates per epoch on the 192 train transcripts; validate on the last epoch only
+                # ~6 updates per epoch on the 192 train transcripts; validate at the end only
                 epochs = max(1, args.align_updates // 6)
                 a = train(name, "align", str(c.alignment), [
                     f"task.data={corpus}", f"task.bert_path={bert[seed][bool(c.mlm)]}",
-                    f"task.text_pooling={args.text_pooling}", f"model.init_from={speech_ckpt[seed]}",
+                    f"task.text_pooling={args.text_pooling}", f"task.center_text={args.center_text}",
+                    f"model.init_from={speech_ckpt[seed]}",
                     f"dataset.train_subset={args.align_split}", f"task.idf_split={args.align_split}",
                     f"common.seed={seed}", f"optimization.max_update={args.align_updates}",
                     f"optimization.max_epoch={epochs + 1}", f"optimization.lr=[{args.align_lr}]",
                     "lr_scheduler.warmup_updates=10", f"dataset.validate_interval={epochs + 1}"],
-                    after=[pre] + ([mlm] if c.mlm else []))
+                    after=[pre] + ([mlm] if c.mlm else []), priority=priority(seed, name[: -len(sfx)]))
                 steps.append(a)
                 init[v, seed] = (os.path.join(ck, name, "checkpoint_last.pt"), [a])
 
@@ -294,15 +311,17 @@ def main():
                     f"task.data={intent}", f"optimization.max_epoch={args.intent_epochs}",
                     f"dataset.batch_size={args.intent_batch}", f"optimization.lr=[{args.intent_lr}]",
                     "dataset.validate_interval=2"] + common,
-                    after=after)
+                    after=after, priority=priority(seed, f"intent_{v}_{int(round(frac * 100))}"))
                 sq = train(f"qa_{tag}", "downstream", "spoken_qa", [
                     f"task.data={qa}", f"task.bert_path={args.bert}", f"optimization.max_epoch={args.qa_epochs}",
-                    f"optimization.lr=[{args.qa_lr}]"] + common + MINI_QA, after=after)
+                    f"optimization.lr=[{args.qa_lr}]"] + common + MINI_QA, after=after,
+                    priority=priority(seed, f"qa_{v}_{int(round(frac * 100))}"))
                 steps += [si, sq]
                 down[v, frac, seed] = (si, sq)
 
-    run_steps(steps, args.jobs, timing)
-    json.dump(timing, open(timing_file, "w"), indent=1)
+    if not args.report:
+        run_steps(steps, args.jobs, timing)
+        json.dump(timing, open(timing_file, "w"), indent=1)
 
     results = {v: {} for v in variants}
 
@@ -311,10 +330,15 @@ def main():
 
     for (v, frac, seed), (si, sq) in down.items():
         sfx = "" if frac == 1.0 else f"_{int(round(frac * 100))}pct"
-        put(v, f"intent_acc{sfx}", best_on_valid(si.logfile, "accuracy")["accuracy"])
-        q = best_on_valid(sq.logfile, "aos", also=("f1",))
-        put(v, f"qa_aos{sfx}", q["aos"])
-        put(v, f"qa_f1{sfx}", q["f1"])
+        results[v].setdefault(f"intent_acc{sfx}", [])
+        results[v].setdefault(f"qa_aos{sfx}", [])
+        results[v].setdefault(f"qa_f1{sfx}", [])
+        if si.finished():
+            put(v, f"intent_acc{sfx}", best_on_valid(si.logfile, "accuracy")["accuracy"])
+        if sq.finished():
+            q = best_on_valid(sq.logfile, "aos", also=("f1",))
+            put(v, f"qa_aos{sfx}", q["aos"])
+            put(v, f"qa_f1{sfx}", q["f1"])
 
     # 5. geometry, in this process (one language module load per BERT)
     t_geo = time.process_time()
@@ -341,6 +365,8 @@ def main():
                 t1_cache[b] = text_sentence_vectors(b, texts, args.text_pooling)
                 text_geo[b] = text_geometry_scores(t1_cache[b])
             ckpt = init[v, seed][0]
+            if ckpt and not os.path.exists(ckpt):
+                continue  # --report before this seed's alignment finished
             if not ckpt:  # SPLAT-Scratch: the randomly initialised speech module of seed k
                 from speechlm.models.splat_speech import SplatSpeechConfig, SplatSpeechEncoder
 
@@ -358,14 +384,14 @@ def main():
     print()
     print("Table 3 (mini): intent accuracy % / spoken-QA AOS % / frame F1 % on test, best epoch on valid"
           + (f"; mean±sd over {len(seeds)} seeds" if len(seeds) > 1 else ""))
-    w = 13 if len(seeds) > 1 else 8
+    w = 17 if len(seeds) > 1 else 8
     print(" " * 16 + "".join(f"{f'-- {int(round(f * 100))}% train --':^{3 * w + 2}}" for f in args.fractions))
     print(f"{'variant':<16}" + "".join(f"{'intent':>{w}}{'AOS':>{w}}{'F1':>{w}}  " for _ in args.fractions))
     for v in variants:
         row = f"{names[v]:<16}"
         for frac in args.fractions:
             sfx = "" if frac == 1.0 else f"_{int(round(frac * 100))}pct"
-            row += "".join(cell(results[v][f"{k}{sfx}"], w) for k in ("intent_acc", "qa_aos", "qa_f1")) + "  "
+            row += "".join(cell(results[v][f"{k}{sfx}"], w, 1, len(seeds)) for k in ("intent_acc", "qa_aos", "qa_f1")) + "  "
         print(row)
     print()
     print(f"Table 4 (mini): cosine geometry of s1 on the corpus's valid split ({len(texts)} utterances; "
@@ -373,14 +399,14 @@ def main():
     print(f"{'model':<16}{'S_avg':>{w}}{'S_closest':>{w}}{'gap':>{w}}")
     for v in variants:
         gap = [c - a for a, c in zip(results[v]["s_avg"], results[v]["s_closest"])]
-        print(f"{names[v]:<16}{cell(results[v]['s_avg'], w, 3)}{cell(results[v]['s_closest'], w, 3)}"
-              f"{cell(gap, w, 3)}")
+        print(f"{names[v]:<16}{cell(results[v]['s_avg'], w, 3, len(seeds))}"
+              f"{cell(results[v]['s_closest'], w, 3, len(seeds))}{cell(gap, w, 3, len(seeds))}")
     for b, g in text_geo.items():
         label = "t1 itself (MLM)" if "bert_mlm" in b else "t1 itself"
         print(f"{label:<16}{g['S_avg']:>{w}.3f}{g['S_closest']:>{w}.3f}{g['S_closest'] - g['S_avg']:>{w}.3f}"
               f"   <- an exact copy of t1 ({os.path.basename(b)})")
     # a single seed is reported as one number, several as a list per seed
-    out = {v: {k: (x if len(seeds) > 1 else x[0]) for k, x in r.items()} for v, r in results.items()}
+    out = {v: {k: (x if len(seeds) > 1 else (x[0] if x else None)) for k, x in r.items()} for v, r in results.items()}
     out["_meta"] = {"seeds": seeds, "fractions": args.fractions, "text_pooling": args.text_pooling,
                     "bert": args.bert, "text_geometry": {os.path.basename(b): g for b, g in text_geo.items()}}
     json.dump(out, open(os.path.join(W, "results.json"), "w"), indent=1)
