@@ -208,8 +208,8 @@ def main():
     p.add_argument("--pretrain-updates", type=int, default=400)
     p.add_argument("--align-split", default="train",
                    help="paired split of the alignment (the mini corpus's train has transcripts)")
-    p.add_argument("--align-updates", type=int, default=120)
-    p.add_argument("--align-lr", type=float, default=3e-4)
+    p.add_argument("--align-updates", type=int, default=180)
+    p.add_argument("--align-lr", type=float, default=1e-3)
     p.add_argument("--no-center-text", dest="center_text", action="store_false",
                    help="L_seq on t1 as it is (default: t1 minus the mean t1 of the alignment transcripts)")
     p.add_argument("--mlm-split", default="train_paired")
