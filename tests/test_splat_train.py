@@ -347,7 +347,6 @@ def test_transcript_reader_checks_the_manifest(splat_data, tmp_path):
         read_transcripts(str(corpus), "valid", "txt")
 
 
-@pytest.mark.slow
 def test_sequence_alignment_transfers_text_structure_instead_of_collapsing(splat_data, pretrained):
     """After L_seq on the train transcripts (mean-pooled t1), the s1 of the aligned utterances are closer
     for utterances whose texts are close (S_closest - S_avg > 0 and above the pre-trained module's) and
