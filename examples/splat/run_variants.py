@@ -171,7 +171,7 @@ def plot(results, names, path, fractions):
     fig, ax = plt.subplots(1, 3, figsize=(16, 4.2))
     w = 0.38
     for k, (key, label) in enumerate((("s_avg", "S_avg"), ("s_closest", "S_closest"))):
-        ms = [mean_sd(results[v][key]) for v in vs]
+        ms = [mean_sd(results[v].get(key, [])) for v in vs]
         ax[0].bar([i + (k - 0.5) * w for i in x], [m for m, _ in ms], w, yerr=[s for _, s in ms], label=label,
                   capsize=3)
     ax[0].set_title("geometry of s1 on valid (Table 4)")
@@ -179,7 +179,7 @@ def plot(results, names, path, fractions):
                                            ("qa_aos", "spoken-QA AOS % (test)"))):
         for k, frac in enumerate(fractions):
             key = metric if frac == 1.0 else f"{metric}_{int(round(frac * 100))}pct"
-            ms = [mean_sd(results[v][key]) for v in vs]
+            ms = [mean_sd(results[v].get(key, [])) for v in vs]
             a.bar([i + (k - 0.5) * w for i in x], [m for m, _ in ms], w, yerr=[s for _, s in ms], capsize=3,
                   label=f"{int(round(frac * 100))}% of the training data")
         a.set_title(title)
@@ -361,12 +361,12 @@ def main():
     for seed in seeds:
         for v, c in variants.items():
             b = bert[seed][bool(c.mlm)]
-            if b not in t1_cache:
-                t1_cache[b] = text_sentence_vectors(b, texts, args.text_pooling)
-                text_geo[b] = text_geometry_scores(t1_cache[b])
             ckpt = init[v, seed][0]
             if ckpt and not os.path.exists(ckpt):
                 continue  # --report before this seed's alignment finished
+            if b not in t1_cache:
+                t1_cache[b] = text_sentence_vectors(b, texts, args.text_pooling)
+                text_geo[b] = text_geometry_scores(t1_cache[b])
             if not ckpt:  # SPLAT-Scratch: the randomly initialised speech module of seed k
                 from speechlm.models.splat_speech import SplatSpeechConfig, SplatSpeechEncoder
 
@@ -398,9 +398,10 @@ def main():
           f"neighbours by the language module's t1, {args.text_pooling} pooling)")
     print(f"{'model':<16}{'S_avg':>{w}}{'S_closest':>{w}}{'gap':>{w}}")
     for v in variants:
-        gap = [c - a for a, c in zip(results[v]["s_avg"], results[v]["s_closest"])]
-        print(f"{names[v]:<16}{cell(results[v]['s_avg'], w, 3, len(seeds))}"
-              f"{cell(results[v]['s_closest'], w, 3, len(seeds))}{cell(gap, w, 3, len(seeds))}")
+        s_avg, s_closest = results[v].setdefault("s_avg", []), results[v].setdefault("s_closest", [])
+        gap = [c - a for a, c in zip(s_avg, s_closest)]
+        print(f"{names[v]:<16}{cell(s_avg, w, 3, len(seeds))}{cell(s_closest, w, 3, len(seeds))}"
+              f"{cell(gap, w, 3, len(seeds))}")
     for b, g in text_geo.items():
         label = "t1 itself (MLM)" if "bert_mlm" in b else "t1 itself"
         print(f"{label:<16}{g['S_avg']:>{w}.3f}{g['S_closest']:>{w}.3f}{g['S_closest'] - g['S_avg']:>{w}.3f}"
