@@ -161,8 +161,11 @@ def cell(xs, width=13, digits=1, seeds=1):
 
 
 def plot(results, names, path, fractions):
+    import logging
+
     import matplotlib
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -361,9 +364,9 @@ def main():
     for seed in seeds:
         for v, c in variants.items():
             b = bert[seed][bool(c.mlm)]
-            ckpt = init[v, seed][0]
-            if ckpt and not os.path.exists(ckpt):
-                continue  # --report before this seed's alignment finished
+            ckpt, made_by = init[v, seed]
+            if not all(step.finished() for step in made_by):
+                continue  # --report before this seed's pre-training / alignment finished
             if b not in t1_cache:
                 t1_cache[b] = text_sentence_vectors(b, texts, args.text_pooling)
                 text_geo[b] = text_geometry_scores(t1_cache[b])
