@@ -15,7 +15,6 @@ the default ``weights_only``.
 import argparse
 import collections
 import functools
-import logging
 import pickle
 import typing
 from typing import Optional
@@ -24,8 +23,6 @@ import numpy as np
 import torch
 
 from speechlm.errors import UserError
-
-logger = logging.getLogger(__name__)
 
 
 class UnsafeCheckpointError(UserError, pickle.UnpicklingError):

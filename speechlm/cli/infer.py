@@ -28,8 +28,6 @@ import torch
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.dataclass.configs import CommonConfig, CommonEvalConfig, DatasetConfig
 
-logger = logging.getLogger("speechlm.infer")
-
 DECODER_CHOICES = ChoiceEnum(["viterbi", "kenlm"])
 
 

@@ -15,7 +15,6 @@ masks are, and their *unmasked* frames' Speech-Transformer outputs become the un
 their unit before the Shared Transformer. Masks and swaps draw from generators seeded from torch's
 RNG, which fairseq's trainer seeds with ``common.seed + update`` at every step: same seed, same run.
 """
-import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
@@ -30,8 +29,6 @@ from fairseq.modules import GradMultiply, LayerNorm
 from speechlm.modules.conv_frontend import MaskedConvFeatureExtractor, conv_output_lengths, parse_conv_layers
 from speechlm.modules.relpos_transformer import RelPosTransformer
 from speechlm.modules.uctc_head import UCTCHead
-
-logger = logging.getLogger(__name__)
 
 EXTRACTOR_MODE_CHOICES = ChoiceEnum(["default", "layer_norm"])
 MASK_TYPE_CHOICES = ChoiceEnum(["static", "uniform", "normal", "poisson"])

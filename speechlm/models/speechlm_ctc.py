@@ -23,17 +23,17 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 from fairseq.data.data_utils import compute_mask_indices
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.dataclass import FairseqDataclass
 from fairseq.models import FairseqEncoder, register_model
 from fairseq.models.wav2vec.wav2vec2_asr import Wav2VecCtc
 from omegaconf import MISSING
 
 from speechlm.errors import UserError, UserFileNotFoundError
+from speechlm.models.speechlm import MASK_TYPE_CHOICES
 from speechlm.modules.uctc_head import UCTCHead
 
 logger = logging.getLogger(__name__)
 
-MASK_TYPE_CHOICES = ChoiceEnum(["static", "uniform", "normal", "poisson"])
 # Pre-trained model fields that fine-tuning may override (regularisation), by the same names.
 OVERRIDABLE = ("dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop",
                "dropout_input", "feature_grad_mult")

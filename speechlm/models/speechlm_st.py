@@ -16,7 +16,6 @@ As with ``speechlm_ctc``, the pre-trained model's config is saved in the fine-tu
 (``w2v_args``), so ``fairseq-generate`` needs only the fine-tuned file.
 """
 import argparse
-import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -27,8 +26,6 @@ from fairseq.models.transformer.transformer_legacy import base_architecture
 
 from speechlm.models.speechlm_ctc import SpeechLMEncoder, SpeechLMEncoderConfig
 from speechlm.modules.relpos_decoder import RelPosTransformerDecoder
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass

@@ -32,11 +32,11 @@ import torch
 import torch.nn as nn
 
 from speechlm.data.manifest import num_frames_50hz
-from speechlm.tokenizers.lexicon import ARPABET, SIL, Lexicon
+from speechlm.tokenizers.lexicon import PHONES, SIL, Lexicon
 
 logger = logging.getLogger(__name__)
 
-PHONE_UNITS = tuple(ARPABET) + (SIL,)  # the corpus's dict.phn.txt inventory
+PHONE_UNITS = PHONES  # the corpus's dict.phn.txt inventory (one definition, in tokenizers/lexicon.py)
 BLANK = 0  # CTC blank; unit u has index PHONE_UNITS.index(u) + 1
 NEG_INF = -1e30
 
