@@ -15,6 +15,7 @@ path measured faster than ``F.scaled_dot_product_attention`` with a float mask).
 The layers are fairseq's wav2vec2 ``TransformerSentenceEncoderLayer`` (same parameters and
 state-dict keys, plus ``norm_k`` when pre-LN); only the attention call is replaced.
 """
+import warnings
 from typing import Optional
 
 import torch
@@ -122,7 +123,14 @@ class RelPosTransformer(nn.Module):
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.layer_norm_first, self.layerdrop = layer_norm_first, layerdrop
         self.dropout = nn.Dropout(dropout)
-        self.pos_conv = make_conv_pos(embed_dim, conv_pos, conv_pos_groups) if conv_pos > 0 else None
+        self.pos_conv = None
+        if conv_pos > 0:
+            # fairseq's make_conv_pos uses torch.nn.utils.weight_norm, deprecated in torch 2.x; its
+            # weight_g/weight_v parameter names are what HuBERT and the released checkpoints hold, so
+            # keep it and silence only that FutureWarning here.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
+                self.pos_conv = make_conv_pos(embed_dim, conv_pos, conv_pos_groups)
         if absolute_positions:
             self.embed_positions = nn.Embedding(MAX_SHARED_POSITIONS + POSITION_PAD + 1, embed_dim,
                                                 padding_idx=POSITION_PAD)
