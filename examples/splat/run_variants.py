@@ -399,15 +399,16 @@ def main():
     print()
     print(f"Table 4 (mini): cosine geometry of s1 on the corpus's valid split ({len(texts)} utterances; "
           f"neighbours by the language module's t1, {args.text_pooling} pooling)")
-    print(f"{'model':<16}{'S_avg':>{w}}{'S_closest':>{w}}{'gap':>{w}}")
+    gw = max(w, len("S_closest") + 2)  # the header must not run into its neighbour
+    print(f"{'model':<16}{'S_avg':>{gw}}{'S_closest':>{gw}}{'gap':>{gw}}")
     for v in variants:
         s_avg, s_closest = results[v].setdefault("s_avg", []), results[v].setdefault("s_closest", [])
         gap = [c - a for a, c in zip(s_avg, s_closest)]
-        print(f"{names[v]:<16}{cell(s_avg, w, 3, len(seeds))}{cell(s_closest, w, 3, len(seeds))}"
-              f"{cell(gap, w, 3, len(seeds))}")
+        print(f"{names[v]:<16}{cell(s_avg, gw, 3, len(seeds))}{cell(s_closest, gw, 3, len(seeds))}"
+              f"{cell(gap, gw, 3, len(seeds))}")
     for b, g in text_geo.items():
         label = "t1 itself (MLM)" if "bert_mlm" in b else "t1 itself"
-        print(f"{label:<16}{g['S_avg']:>{w}.3f}{g['S_closest']:>{w}.3f}{g['S_closest'] - g['S_avg']:>{w}.3f}"
+        print(f"{label:<16}{g['S_avg']:>{gw}.3f}{g['S_closest']:>{gw}.3f}{g['S_closest'] - g['S_avg']:>{gw}.3f}"
               f"   <- an exact copy of t1 ({os.path.basename(b)})")
     # a single seed is reported as one number, several as a list per seed
     out = {v: {k: (x if len(seeds) > 1 else (x[0] if x else None)) for k, x in r.items()} for v, r in results.items()}
