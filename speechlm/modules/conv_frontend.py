@@ -7,11 +7,12 @@ alone than in a batch. ``MaskedConvFeatureExtractor`` subclasses fairseq's modul
 same state-dict keys, so HuBERT/SpeechLM checkpoints load unchanged) and computes that first norm
 over the real samples only. Without padding it is numerically the same as fairseq's forward.
 """
-import ast
 from typing import List, Optional, Tuple
 
 import torch
 from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
+
+from speechlm.checkpoint_io import literal_spec
 
 
 def conv_output_lengths(lengths: torch.Tensor, conv_layers: List[Tuple[int, int, int]]) -> torch.Tensor:
@@ -52,41 +53,16 @@ class MaskedConvFeatureExtractor(ConvFeatureExtractionModel):
         return x
 
 
-def _eval_spec(node, spec: str):
-    """Evaluate one node of a conv spec: list/tuple displays, ints, ``a + b``, ``a * n``; nothing else."""
-    if isinstance(node, ast.Expression):
-        return _eval_spec(node.body, spec)
-    if isinstance(node, ast.Constant) and type(node.value) is int:
-        return node.value
-    if isinstance(node, (ast.List, ast.Tuple)):
-        items = [_eval_spec(e, spec) for e in node.elts]
-        return items if isinstance(node, ast.List) else tuple(items)
-    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
-        left, right = _eval_spec(node.left, spec), _eval_spec(node.right, spec)
-        if isinstance(node.op, ast.Add) and isinstance(left, list) and isinstance(right, list):
-            return left + right
-        if isinstance(node.op, ast.Mult) and isinstance(left, list) and type(right) is int and 0 <= right <= 1000:
-            return left * right
-        if isinstance(node.op, ast.Mult) and type(left) is int and isinstance(right, list) and 0 <= left <= 1000:
-            return right * left
-    raise ValueError(
-        f"conv_feature_layers={spec!r}: only lists of (dim, kernel, stride) int tuples joined by + and "
-        f"repeated by * n are allowed (got {ast.dump(node)[:60]}...)"
-    )
-
-
 def parse_conv_layers(spec: str) -> List[Tuple[int, int, int]]:
     """``"[(512,10,5)] + [(512,3,2)] * 4"`` -> list of (dim, kernel, stride); the fairseq notation.
 
-    Parsed by a tiny grammar over Python's ``ast`` (lists, tuples, ints, ``+``, ``*``), never ``eval``.
+    Parsed by the one literal grammar of checkpoint config strings (:func:`speechlm.checkpoint_io.literal_spec`:
+    lists, tuples, numbers, ``+``, ``*``), never ``eval``.
     """
-    if not isinstance(spec, str) or len(spec) > 2000:
-        raise ValueError(f"conv_feature_layers={spec!r}: expected a string like \"[(512,10,5)] + [(512,3,2)] * 4\"")
     try:
-        tree = ast.parse(spec.strip(), mode="eval")
-    except SyntaxError as e:
-        raise ValueError(f"conv_feature_layers={spec!r} is not a list of (dim, kernel, stride): {e.msg}") from None
-    layers = _eval_spec(tree, spec)
+        layers = literal_spec(spec)
+    except ValueError as e:
+        raise ValueError(f"conv_feature_layers={spec!r} is not a list of (dim, kernel, stride): {e}") from None
     if not isinstance(layers, list) or not layers or not all(
         isinstance(t, tuple) and len(t) == 3 and all(type(v) is int and v > 0 for v in t) for t in layers
     ):
