@@ -22,6 +22,7 @@ bools, None, lists, tuples, ``+``, ``*``) before fairseq sees them.
 """
 import ast
 import builtins
+import contextlib
 import functools
 import glob
 import logging
@@ -257,9 +258,18 @@ def atomic_copy(src: str, dst: str) -> bool:
     """Copy ``src`` to ``dst`` through a temporary file and a rename; True on success."""
     import shutil
 
+    with _atomic_target(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return True
+
+
+@contextlib.contextmanager
+def _atomic_target(dst: str):
+    """Yield a temporary path beside ``dst``; on success fsync it and rename it onto ``dst``. The temporary
+    file never outlives the block, and a full disk becomes a UserError saying ``dst`` is intact."""
     tmp = _tmp_name(dst)
     try:
-        shutil.copyfile(src, tmp)
+        yield tmp
         _fsync_replace(tmp, dst)
     except OSError as e:
         _disk_full(e, dst)
@@ -267,7 +277,6 @@ def atomic_copy(src: str, dst: str) -> bool:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return True
 
 
 def _wrap_persistent_save(save_fn):
@@ -282,17 +291,8 @@ def _wrap_persistent_save(save_fn):
             return save_fn(obj, filename, async_write=async_write)
         import torch
 
-        tmp = _tmp_name(filename)
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(obj, f)
-            _fsync_replace(tmp, filename)
-        except OSError as e:
-            _disk_full(e, filename)
-            raise
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with _atomic_target(filename) as tmp, open(tmp, "wb") as f:
+            torch.save(obj, f)
 
     torch_persistent_save._speechlm_atomic = True
     return torch_persistent_save
