@@ -8,7 +8,11 @@ import soundfile as sf
 import torch
 
 import speechlm  # noqa: F401  (registers the components)
-from speechlm.criterions.splat_alignment import sequence_alignment_loss, token_alignment_loss
+from speechlm.criterions.splat_alignment import (
+    contrastive_alignment_loss,
+    sequence_alignment_loss,
+    token_alignment_loss,
+)
 from speechlm.criterions.spoken_qa import best_spans, span_overlap_scores, spans_to_frames
 from speechlm.data.fbank import SpeakerFeatures, compute_fbank, extract_features
 from speechlm.data.manifest import num_frames_100hz, write_manifest
@@ -21,6 +25,24 @@ def test_sequence_alignment_loss_is_l1_between_s1_and_cls():
     s1 = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
     t1 = torch.tensor([[0.0, 2.0, 5.0], [1.0, -1.0, 0.5]])
     assert torch.allclose(sequence_alignment_loss(s1, t1), torch.tensor([3.0, 2.5]))
+
+
+def test_contrastive_alignment_loss_is_infonce_on_cosines():
+    t1 = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0]])
+    s1 = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # the third points away from its target
+    loss = contrastive_alignment_loss(s1, t1, temperature=0.5)
+    cos = torch.nn.functional.normalize(s1, dim=-1) @ torch.nn.functional.normalize(t1, dim=-1).T
+    expect = -torch.log_softmax(cos / 0.5, dim=1).diagonal()
+    assert torch.allclose(loss, expect)
+    assert loss[0] < loss[2] and loss[1] < loss[2]
+    # only directions count: invariant to the scale of s1 and t1
+    assert torch.allclose(contrastive_alignment_loss(5 * s1, 0.1 * t1, 0.5), loss)
+    # a fourth row with utterance 0's transcript (another voice): not a negative of row 0 nor row 0 of it,
+    # while rows 1 and 2 now see that target twice among their negatives
+    dup = contrastive_alignment_loss(torch.cat([s1, s1[:1]]), torch.cat([t1, t1[:1]]), 0.5)
+    assert torch.allclose(dup[0], loss[0]) and torch.allclose(dup[3], loss[0])
+    four = torch.cat([cos, cos[:, :1]], 1) / 0.5
+    assert torch.allclose(dup[1:3], -torch.log_softmax(four[1:3], 1)[[0, 1], [1, 2]])
 
 
 def test_token_alignment_loss_idf_weighted_max_cosine():
@@ -201,3 +223,59 @@ def test_text_geometry_is_the_geometry_of_an_exact_copy():
     # a speech module that outputs one vector for everything: S_avg = S_closest = 1, no gap
     const = geometry_scores(torch.ones(12, 8), t1)
     assert const["S_avg"] == pytest.approx(1.0) and const["S_closest"] == pytest.approx(1.0)
+
+
+def test_sentence_target_centres_and_pca_whitens():
+    from speechlm.splat.targets import SentenceTarget
+
+    torch.manual_seed(0)
+    # 40 sentence vectors in 6-d: a shared offset, two strong directions and weak noise
+    basis = torch.linalg.qr(torch.randn(6, 6))[0]
+    coords = torch.randn(40, 6) * torch.tensor([5.0, 2.0, 0.01, 0.01, 0.01, 0.01])
+    t1 = coords @ basis.T + 3.0
+    assert torch.equal(SentenceTarget.fit(t1)(t1), t1)  # neither: the identity
+    c = SentenceTarget.fit(t1, center=True)(t1)
+    assert torch.allclose(c, t1 - t1.mean(0), atol=1e-5)
+    w = SentenceTarget.fit(t1, whiten=2)(t1)
+    assert w.shape == t1.shape  # stays in the language module's width
+    # unit variance along the two kept directions, nothing along the others; centred
+    cov = w.T @ w / (len(w) - 1)
+    eig = torch.linalg.eigvalsh(cov.double()).flip(0)
+    assert torch.allclose(eig[:2], torch.ones(2, dtype=torch.double), atol=1e-4)
+    assert eig[2:].abs().max() < 1e-4 and w.mean(0).abs().max() < 1e-4
+    # the weak directions no longer count: vectors that differ only along them map to the same target
+    x = t1[:1] + 0.5 * basis[:, 4]
+    assert torch.allclose(SentenceTarget.fit(t1, whiten=2)(x), w[:1], atol=1e-2)
+    with pytest.raises(ValueError, match="keep fewer than the number of alignment transcripts"):
+        SentenceTarget.fit(t1[:3], whiten=3)
+
+
+def test_run_variants_reads_step_costs_from_done_files(tmp_path):
+    """--report while the runner runs: the cost comes from the finished steps' done files (the runner
+    writes one per step as it finishes), a step without a record or not finished is left out."""
+    import importlib.util
+    import json
+    import os
+
+    spec = importlib.util.spec_from_file_location(
+        "run_variants", os.path.join(os.path.dirname(__file__), "..", "examples", "splat", "run_variants.py"))
+    rv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rv)
+
+    def step(name, cpu, after=()):
+        s = rv.Step(name, ["true"], str(tmp_path / f"{name}.log"), str(tmp_path / name / "done"), after)
+        if cpu is not None:
+            os.makedirs(tmp_path / name)
+            (tmp_path / name / "done").write_text(json.dumps({"cpu_s": cpu}) if cpu >= 0 else "")
+        return s
+
+    pre = step("pre", 100.0)
+    a, b = step("a", 50.0, [pre]), step("b", 30.0, [pre])
+    c = step("c", None, [a])  # not finished
+    old = step("old", -1)  # finished by an older runner: empty done file
+    assert [s.cpu_seconds() for s in (pre, a, b, c, old)] == [100.0, 50.0, 30.0, None, None]
+    assert c.finished() is False and old.finished() is True
+    timing = {s.name: s.cpu_seconds() for s in (pre, a, b, c, old) if s.cpu_seconds() is not None}
+    # two cores: pre, then a and b side by side
+    assert rv.idle_estimate([pre, a, b, c, old], timing, jobs=2) == pytest.approx(150.0)
+    assert rv.idle_estimate([pre, a, b, c, old], timing, jobs=1) == pytest.approx(180.0)

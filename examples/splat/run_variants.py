@@ -73,10 +73,19 @@ class Step:
     def finished(self) -> bool:
         return os.path.exists(self.done)
 
+    def cpu_seconds(self) -> Optional[float]:
+        """The CPU time the step took, from its ``done`` file (None: not finished, or finished by an older
+        version of this script that did not record it)."""
+        try:
+            return float(json.load(open(self.done))["cpu_s"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
-def run_steps(steps: List[Step], jobs: int, timing: Dict[str, float]) -> None:
+
+def run_steps(steps: List[Step], jobs: int) -> None:
     """Run ``steps`` (dependencies in ``after``) with ``jobs`` at a time; exit with the log's tail on
-    failure. The CPU seconds of every step run here go into ``timing``."""
+    failure. Each finished step's ``done`` file records its CPU and wall seconds, so that a ``--report``
+    (or a re-run) reads the cost of exactly the steps that have finished, even while this runs."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     todo = [s for s in steps if not s.finished()]
     running: Dict[int, Step] = {}
@@ -104,9 +113,9 @@ def run_steps(steps: List[Step], jobs: int, timing: Dict[str, float]) -> None:
             tail = open(s.logfile).read()[-3000:]
             sys.exit(f"step {s.name} failed (rc={rc}): {' '.join(s.cmd)}\n--- {s.logfile} ---\n{tail}")
         s.cpu = usage.ru_utime + usage.ru_stime
-        timing[s.name] = s.cpu
         os.makedirs(os.path.dirname(s.done), exist_ok=True)
-        open(s.done, "w").close()
+        with open(s.done, "w") as f:
+            json.dump({"cpu_s": round(s.cpu, 2), "wall_s": round(time.time() - s.t0, 2)}, f)
         log(f"done  {s.name}: {time.time() - s.t0:.0f} s wall, {s.cpu:.0f} s CPU")
 
 
@@ -215,6 +224,10 @@ def main():
     p.add_argument("--align-lr", type=float, default=1e-3)
     p.add_argument("--no-center-text", dest="center_text", action="store_false",
                    help="L_seq on t1 as it is (default: t1 minus the mean t1 of the alignment transcripts)")
+    p.add_argument("--text-whiten", type=int, default=0,
+                   help="L_seq target: top-k PCA-whitened centred t1 (task.text_whiten; 0 = off)")
+    p.add_argument("--seq-loss", default="l1", choices=("l1", "contrastive"),
+                   help="L_seq: l1 (the paper) or contrastive (in-batch InfoNCE on cosines)")
     p.add_argument("--mlm-split", default="train_paired")
     p.add_argument("--mlm-steps", type=int, default=60)
     p.add_argument("--intent-epochs", type=int, default=16)
@@ -230,8 +243,6 @@ def main():
     L = lambda name: os.path.join(W, "logs", name + ".log")
     speechlm = [sys.executable, "-m", "speechlm"]
     seeds = list(range(1, args.seeds + 1))
-    timing_file = os.path.join(W, "timing.json")
-    timing = json.load(open(timing_file)) if os.path.exists(timing_file) else {}
     ck = os.path.join(W, "ckpt")
 
     def train(name, config_dir, config_name, overrides, after=(), priority=0):
@@ -291,6 +302,7 @@ def main():
                 a = train(name, "align", str(c.alignment), [
                     f"task.data={corpus}", f"task.bert_path={bert[seed][bool(c.mlm)]}",
                     f"task.text_pooling={args.text_pooling}", f"task.center_text={args.center_text}",
+                    f"task.text_whiten={args.text_whiten}", f"criterion.seq_loss={args.seq_loss}",
                     f"model.init_from={speech_ckpt[seed]}",
                     f"dataset.train_subset={args.align_split}", f"task.idf_split={args.align_split}",
                     f"common.seed={seed}", f"optimization.max_update={args.align_updates}",
@@ -323,8 +335,7 @@ def main():
                 down[v, frac, seed] = (si, sq)
 
     if not args.report:
-        run_steps(steps, args.jobs, timing)
-        json.dump(timing, open(timing_file, "w"), indent=1)
+        run_steps(steps, args.jobs)
 
     results = {v: {} for v in variants}
 
@@ -357,10 +368,12 @@ def main():
         text_sentence_vectors,
         utterance_vectors,
     )
+    from speechlm.splat.targets import SentenceTarget
 
     feats_valid = SpeakerFeatures(corpus, "valid")
     texts = read_transcripts(corpus, "valid")
-    t1_cache, text_geo = {}, {}
+    t1_cache, text_geo, target_geo = {}, {}, {}
+    align_texts = read_transcripts(corpus, args.align_split)
     for seed in seeds:
         for v, c in variants.items():
             b = bert[seed][bool(c.mlm)]
@@ -370,6 +383,10 @@ def main():
             if b not in t1_cache:
                 t1_cache[b] = text_sentence_vectors(b, texts, args.text_pooling)
                 text_geo[b] = text_geometry_scores(t1_cache[b])
+                # the L_seq target itself (centred / whitened as the alignment fits it on its transcripts)
+                fitted = SentenceTarget.fit(text_sentence_vectors(b, align_texts, args.text_pooling),
+                                            args.center_text, args.text_whiten)
+                target_geo[b] = geometry_scores(fitted(t1_cache[b]), t1_cache[b])
             if not ckpt:  # SPLAT-Scratch: the randomly initialised speech module of seed k
                 from speechlm.models.splat_speech import SplatSpeechConfig, SplatSpeechEncoder
 
@@ -381,7 +398,7 @@ def main():
             g = geometry_scores(utterance_vectors(enc, feats_valid), t1_cache[b])
             put(v, "s_avg", g["S_avg"])
             put(v, "s_closest", g["S_closest"])
-    timing["geometry"] = time.process_time() - t_geo
+    geometry_cpu = time.process_time() - t_geo
 
     # tables
     print()
@@ -406,23 +423,36 @@ def main():
         gap = [c - a for a, c in zip(s_avg, s_closest)]
         print(f"{names[v]:<16}{cell(s_avg, gw, 3, len(seeds))}{cell(s_closest, gw, 3, len(seeds))}"
               f"{cell(gap, gw, 3, len(seeds))}")
+    transformed = args.center_text or args.text_whiten
     for b, g in text_geo.items():
-        label = "t1 itself (MLM)" if "bert_mlm" in b else "t1 itself"
-        print(f"{label:<16}{g['S_avg']:>{gw}.3f}{g['S_closest']:>{gw}.3f}{g['S_closest'] - g['S_avg']:>{gw}.3f}"
-              f"   <- an exact copy of t1 ({os.path.basename(b)})")
+        for label, gg, what in [("t1 itself", g, "t1")] + (
+                [("L_seq target", target_geo[b], "the L_seq target")] if transformed else []):
+            label += " (MLM)" if "bert_mlm" in b else ""
+            print(f"{label:<16}{gg['S_avg']:>{gw}.3f}{gg['S_closest']:>{gw}.3f}"
+                  f"{gg['S_closest'] - gg['S_avg']:>{gw}.3f}   <- an exact copy of {what} ({os.path.basename(b)})")
     # a single seed is reported as one number, several as a list per seed
     out = {v: {k: (x if len(seeds) > 1 else (x[0] if x else None)) for k, x in r.items()} for v, r in results.items()}
     out["_meta"] = {"seeds": seeds, "fractions": args.fractions, "text_pooling": args.text_pooling,
-                    "bert": args.bert, "text_geometry": {os.path.basename(b): g for b, g in text_geo.items()}}
+                    "bert": args.bert, "center_text": args.center_text, "text_whiten": args.text_whiten,
+                    "seq_loss": args.seq_loss,
+                    "text_geometry": {os.path.basename(b): g for b, g in text_geo.items()},
+                    "target_geometry": {os.path.basename(b): g for b, g in target_geo.items()}}
     json.dump(out, open(os.path.join(W, "results.json"), "w"), indent=1)
     plot(results, names, os.path.join(W, "results.png"), args.fractions)
-    json.dump(timing, open(timing_file, "w"), indent=1)
-    cpu = sum(timing.values()) + time.process_time() - cpu0 - timing["geometry"]
-    idle = idle_estimate(steps, timing, args.jobs) + timing["geometry"]
+    # the cost of the finished steps, from their done files (written by whichever call ran them)
+    timing = {s.name: s.cpu_seconds() for s in steps if s.finished()}
+    unknown = sorted(n for n, c in timing.items() if c is None)
+    timing = {n: c for n, c in timing.items() if c is not None}
+    cpu = sum(timing.values()) + geometry_cpu
+    idle = idle_estimate(steps, timing, args.jobs) + geometry_cpu
     print(f"\nresults: {os.path.join(W, 'results.json')}, {os.path.join(W, 'results.png')}")
-    print(f"wall time of this call {time.time() - t0:.0f} s; CPU time of all steps {cpu:.0f} s; on an idle "
-          f"{args.jobs}-core machine (the same schedule, each step taking its measured CPU time) about "
-          f"{idle / 60:.1f} min")
+    print(f"wall time of this call {time.time() - t0:.0f} s (CPU {time.process_time() - cpu0:.0f} s)")
+    missing = len(steps) - len(timing) - len(unknown)
+    gaps = ([f"{missing} not finished"] if missing else []) + (
+        [f"{len(unknown)} finished without a record"] if unknown else [])
+    scope = f"the {len(timing)} of {len(steps)} steps with a recorded cost ({', '.join(gaps)})" if gaps else "all steps"
+    print(f"CPU time of {scope} and the geometry: {cpu:.0f} s; on an idle {args.jobs}-core machine (the same "
+          f"schedule, each step taking its measured CPU time) about {idle / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 
 - ``seq``: L_seq = || s1 - t1 ||_1, the first speech output against the language module's sentence
   vector t1 (its [CLS] output, or the mean token output with ``task.text_pooling=mean``).
+  ``seq_loss=contrastive`` replaces the L1 by an in-batch contrastive loss (InfoNCE on cosines): s1 of
+  utterance i must be closer to its own t1 than to the other t1 of the batch. It matches the direction of
+  t1 relative to the other sentences instead of every coordinate, so the part all sentences share
+  earns nothing (an L1 regression that cannot yet tell sentences apart returns that shared part).
 - ``tok``: L_tok = - sum_j idf(t_j) max_i cos(s_i, t_j) / sum_j idf(t_j) (BERTScore recall with idf;
   [CLS]/[SEP]/padding weigh 0).
 
@@ -20,6 +24,17 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 def sequence_alignment_loss(s1: torch.Tensor, t1: torch.Tensor) -> torch.Tensor:
     """s1, t1 (B, H) -> (B,) L1 distances."""
     return (s1 - t1).abs().sum(-1)
+
+
+def contrastive_alignment_loss(s1: torch.Tensor, t1: torch.Tensor, temperature: float) -> torch.Tensor:
+    """s1, t1 (B, H) -> (B,) InfoNCE: -log softmax_j(cos(s1_i, t1_j) / temperature) at j = i. Other rows
+    with the same target (one transcript spoken by several voices) are not counted as negatives."""
+    sn, tn = F.normalize(s1, dim=-1), F.normalize(t1, dim=-1)
+    logits = sn @ tn.T / temperature
+    with torch.no_grad():
+        same = (tn @ tn.T > 1 - 1e-6) & ~torch.eye(len(t1), dtype=torch.bool, device=t1.device)
+    logits = logits.masked_fill(same, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(len(s1), device=s1.device), reduction="none")
 
 
 def token_alignment_loss(
@@ -42,6 +57,12 @@ class SplatAlignmentCriterionConfig(FairseqDataclass):
     alignment: ChoiceEnum(["seq", "tok"]) = field(
         default="seq", metadata={"help": "seq: L1 between s1 and [CLS]; tok: idf-weighted max cosine"}
     )
+    seq_loss: ChoiceEnum(["l1", "contrastive"]) = field(
+        default="l1",
+        metadata={"help": "alignment=seq: l1 = || s1 - t1 ||_1 (the paper); contrastive = in-batch InfoNCE on "
+                          "cosines (s1_i against every t1 of the batch)"},
+    )
+    temperature: float = field(default=0.1, metadata={"help": "seq_loss=contrastive: cosine temperature"})
 
 
 @register_criterion("splat_alignment", dataclass=SplatAlignmentCriterionConfig)
@@ -51,6 +72,7 @@ class SplatAlignmentCriterion(FairseqCriterion):
         if not hasattr(task, "text_representations"):
             raise ValueError("criterion splat_alignment needs task splat_alignment (it holds the BERT)")
         self.alignment = cfg.alignment
+        self.seq_loss, self.temperature = cfg.seq_loss, cfg.temperature
 
     def forward(self, model, sample, reduce=True):
         net = sample["net_input"]
@@ -60,7 +82,10 @@ class SplatAlignmentCriterion(FairseqCriterion):
         t = self.task.text_representations(tokens)
         t1 = self.task.sentence_vectors(tokens, t)
         if self.alignment == "seq":
-            losses = sequence_alignment_loss(s[:, 0], t1)
+            if self.seq_loss == "contrastive":
+                losses = contrastive_alignment_loss(s[:, 0], t1, self.temperature)
+            else:
+                losses = sequence_alignment_loss(s[:, 0], t1)
         else:
             weight = self.task.idf.to(tokens.device)[tokens]
             pad = out["padding_mask"]

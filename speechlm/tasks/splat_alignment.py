@@ -18,6 +18,7 @@ from omegaconf import MISSING, open_dict
 from speechlm.data.splat_text import read_transcripts
 from speechlm.splat.bert import TEXT_POOLING_CHOICES, BertBundle, FrozenOutputCache, pool_sentence, tokenize
 from speechlm.splat.idf import compute_idf
+from speechlm.splat.targets import SentenceTarget
 from speechlm.tasks.splat_pretraining import SplatFbankTask, SplatFbankTaskConfig
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,11 @@ class SplatAlignmentConfig(SplatFbankTaskConfig):
         metadata={"help": "L_seq aligns s1 with t1 minus the mean t1 of the idf_split transcripts: the "
                           "component every sentence shares is not a target (regressing onto it pulls every "
                           "s1 to one point)"},
+    )
+    text_whiten: int = field(
+        default=0,
+        metadata={"help": "k > 0: L_seq's target keeps the top k principal directions of the centred t1 of the "
+                          "idf_split transcripts, each scaled to unit variance (PCA whitening); 0: off"},
     )
     text_pooling: ChoiceEnum(TEXT_POOLING_CHOICES) = field(
         default="cls",
@@ -60,7 +66,9 @@ class SplatAlignmentTask(SplatFbankTask):
         tok = self.tokenizer
         ids = tokenize(tok, read_transcripts(cfg.data, cfg.idf_split, cfg.transcript_ext), cfg.max_text_tokens)
         self.idf = compute_idf(ids, len(tok), [tok.cls_token_id, tok.sep_token_id, tok.pad_token_id])
-        self.text_mean = self.mean_sentence_vector(ids) if cfg.center_text else None
+        self.target = SentenceTarget()
+        if cfg.center_text or cfg.text_whiten:
+            self.target = SentenceTarget.fit(self.pooled_sentence_vectors(ids), cfg.center_text, cfg.text_whiten)
         logger.info(f"language module {cfg.bert_path}: width {self.text_embed_dim}, frozen; "
                     f"idf over {len(ids)} transcripts of {cfg.idf_split}")
 
@@ -84,20 +92,17 @@ class SplatAlignmentTask(SplatFbankTask):
 
     def sentence_vectors(self, text_tokens: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """t1 (B, H) of ``text_representations`` outputs ``hidden`` (B, L, H), by ``text_pooling``; minus
-        the mean t1 of the ``idf_split`` transcripts with ``center_text``."""
+        the mean t1 of the ``idf_split`` transcripts with ``center_text``, PCA-whitened with ``text_whiten``."""
         t1 = pool_sentence(hidden, text_tokens.ne(self.tokenizer.pad_token_id), self.cfg.text_pooling)
-        if self.text_mean is not None:
-            t1 = t1 - self.text_mean.to(t1)
-        return t1
+        return self.target(t1)
 
-    def mean_sentence_vector(self, ids, batch_size: int = 64) -> torch.Tensor:
-        """The mean t1 (H,) over token-id lists ``ids``."""
+    def pooled_sentence_vectors(self, ids, batch_size: int = 64) -> torch.Tensor:
+        """t1 (N, H), pooled by ``text_pooling``, of token-id lists ``ids``."""
         from fairseq.data import data_utils
 
         pad = self.tokenizer.pad_token_id
-        total = None
+        out = []
         for b in range(0, len(ids), batch_size):
             tokens = data_utils.collate_tokens([torch.tensor(x) for x in ids[b: b + batch_size]], pad)
-            t1 = pool_sentence(self.text_representations(tokens), tokens.ne(pad), self.cfg.text_pooling)
-            total = t1.sum(0) if total is None else total + t1.sum(0)
-        return total / len(ids)
+            out.append(pool_sentence(self.text_representations(tokens), tokens.ne(pad), self.cfg.text_pooling))
+        return torch.cat(out)
