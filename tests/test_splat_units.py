@@ -279,3 +279,16 @@ def test_run_variants_reads_step_costs_from_done_files(tmp_path):
     # two cores: pre, then a and b side by side
     assert rv.idle_estimate([pre, a, b, c, old], timing, jobs=2) == pytest.approx(150.0)
     assert rv.idle_estimate([pre, a, b, c, old], timing, jobs=1) == pytest.approx(180.0)
+
+
+def test_random_neighbour_gaps_centre_on_zero_and_shrink_with_n():
+    from speechlm.splat.geometry import random_neighbour_gaps
+
+    torch.manual_seed(0)
+    small, large = random_neighbour_gaps(torch.randn(10, 16) + 0.5), random_neighbour_gaps(torch.randn(200, 16) + 0.5)
+    assert small.shape == (1000,)
+    assert abs(small.mean().item()) < 0.01 and abs(large.mean().item()) < 0.01
+    assert large.std() < small.std() / 2  # the noise floor falls with the number of utterances
+    # never the utterance itself: an s1 set of two vectors always pairs them, gap = cos - S_avg = 0
+    two = random_neighbour_gaps(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), draws=5)
+    assert torch.allclose(two, torch.zeros(5), atol=1e-6)

@@ -15,8 +15,9 @@ finished run only prints the tables):
  4. per seed and variant: intent accuracy and spoken-QA AOS / frame F1 on the test split at the epoch that
     is best on valid, with 100% and 10% of the downstream training data (Table 3, Figure 3); the QA model
     reads the question through the frozen language module
- 5. geometry (Table 4): S_avg and S_closest of s1 on the corpus's valid split for every variant, and the
-    same scores of the text vectors t1 themselves (what an exact copy of t1 would reach)
+ 5. geometry (Table 4): S_avg and S_closest of s1 on the corpus's valid split for every variant, the spread
+    of the gap with random neighbours (``chance sd``: the noise floor on a split this small), and the same
+    scores of the text vectors t1 and of the L_seq target themselves (what an exact copy would reach)
 
 Seed k (1..--seeds) is ``common.seed`` of every training step of that seed (pre-training, MLM,
 alignment, downstream), so the spread covers the whole pipeline. Independent steps run ``--jobs`` at a
@@ -364,6 +365,7 @@ def main():
     from speechlm.splat.geometry import (
         geometry_scores,
         load_speech_module,
+        random_neighbour_gaps,
         text_geometry_scores,
         text_sentence_vectors,
         utterance_vectors,
@@ -395,9 +397,12 @@ def main():
                     **{f.split("=")[0][len("model."):]: int(f.split("=")[1]) for f in MINI_SPEECH})).eval()
             else:
                 enc = load_speech_module(ckpt)
-            g = geometry_scores(utterance_vectors(enc, feats_valid), t1_cache[b])
+            s1 = utterance_vectors(enc, feats_valid)
+            g = geometry_scores(s1, t1_cache[b])
             put(v, "s_avg", g["S_avg"])
             put(v, "s_closest", g["S_closest"])
+            # the spread of the gap with random instead of text neighbours: its noise floor on this split
+            put(v, "gap_chance_sd", random_neighbour_gaps(s1).std().item())
     geometry_cpu = time.process_time() - t_geo
 
     # tables
@@ -417,12 +422,12 @@ def main():
     print(f"Table 4 (mini): cosine geometry of s1 on the corpus's valid split ({len(texts)} utterances; "
           f"neighbours by the language module's t1, {args.text_pooling} pooling)")
     gw = max(w, len("S_closest") + 2)  # the header must not run into its neighbour
-    print(f"{'model':<16}{'S_avg':>{gw}}{'S_closest':>{gw}}{'gap':>{gw}}")
+    print(f"{'model':<16}{'S_avg':>{gw}}{'S_closest':>{gw}}{'gap':>{gw}}{'chance sd':>{gw}}")
     for v in variants:
         s_avg, s_closest = results[v].setdefault("s_avg", []), results[v].setdefault("s_closest", [])
         gap = [c - a for a, c in zip(s_avg, s_closest)]
         print(f"{names[v]:<16}{cell(s_avg, gw, 3, len(seeds))}{cell(s_closest, gw, 3, len(seeds))}"
-              f"{cell(gap, gw, 3, len(seeds))}")
+              f"{cell(gap, gw, 3, len(seeds))}{cell(results[v].setdefault('gap_chance_sd', []), gw, 3, len(seeds))}")
     transformed = args.center_text or args.text_whiten
     for b, g in text_geo.items():
         for label, gg, what in [("t1 itself", g, "t1")] + (

@@ -65,6 +65,19 @@ def geometry_scores(s1: torch.Tensor, t1: torch.Tensor) -> Dict[str, float]:
     return {"S_avg": s_avg, "S_closest": s_closest}
 
 
+def random_neighbour_gaps(s1: torch.Tensor, draws: int = 1000, seed: int = 0) -> torch.Tensor:
+    """(draws,) gaps S_closest - S_avg of ``s1`` (N, H) when each utterance's "closest" one is drawn at
+    random among the others instead of by text: the gap a speech space with no text structure shows by
+    chance on N utterances (its spread is the noise floor of the geometry on a small split)."""
+    N = s1.shape[0]
+    ss = F.normalize(s1.float(), dim=-1) @ F.normalize(s1.float(), dim=-1).T
+    s_avg = ss[~torch.eye(N, dtype=torch.bool)].mean()
+    g = torch.Generator().manual_seed(seed)
+    j = torch.randint(0, N - 1, (draws, N), generator=g)
+    j = j + (j >= torch.arange(N))  # skip i itself
+    return ss[torch.arange(N), j].mean(1) - s_avg
+
+
 def text_geometry_scores(t1: torch.Tensor) -> Dict[str, float]:
     """S_avg and S_closest of the text vectors t1 (N, H) themselves (an exact copy of t1 as s1)."""
     return geometry_scores(t1, t1)
