@@ -173,9 +173,9 @@ def cell(xs, width=13, digits=1, seeds=1):
 def plot(results, names, path, fractions):
     import logging
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # before the import, which logs at DEBUG
     import matplotlib
 
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
