@@ -41,6 +41,7 @@ def main(argv=None):
     from speechlm.tokenizers import phone_recognizer as R
     from speechlm.tokenizers.features import mfcc_39
     from speechlm.tokenizers.lexicon import Lexicon
+    from speechlm.tokenizers.phone_alignment import label_with_transcript
     from speechlm.tokenizers.phone_lm import ArpaLM, label_with_phone_lm
 
     rows_out = []
@@ -79,7 +80,7 @@ def main(argv=None):
         wp = R.transcript_phones(wd.split(), lex)
         if wp is not None:
             try:
-                R.label_with_transcript(lp, wp)
+                label_with_transcript(lp, wp)
             except ValueError:
                 pass
     report("4 forced alignment (100 h)", time.process_time() - c, audio_s, "audio s", 100 * 3600)
@@ -88,11 +89,15 @@ def main(argv=None):
     for lp in lps:
         label_with_phone_lm(lp, lm, 1.0, 2.0, 16)
     report("4 phone-LM beam search (860 h)", time.process_time() - c, audio_s, "audio s", 860 * 3600)
-    # recognizer training: one epoch over these utterances (forward + backward), per audio second
-    feats = [R.utterance_features(w) for w in wavs]
-    targets = [R.ctc_targets(R.transcript_phones(["A"], lex)) for _ in feats]
+    # recognizer training: one epoch over these utterances (reading, MFCC, forward + backward), per audio second
+    from speechlm.data.readers import Manifest
+    from speechlm.tokenizers.phone_training import PhoneCtcDataset, TrainingConfig, train_recognizer
+
+    targets = [R.ctc_targets(R.transcript_phones(["A"], lex)) for _ in rows]
+    data = PhoneCtcDataset(Manifest.load(os.path.join(args.corpus, "valid.tsv")), range(len(rows)), targets,
+                           R.utterance_features)
     c = time.process_time()
-    R.train_recognizer(feats, targets, R.PhoneRecognizerConfig(), epochs=1, batch_size=8, log_every=0)
+    train_recognizer(data, R.PhoneRecognizerConfig(), TrainingConfig(epochs=1, batch_size=8))
     report("4 recognizer training, per epoch (100 h)", time.process_time() - c, audio_s, "audio s", 100 * 3600)
     print(f"CPU time of one thread, {len(rows)} utterances ({audio_s:.0f} s of audio); full scale: "
           "960 h / 281,241 utterances (unpaired speech 860 h, paired 100 h)")

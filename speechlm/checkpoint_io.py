@@ -263,6 +263,14 @@ def atomic_copy(src: str, dst: str) -> bool:
     return True
 
 
+def atomic_torch_save(obj, path: str) -> None:
+    """``torch.save(obj, path)`` through a temporary file renamed onto ``path``: a kill leaves the old file."""
+    import torch
+
+    with _atomic_target(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+
+
 @contextlib.contextmanager
 def _atomic_target(dst: str):
     """Yield a temporary path beside ``dst``; on success fsync it and rename it onto ``dst``. The temporary

@@ -1,6 +1,5 @@
 """Speech -> phone units: CTC phone recognizer, forced alignment with optional SIL, labelling, scoring."""
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -8,9 +7,11 @@ import pytest
 
 from speechlm.cli.main import main as speechlm_main
 from speechlm.data.manifest import num_frames_50hz
-from speechlm.data.readers import load_manifest, read_audio
-from speechlm.tokenizers import phone_recognizer as R
+from speechlm.data.readers import load_manifest
+from speechlm.tokenizers import phone_recognizer as R, phone_training as T
 from speechlm.tokenizers.lexicon import Lexicon
+from speechlm.tokenizers.phone_alignment import fill_blanks, forced_align
+from speechlm.tokenizers.phone_scoring import collapse, score_labels
 
 SIL = R.PHONE_UNITS.index("SIL") + 1
 
@@ -27,56 +28,107 @@ def test_forced_align_takes_optional_sil_only_where_the_audio_has_it():
     lp = _posteriors([SIL, SIL, a, a, 0, b, SIL, SIL, c, c])
     tokens = [SIL, a, b, SIL, c, SIL]
     optional = [True, False, False, True, False, True]
-    path = R.forced_align(lp, tokens, optional)
+    path = forced_align(lp, tokens, optional)
     assert path.tolist() == [0, 0, 1, 1, -1, 2, 3, 3, 4, 4]
     # no pause in the audio: the optional SILs are skipped
     lp = _posteriors([a, a, b, b, c, c, 0])
-    assert R.forced_align(lp, tokens, optional).tolist() == [1, 1, 2, 2, 4, 4, -1]
+    assert forced_align(lp, tokens, optional).tolist() == [1, 1, 2, 2, 4, 4, -1]
 
 
 def test_forced_align_needs_a_blank_between_repeated_tokens_and_fails_when_too_short():
     lp = _posteriors([5, 0, 5])
-    assert R.forced_align(lp, [5, 5], [False, False]).tolist() == [0, -1, 1]
+    assert forced_align(lp, [5, 5], [False, False]).tolist() == [0, -1, 1]
     with pytest.raises(ValueError, match="no CTC path for 2 tokens in 2 frames"):
-        R.forced_align(_posteriors([5, 5]), [5, 5], [False, False])
+        forced_align(_posteriors([5, 5]), [5, 5], [False, False])
 
 
 def test_blank_frames_go_to_the_neighbouring_phone():
-    assert R.fill_blanks(np.array([0, 3, 0, 0, 0, 0, 4, 0])).tolist() == [3, 3, 3, 3, 4, 4, 4, 4]
-    assert R.fill_blanks(np.array([0, 0])).tolist() == [SIL, SIL]
+    assert fill_blanks(np.array([0, 3, 0, 0, 0, 0, 4, 0])).tolist() == [3, 3, 3, 3, 4, 4, 4, 4]
+    assert fill_blanks(np.array([0, 0])).tolist() == [SIL, SIL]
 
 
 def test_score_labels_on_a_hand_made_example():
     ref = [["SIL", "AH", "AH", "B", "SIL"]]
     hyp = [["SIL", "AH", "B", "B", "B"]]
-    r = R.score_labels(hyp, ref)
+    r = score_labels(hyp, ref)
     assert r["frame_accuracy"] == pytest.approx(3 / 5) and r["phone_error_rate"] == 0.0
-    r = R.score_labels([["SIL", "AH", "AH", "D", "SIL"]], ref)
+    r = score_labels([["SIL", "AH", "AH", "D", "SIL"]], ref)
     assert r["phone_error_rate"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="utterance 1: 2 hypothesis frames but 5"):
-        R.score_labels([["SIL", "AH"]], ref)
+        score_labels([["SIL", "AH"]], ref)
+
+
+def _train_set(mini_corpus, cache_dir=None):
+    """`train` of the tiny corpus (its train_paired has too few utterances whose words are all in the CMU
+    dictionary), featurized per item."""
+    data, skipped = T.PhoneCtcDataset.from_split(str(mini_corpus), "train", Lexicon.cmudict(),
+                                                 R.utterance_features, cache_dir)
+    assert len(data) >= 8 and len(data) + len(skipped) == len(load_manifest(str(mini_corpus / "train.tsv"))[1])
+    return data
 
 
 @pytest.fixture(scope="module")
 def recognizer(mini_corpus, tmp_path_factory):
-    """A tiny recognizer trained for a few dozen updates (on `train`: the tiny corpus's train_paired has
-    too few utterances whose words are all in the CMU dictionary)."""
-    lexicon = Lexicon.cmudict()
-    root, rows = load_manifest(str(mini_corpus / "train.tsv"))
-    words = (mini_corpus / "train.wrd").read_text().splitlines()
-    feats, targets = [], []
-    for (rel, _), w in zip(rows, words):
-        wp = R.transcript_phones(w.split(), lexicon)
-        if wp is not None:
-            feats.append(R.utterance_features(read_audio(os.path.join(root, rel))))
-            targets.append(R.ctc_targets(wp))
-    assert len(feats) >= 8
+    """A tiny recognizer trained for a few dozen updates."""
     cfg = R.PhoneRecognizerConfig(dim=64, layers=3)
-    model, losses = R.train_recognizer(feats, targets, cfg, epochs=100, batch_size=8, lr=3e-3, max_updates=40,
-                                       log_every=0)
+    tcfg = T.TrainingConfig(epochs=100, batch_size=8, lr=3e-3, max_updates=40)
+    model, history = T.train_recognizer(_train_set(mini_corpus), cfg, tcfg)
     path = tmp_path_factory.mktemp("pr") / "phone_ctc.pt"
     R.save_recognizer(model, str(path))
-    return path, losses
+    return path, history["losses"]
+
+
+def test_the_dataset_holds_paths_and_targets_not_features(mini_corpus, tmp_path):
+    """Streaming: the dataset keeps manifest rows and target ids; features are made per item (or read back
+    from the per-utterance cache files), so memory does not grow with the features of the corpus."""
+    data = _train_set(mini_corpus)
+    held = [v for v in vars(data).values()] + list(vars(data.manifest).values())
+    assert not any(isinstance(v, (np.ndarray,)) for v in held)
+    assert all(isinstance(r, int) for r in data.rows) and all(isinstance(u, int) for t in data.targets for u in t)
+    f0, t0 = data[0]
+    assert f0.dtype == np.float32 and f0.shape[1] == 39 and t0 == data.targets[0]
+    assert not any(isinstance(v, np.ndarray) for v in vars(data).values())  # nothing kept after the read
+    cached = _train_set(mini_corpus, str(tmp_path / "cache"))
+    np.testing.assert_array_equal(cached[3][0], data[3][0])
+    assert (tmp_path / "cache" / f"{cached.rows[3]}.npy").is_file()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [f"{cached.rows[3]}.npy"]
+    np.testing.assert_array_equal(cached[3][0], data[3][0])  # read back from the file
+
+
+def test_training_resumes_after_an_interruption_to_the_same_model(mini_corpus, tmp_path):
+    """4 epochs straight == 2 epochs, a crash, then the same command resuming (SpecAugment on, so the RNG
+    state travels with the checkpoint too); valid scored every epoch."""
+    import torch
+
+    data = _train_set(mini_corpus)
+    data.rows, data.targets = data.rows[:12], data.targets[:12]
+    valid = _train_set(mini_corpus)
+    valid.rows, valid.targets = valid.rows[12:16], valid.targets[12:16]
+    cfg = R.PhoneRecognizerConfig(dim=32, layers=1)
+    tcfg = T.TrainingConfig(epochs=4, batch_size=4, lr=3e-3, time_masks=2, channel_masks=1)
+    straight, h1 = T.train_recognizer(data, cfg, tcfg, valid, str(tmp_path / "a"))
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_2(record):
+        if record["epoch"] == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        T.train_recognizer(data, cfg, tcfg, valid, str(tmp_path / "b"), on_epoch_end=kill_after_2)
+    seen = []
+    resumed, h2 = T.train_recognizer(data, cfg, tcfg, valid, str(tmp_path / "b"), on_epoch_end=seen.append)
+    assert [r["epoch"] for r in seen] == [3, 4]  # epochs 1-2 not trained again
+    assert [r["epoch"] for r in h2["epochs"]] == [1, 2, 3, 4] and len(h2["losses"]) == 4 * 3
+    assert h2["losses"] == pytest.approx(h1["losses"], rel=1e-5)
+    for k, v in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+    assert all(0 <= r["valid_per"] and r["valid_loss"] > 0 for r in h2["epochs"])
+    # other settings: refused with what differs
+    with pytest.raises(ValueError, match=r"other training settings \(epochs: 4 there, 6 now\)"):
+        T.train_recognizer(data, cfg, T.TrainingConfig(epochs=6, batch_size=4, lr=3e-3, time_masks=2,
+                                                       channel_masks=1), None, str(tmp_path / "b"))
 
 
 @pytest.mark.slow
@@ -114,7 +166,7 @@ def test_label_score_shard_and_merge(mini_corpus, recognizer, tmp_path, capsys):
     assert [len(x) for x in free] == [num_frames_50hz(n) for _, n in rows]
     ref = [x.split() for x in (mini_corpus / "valid.phn").read_text().splitlines()]
     # forced alignment keeps the transcript's phones: fewer phone errors than the barely trained model alone
-    assert forced["phone_error_rate"] < R.score_labels(free, ref)["phone_error_rate"]
+    assert forced["phone_error_rate"] < score_labels(free, ref)["phone_error_rate"]
 
 
 @pytest.mark.slow
@@ -200,7 +252,7 @@ def test_label_with_a_phone_lm(mini_corpus, recognizer, tmp_path, capsys):
         total = n = 0
         for line in (tmp_path / name / "valid.phn").read_text().splitlines():
             hist = ("<s>",)
-            for p in R.collapse(line.split()) + ["</s>"]:
+            for p in collapse(line.split()) + ["</s>"]:
                 total, n, hist = total + model.logp(hist, p), n + 1, (hist + (p,))[-2:]
         return total / n
 
@@ -236,7 +288,7 @@ def test_label_in_the_kaldi_inventory(mini_corpus, recognizer, tmp_path):
     assert {u for x in kal for u in x} <= set(fixture.read_text().split()[::2])
     for x, i in zip(kal, keep):  # every word's phones in order, with their B/I/E/S positions
         expect = [u for w in wrd[i].split() for u in word_position_phones(cmu[w.lower()][0])]
-        assert R.collapse(x) == R.collapse(expect)
+        assert collapse(x) == collapse(expect)
     with pytest.raises(SystemExit, match="--inventory kaldi needs --transcripts"):
         speechlm_main(["phone-units", "label", str(corpus), "valid", "--model", model, "--out-dir",
                        str(tmp_path / "k2"), "--inventory", "kaldi"])

@@ -37,8 +37,19 @@ def add_args(parser):
     p.add_argument("--dim", type=int, default=192, help="channels of the conv blocks")
     p.add_argument("--layers", type=int, default=6, help="residual conv blocks")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--time-masks", type=int, default=0,
+                   help="SpecAugment: time masks (up to 10 input frames each) per utterance (default: 0)")
+    p.add_argument("--channel-masks", type=int, default=0,
+                   help="SpecAugment: channel masks (up to 6 channels each) per utterance (default: 0)")
+    p.add_argument("--valid-split", default="valid",
+                   help="transcribed split scored after every epoch (CTC loss, greedy PER), if CORPUS has "
+                        "its .tsv and .wrd (default: valid; '' for none)")
+    p.add_argument("--train-dir", help="where checkpoint_last.pt is kept after every epoch; a run that finds "
+                                       "one resumes from it (default: SAVE without .pt + '.train')")
     p.add_argument("--checkpoint", default="", help="input = a layer of this hubert/speechlm checkpoint (default: MFCC)")
-    p.add_argument("--layer", type=int, default=0, help="the layer (1-based), with --checkpoint")
+    p.add_argument("--layer", type=int, default=0, help="the layer (1-based), with --checkpoint; its features "
+                                                        "are computed once into TRAIN_DIR/features/")
 
     p = sub.add_parser("label", help="frame-level phone units of a manifest (one shard)")
     p.add_argument("corpus", help="directory with SPLIT.tsv (and SPLIT.wrd with --transcripts)")
@@ -73,27 +84,6 @@ def add_args(parser):
     p.add_argument("--ref", required=True)
 
 
-def _load_split(corpus, split, need_words, lexicon=None):
-    from speechlm.data.readers import load_labels, load_manifest
-    from speechlm.tokenizers.phone_recognizer import transcript_phones
-
-    tsv = os.path.join(corpus, f"{split}.tsv")
-    root, rows = load_manifest(tsv)
-    words = None
-    if need_words:
-        wrd = os.path.join(corpus, f"{split}.wrd")
-        lines = load_labels(wrd, len(rows), tsv)
-        words = []
-        for i, line in enumerate(lines):
-            wp = transcript_phones(line.split(), lexicon)
-            if wp is None:
-                missing = [w for w in line.split() if lexicon.get(w) is None]
-                words.append((i + 1, missing))
-            else:
-                words.append(wp)
-    return root, rows, words
-
-
 def _read_lines(path):
     with open(path, encoding="utf-8") as f:
         return [line.split() for line in f.read().splitlines()]
@@ -104,40 +94,51 @@ def run(args):
     import numpy as np
     import torch
 
-    from speechlm.data.readers import read_audio
     from speechlm.tokenizers import phone_recognizer as R
     from speechlm.tokenizers.lexicon import Lexicon
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.action == "train":
-        lexicon = Lexicon.load(args.lexicon, args.inventory)
-        root, rows, words = _load_split(args.corpus, args.split, True, lexicon)
+        from speechlm.tokenizers import phone_training as T
+
         if args.checkpoint and args.layer < 1:
             sys.exit("speechlm phone-units train: --checkpoint needs --layer N (1-based Transformer layer)")
+        lexicon = Lexicon.load(args.lexicon, args.inventory)
+        train_dir = args.train_dir or (args.save[:-3] if args.save.endswith(".pt") else args.save) + ".train"
         featurize = R.make_featurizer(args.checkpoint, args.layer)
-        feats, targets, skipped = [], [], []
-        for (rel, n), wp in zip(rows, words):
-            if isinstance(wp, tuple):
-                skipped.append(wp)
-                continue
-            feats.append(featurize(read_audio(os.path.join(root, rel))))
-            targets.append(R.ctc_targets(wp))
+        cache = os.path.join(train_dir, "features") if args.checkpoint else None
+        train, skipped = T.PhoneCtcDataset.from_split(args.corpus, args.split, lexicon, featurize,
+                                                      cache and os.path.join(cache, args.split))
         if skipped:
             print(f"[phone-units] skipped {len(skipped)} utterances with words missing from the lexicon, "
                   f"e.g. {args.split}.wrd line {skipped[0][0]}: {skipped[0][1]}", file=sys.stderr)
-        if not feats:
+        if not len(train):
             sys.exit(f"speechlm phone-units train: no usable utterance in {args.corpus}/{args.split}")
-        cfg = R.PhoneRecognizerConfig(dim=args.dim, layers=args.layers, input_dim=feats[0].shape[1],
-                                      input_rate=50 if args.checkpoint else 100,
+        valid = None
+        vs = args.valid_split
+        if vs and all(os.path.isfile(os.path.join(args.corpus, f"{vs}.{e}")) for e in ("tsv", "wrd")):
+            valid, _ = T.PhoneCtcDataset.from_split(args.corpus, vs, lexicon, featurize,
+                                                    cache and os.path.join(cache, vs))
+        cfg = R.PhoneRecognizerConfig(dim=args.dim, layers=args.layers, input_dim=train.features(0).shape[1],
+                                      input_rate=50 if args.checkpoint else 100, dropout=args.dropout,
                                       feature_checkpoint=os.path.abspath(args.checkpoint) if args.checkpoint else "",
                                       feature_layer=args.layer)
-        model, losses = R.train_recognizer(feats, targets, cfg, args.epochs, args.batch_size, args.lr,
-                                           args.seed, args.max_updates)
+        tcfg = T.TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                max_updates=args.max_updates, time_masks=args.time_masks,
+                                channel_masks=args.channel_masks)
+        try:
+            model, history = T.train_recognizer(train, cfg, tcfg, valid, train_dir)
+        except ValueError as e:
+            sys.exit(f"speechlm phone-units train: {e}")
         R.save_recognizer(model, args.save)
+        losses = history["losses"]
         k = max(1, len(losses) // 10)
-        print(f"[phone-units] {len(losses)} updates on {len(feats)} utterances; CTC loss "
-              f"{np.mean(losses[:k]):.3f} (first 10%) -> {np.mean(losses[-k:]):.3f} (last 10%); -> {args.save}",
-              file=sys.stderr)
+        last = history["epochs"][-1] if history["epochs"] else {}
+        scored = (f"; {vs}: CTC loss {last['valid_loss']:.3f}, greedy PER {100 * last['valid_per']:.1f} %"
+                  if "valid_loss" in last else "")
+        print(f"[phone-units] {len(losses)} updates on {len(train)} utterances; CTC loss "
+              f"{np.mean(losses[:k]):.3f} (first 10%) -> {np.mean(losses[-k:]):.3f} (last 10%){scored}; "
+              f"-> {args.save}", file=sys.stderr)
     elif args.action == "label":
         from speechlm.tokenizers.phone_labelling import LabellingError, label_split
 
@@ -176,11 +177,13 @@ def run(args):
             sys.exit(f"speechlm phone-units merge: {e}")
         print(f"[phone-units] merged {args.nshard} shards -> {out}", file=sys.stderr)
     elif args.action == "score":
+        from speechlm.tokenizers.phone_scoring import score_labels
+
         hyp, ref = _read_lines(args.hyp), _read_lines(args.ref)
         if len(hyp) != len(ref):
             sys.exit(f"speechlm phone-units score: {args.hyp} has {len(hyp)} lines, {args.ref} has {len(ref)}")
         try:
-            print(json.dumps(R.score_labels(hyp, ref)))
+            print(json.dumps(score_labels(hyp, ref)))
         except ValueError as e:
             sys.exit(f"speechlm phone-units score: {args.hyp} vs {args.ref}: {e}")
     return 0

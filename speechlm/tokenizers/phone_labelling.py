@@ -51,8 +51,9 @@ def label_split(corpus: str, split: str, model_path: str, out_dir: str, transcri
                 lm_weight: float = 1.0, insertion: float = 2.0, beam: int = 16, nshard: int = 1,
                 rank: int = 0) -> LabellingReport:
     """Label rows ``shard_range(n, nshard, rank)`` of ``corpus/split.tsv``; see the module docstring."""
-    from speechlm.data.readers import load_manifest, read_audio
+    from speechlm.data.readers import Manifest
     from speechlm.tokenizers import phone_recognizer as R
+    from speechlm.tokenizers.phone_alignment import label_with_transcript, label_without_transcript
     from speechlm.tokenizers.phone_lm import ArpaLM, label_with_phone_lm
     from speechlm.tokenizers.shards import shard_range
 
@@ -60,7 +61,8 @@ def label_split(corpus: str, split: str, model_path: str, out_dir: str, transcri
     if kaldi and not transcripts:
         raise LabellingError("Kaldi position-dependent labels need word boundaries: give --transcripts "
                              f"({corpus}/{split}.wrd)")
-    root, rows = load_manifest(os.path.join(corpus, f"{split}.tsv"))
+    manifest = Manifest.load(os.path.join(corpus, f"{split}.tsv"))
+    rows = manifest.rows
     words = transcripts_as_phones(corpus, split, len(rows), lexicon or Lexicon.load()) if transcripts else None
     lm = ArpaLM.load(phone_lm) if phone_lm else None
     model = R.load_recognizer(model_path)
@@ -77,8 +79,7 @@ def label_split(corpus: str, split: str, model_path: str, out_dir: str, transcri
     report = LabellingReport(out=os.path.join(out_dir, f"{name}.phn"))
     with open(report.out + ".tmp", "w", encoding="utf-8") as f:
         for i in range(start, end):
-            rel, _ = rows[i]
-            lp = R.posteriors(model, read_audio(os.path.join(root, rel)))
+            lp = R.posteriors(model, manifest.audio(i))
             labels = None
             if words is not None:
                 wp = words[i]
@@ -91,7 +92,7 @@ def label_split(corpus: str, split: str, model_path: str, out_dir: str, transcri
                     report.oov_lines.append(wp)
                 else:
                     try:
-                        labels = R.label_with_transcript(lp, wp)
+                        labels = label_with_transcript(lp, wp)
                         report.aligned += 1
                     except ValueError:
                         report.too_short += 1  # transcript does not fit in the frames
@@ -103,7 +104,7 @@ def label_split(corpus: str, split: str, model_path: str, out_dir: str, transcri
                 labels = label_with_phone_lm(lp, lm, lm_weight, insertion, beam)
                 report.phone_lm += 1
             if labels is None:
-                labels = R.label_without_transcript(lp)
+                labels = label_without_transcript(lp)
                 report.posteriors += 1
             f.write(" ".join(labels) + "\n")
             report.utterances += 1

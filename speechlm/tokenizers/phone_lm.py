@@ -11,7 +11,7 @@ per-frame argmax of the recognizer's posteriors ignores which phone sequences En
    ``score = log P_ctc + lm_weight * ln P_lm + insertion * |phones|``, where the blank and ``SIL`` posteriors are
    merged (silence emits no LM token).
 3. ``label_with_phone_lm``: the best phone sequence is force-aligned back to the frames with ``SIL`` optional
-   between every two phones (``phone_recognizer.forced_align``), so frame labels keep their silences.
+   between every two phones (``phone_alignment.forced_align``), so frame labels keep their silences.
 """
 import math
 from collections import defaultdict
@@ -161,7 +161,7 @@ def beam_search(log_probs: np.ndarray, units: Sequence[str], lm: ArpaLM, blank: 
 def label_with_phone_lm(log_probs: np.ndarray, lm: ArpaLM, lm_weight: float = 1.0, insertion: float = 0.0,
                         beam: int = 16) -> List[str]:
     """Frame-level phones of one utterance from the recognizer's log posteriors (T, 41) and a phone LM."""
-    from speechlm.tokenizers import phone_recognizer as R
+    from speechlm.tokenizers import phone_alignment as A, phone_recognizer as R
 
     units = ("<blank>",) + tuple(R.PHONE_UNITS)
     sil = R.PHONE_UNITS.index(SIL) + 1
@@ -174,8 +174,8 @@ def label_with_phone_lm(log_probs: np.ndarray, lm: ArpaLM, lm_weight: float = 1.
         tokens.extend([u, sil])
         optional.extend([False, True])
     try:
-        tok_idx = R.forced_align(log_probs, tokens, optional)
+        tok_idx = A.forced_align(log_probs, tokens, optional)
     except ValueError:  # more phones than frames allow: keep the posteriors' own labels
-        return R.label_without_transcript(log_probs)
+        return A.label_without_transcript(log_probs)
     frame_units = np.where(tok_idx >= 0, np.asarray(tokens)[np.maximum(tok_idx, 0)], R.BLANK)
-    return [R.PHONE_UNITS[u - 1] for u in R.fill_blanks(frame_units)]
+    return [R.PHONE_UNITS[u - 1] for u in A.fill_blanks(frame_units)]

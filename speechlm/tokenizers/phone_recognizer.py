@@ -1,31 +1,20 @@
-"""Speech -> frame-level phone units without Kaldi: a small CTC phone recognizer and a CTC aligner.
+"""The phone recognizer of ``speechlm phone-units``: a small CTC model from speech features to 40 phones.
 
-Recipe (``speechlm phone-units``):
+39-d MFCC at 100 Hz (per-utterance mean/variance normalized) -> a stride-2 convolution that puts output
+frame ``i`` at the centre of the 50 Hz frame ``i`` -> residual dilated conv blocks -> 40 units (39 ARPAbet +
+SIL) plus the CTC blank. Or, as input, a layer of a pre-trained hubert/speechlm checkpoint (already 50 Hz:
+stride 1). CTC targets are a transcript's phones through the lexicon, with ``SIL`` at both edges (what a
+user has: words, not alignments); Kaldi position-dependent lexicons map to their ``base_phone``.
 
-1. ``train``: 39-d MFCC at 100 Hz (per-utterance mean/variance normalized) -> a stride-2 convolution that
-   puts output frame ``i`` at the centre of the 50 Hz frame ``i`` -> residual dilated conv blocks -> 40 units
-   (39 ARPAbet + SIL) plus the CTC blank. Or, as input, a layer of a pre-trained hubert/speechlm checkpoint
-   (already 50 Hz: stride 1). Targets come from the ``.wrd`` transcripts of ``train_paired``
-   through the lexicon, with ``SIL`` at both edges (what a user has: words, not alignments).
-2. ``label``: one unit per 50 Hz frame (``num_frames_50hz``). With a transcript: CTC Viterbi forced
-   alignment of its phones, ``SIL`` optional at both edges and between words. Without: per-frame argmax of
-   the CTC posteriors. Either way, blank frames go to the neighbouring phone (each blank run is split at its
-   middle between the phone before and the phone after).
-3. ``score``: frame accuracy against the corpus's true alignments, and phone error rate of the collapsed
-   sequences (SIL left out on both sides).
+The rest of the tokenizer lives beside this file: ``phone_training`` (the streamed dataset and the training
+loop that validates and resumes), ``phone_alignment`` (forced alignment, argmax labels), ``phone_lm`` and
+``phone_words`` (decoding unpaired speech with a phone LM or a lexicon + word LM), ``phone_labelling`` (a
+manifest -> ``.phn``), ``phone_scoring`` (frame accuracy, PER).
 
-Kaldi position-dependent phones (``--inventory kaldi``, ``lexicon.KALDI_SYMBOLS``): the recognizer stays
-position-independent (targets and alignment use each symbol's ``base_phone``), and ``label_with_transcript``
-writes, for every frame, the transcript token it is aligned to, i.e. the lexicon's stressed phone with its
-word-position suffix (``SIL`` bare): Kaldi frame labels from a position-independent alignment plus the word
-boundaries of the transcript. Without a transcript there are no word boundaries, so no Kaldi labels.
-
-The checkpoint is a plain ``torch.save`` of tensors and built-in types (loads with ``weights_only=True``).
+The saved model is a plain ``torch.save`` of tensors and built-in types (loads with ``weights_only=True``).
 """
-import logging
-import math
 from dataclasses import asdict, dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -34,11 +23,8 @@ import torch.nn as nn
 from speechlm.data.manifest import num_frames_50hz
 from speechlm.tokenizers.lexicon import PHONES, SIL, Lexicon
 
-logger = logging.getLogger(__name__)
-
 PHONE_UNITS = PHONES  # the corpus's dict.phn.txt inventory (one definition, in tokenizers/lexicon.py)
 BLANK = 0  # CTC blank; unit u has index PHONE_UNITS.index(u) + 1
-NEG_INF = -1e30
 
 
 @dataclass
@@ -154,59 +140,11 @@ def ctc_targets(word_phones: List[List[str]]) -> List[int]:
     return ids
 
 
-def _collate(items):
-    feats = [torch.from_numpy(f) for f in items]
-    lengths = torch.tensor([len(f) for f in feats])
-    return nn.utils.rnn.pad_sequence(feats, batch_first=True), lengths
-
-
-def train_recognizer(
-    feats: List[np.ndarray],
-    targets: List[List[int]],
-    cfg: PhoneRecognizerConfig = None,
-    epochs: int = 20,
-    batch_size: int = 16,
-    lr: float = 2e-3,
-    seed: int = 0,
-    max_updates: Optional[int] = None,
-    log_every: int = 50,
-) -> Tuple[PhoneRecognizer, List[float]]:
-    """Train with CTC; returns the model (eval mode) and the loss of every update."""
-    cfg = cfg or PhoneRecognizerConfig()
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = PhoneRecognizer(cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    n_batches = math.ceil(len(feats) / batch_size)
-    total = epochs * n_batches if max_updates is None else min(max_updates, epochs * n_batches)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(total, 1), pct_start=0.1)
-    ctc = nn.CTCLoss(blank=BLANK, zero_infinity=True)
-    losses: List[float] = []
-    model.train()
-    for epoch in range(epochs):
-        order = rng.permutation(len(feats))
-        for b in range(n_batches):
-            if len(losses) >= total:
-                break
-            idx = order[b * batch_size : (b + 1) * batch_size]
-            x, lengths = _collate([feats[i] for i in idx])
-            lp, out_len = model(x, lengths)
-            tgt = [torch.tensor(targets[i]) for i in idx]
-            loss = ctc(lp.transpose(0, 1), torch.cat(tgt), out_len, torch.tensor([len(t) for t in tgt]))
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            if log_every and len(losses) % log_every == 0:
-                logger.info("epoch %d update %d: ctc loss %.3f", epoch + 1, len(losses), np.mean(losses[-log_every:]))
-    model.eval()
-    return model, losses
-
-
 def save_recognizer(model: PhoneRecognizer, path: str) -> None:
-    torch.save({"config": asdict(model.cfg), "units": list(PHONE_UNITS), "model": model.state_dict()}, path)
+    """The model alone (config, unit inventory, weights), written atomically."""
+    from speechlm.checkpoint_io import atomic_torch_save
+
+    atomic_torch_save({"config": asdict(model.cfg), "units": list(PHONE_UNITS), "model": model.state_dict()}, path)
 
 
 def load_recognizer(path: str) -> PhoneRecognizer:
@@ -228,140 +166,3 @@ def posteriors(model: PhoneRecognizer, wav: np.ndarray) -> np.ndarray:
     if lp.shape[0] != n:
         raise RuntimeError(f"recognizer gave {lp.shape[0]} frames for {len(wav)} samples, expected {n}")
     return lp
-
-
-def forced_align(log_probs: np.ndarray, tokens: Sequence[int], optional: Sequence[bool]) -> np.ndarray:
-    """CTC Viterbi alignment: the token index (into ``tokens``) of every frame, -1 for blank.
-
-    ``log_probs`` (T, V) with blank at index 0; ``tokens`` unit indices (>= 1); ``optional[k]`` lets the path
-    skip token ``k`` (and the blank after it). Raises ``ValueError`` when no path fits in T frames.
-    """
-    T, L = log_probs.shape[0], len(tokens)
-    S = 2 * L + 1  # blank, t0, blank, t1, ..., t_{L-1}, blank
-    label = np.zeros(S, dtype=np.int64)
-    label[1::2] = tokens
-    # predecessors of each state (up to 4): itself, previous, skip over a blank, skip an optional token
-    preds = [[s] for s in range(S)]
-    for s in range(1, S):
-        preds[s].append(s - 1)
-        if s % 2 == 1 and s >= 3 and label[s] != label[s - 2]:
-            preds[s].append(s - 2)
-    for k in range(L):
-        if optional[k]:
-            tok_state = 2 * k + 1
-            # blank before -> blank after; token before -> blank after / token after
-            preds[tok_state + 1].append(tok_state - 1)
-            if tok_state >= 3:
-                preds[tok_state + 1].append(tok_state - 2)
-                if tok_state + 2 < S and label[tok_state + 2] != label[tok_state - 2]:
-                    preds[tok_state + 2].append(tok_state - 2)
-            if tok_state + 2 < S:
-                preds[tok_state + 2].append(tok_state - 1)  # blank before -> next token
-    width = max(len(set(p)) for p in preds)
-    P = np.full((S, width), -1, dtype=np.int64)
-    for s, p in enumerate(preds):
-        p = sorted(set(p))
-        P[s, : len(p)] = p
-    valid = P >= 0
-    Pc = np.where(valid, P, 0)
-    # a path may start in a state whose earlier tokens are all optional, and end likewise
-    start = np.zeros(S, bool)
-    end = np.zeros(S, bool)
-    for s in range(S):
-        before = (s - 1) // 2 if s % 2 else s // 2  # tokens strictly before state s
-        after = (s + 1) // 2 if s % 2 else s // 2  # first token strictly after state s
-        start[s] = all(optional[:before])
-        end[s] = all(optional[after:])
-    emit = log_probs[:, label]  # (T, S)
-    score = np.where(start, emit[0], NEG_INF)
-    back = np.zeros((T, S), dtype=np.int64)
-    for t in range(1, T):
-        cand = np.where(valid, score[Pc], NEG_INF)  # (S, width)
-        j = cand.argmax(1)
-        back[t] = Pc[np.arange(S), j]
-        score = cand[np.arange(S), j] + emit[t]
-    final = np.where(end, score, NEG_INF)
-    s = int(final.argmax())
-    if final[s] <= NEG_INF / 2:
-        raise ValueError(f"no CTC path for {L} tokens in {T} frames (utterance too short for its transcript?)")
-    path = np.empty(T, dtype=np.int64)
-    for t in range(T - 1, -1, -1):
-        path[t] = s
-        s = back[t, s]
-    return np.where(path % 2 == 1, (path - 1) // 2, -1)
-
-
-def fill_blanks(frame_units: np.ndarray) -> np.ndarray:
-    """Give every blank frame (0) to its neighbouring unit: a blank run is split at its middle between the
-    unit before and the unit after; leading/trailing runs go to the only neighbour. (T,) -> (T,)."""
-    out = frame_units.copy()
-    nz = np.flatnonzero(frame_units != BLANK)
-    if len(nz) == 0:
-        return np.full_like(frame_units, PHONE_UNITS.index(SIL) + 1)
-    T = len(out)
-    out[: nz[0]] = out[nz[0]]
-    out[nz[-1] + 1 :] = out[nz[-1]]
-    for a, b in zip(nz[:-1], nz[1:]):
-        if b - a > 1:
-            mid = a + 1 + (b - a - 1) // 2
-            out[a + 1 : mid] = out[a]
-            out[mid:b] = out[b]
-    assert len(out) == T
-    return out
-
-
-def label_with_transcript(log_probs: np.ndarray, word_phones: List[List[str]]) -> List[str]:
-    """Frame-level phones by forced alignment of the transcript (SIL optional at edges and between words).
-
-    Each frame gets the transcript unit it is aligned to: ARPAbet phones, or Kaldi position-dependent ones
-    (aligned by their ``base_phone``)."""
-    sil = PHONE_UNITS.index(SIL) + 1
-    tokens, optional, names = [sil], [True], [SIL]
-    for i, p in enumerate(word_phones):
-        if i > 0:
-            tokens.append(sil)
-            optional.append(True)
-            names.append(SIL)
-        tokens.extend(PHONE_UNITS.index(base_phone(x)) + 1 for x in p)
-        optional.extend([False] * len(p))
-        names.extend(p)
-    tokens.append(sil)
-    optional.append(True)
-    names.append(SIL)
-    tok_idx = forced_align(log_probs, tokens, optional)
-    if np.all(tok_idx < 0):  # an empty transcript aligned to blanks only
-        return [SIL] * len(tok_idx)
-    # blanks filled on token positions (1-based), so a frame keeps its token's word position
-    return [names[t - 1] for t in fill_blanks(tok_idx + 1)]
-
-
-def label_without_transcript(log_probs: np.ndarray) -> List[str]:
-    """Frame-level phones from the per-frame argmax of the CTC posteriors."""
-    return [PHONE_UNITS[u - 1] for u in fill_blanks(log_probs.argmax(1))]
-
-
-def collapse(labels: Sequence[str], drop: Tuple[str, ...] = (SIL,)) -> List[str]:
-    """Runs of identical frame labels -> one label each, ``drop`` units removed."""
-    out, prev = [], None
-    for x in labels:
-        if x != prev and x not in drop:
-            out.append(x)
-        prev = x
-    return out
-
-
-def score_labels(hyp: List[Sequence[str]], ref: List[Sequence[str]]) -> dict:
-    """Frame accuracy and phone error rate (collapsed, SIL dropped) of frame-level phone labels."""
-    import editdistance
-
-    frames = correct = errors = ref_phones = 0
-    for i, (h, r) in enumerate(zip(hyp, ref)):
-        if len(h) != len(r):
-            raise ValueError(f"utterance {i + 1}: {len(h)} hypothesis frames but {len(r)} reference frames")
-        frames += len(r)
-        correct += sum(a == b for a, b in zip(h, r))
-        rc = collapse(r)
-        errors += editdistance.eval(collapse(h), rc)
-        ref_phones += len(rc)
-    return {"utterances": len(ref), "frames": frames, "frame_accuracy": correct / max(1, frames),
-            "phone_error_rate": errors / max(1, ref_phones)}
