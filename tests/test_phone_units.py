@@ -292,3 +292,42 @@ def test_label_in_the_kaldi_inventory(mini_corpus, recognizer, tmp_path):
     with pytest.raises(SystemExit, match="--inventory kaldi needs --transcripts"):
         speechlm_main(["phone-units", "label", str(corpus), "valid", "--model", model, "--out-dir",
                        str(tmp_path / "k2"), "--inventory", "kaldi"])
+
+
+def test_pseudo_labels_become_ctc_targets_and_bad_ones_name_the_line(mini_corpus, tmp_path):
+    """Self-training input: frame-level labels of unpaired speech -> SIL + phone runs (inner SIL dropped) + SIL."""
+    n = len(load_manifest(str(mini_corpus / "valid.tsv"))[1])
+    lines = ["SIL SIL AE1_B AE1_B T_E SIL SIL T_B T_E"] + ["SIL"] + ["SIL K K AE AE T"] * (n - 2)
+    (tmp_path / "valid.phn").write_text("\n".join(lines) + "\n")
+    data = T.PhoneCtcDataset.from_frame_labels(str(mini_corpus), "valid", str(tmp_path / "valid.phn"),
+                                               R.utterance_features)
+    ids = {u: R.PHONE_UNITS.index(u) + 1 for u in ("SIL", "AE", "T", "K")}
+    assert data.rows == [0] + list(range(2, n))  # the all-silence row has no target
+    assert data.targets[0] == [ids[u] for u in ("SIL", "AE", "T", "T", "T", "SIL")]  # T_E | T_B T_E: 3 runs
+    assert data.targets[1] == [ids[u] for u in ("SIL", "K", "AE", "T", "SIL")]
+    lines[3] = "SIL K XX SIL"
+    (tmp_path / "valid.phn").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"valid.phn:4: 'XX' is not a phone unit"):
+        T.PhoneCtcDataset.from_frame_labels(str(mini_corpus), "valid", str(tmp_path / "valid.phn"),
+                                            R.utterance_features)
+
+
+@pytest.mark.slow
+def test_self_training_on_pseudo_labels_through_the_cli(mini_corpus, tmp_path, capsys):
+    """`train --pseudo SPLIT PHN` trains on transcribed + frame-labelled speech (here the corpus's own valid.phn
+    stands in for `phone-units label` output); a run on other data in the same train dir is refused."""
+    cmd = ["phone-units", "train", str(mini_corpus), "--split", "train", "--save", str(tmp_path / "st.pt"),
+           "--pseudo", "valid", str(mini_corpus / "valid.phn"), "--epochs", "1",
+           "--dim", "32", "--layers", "1", "--valid-split", ""]
+    assert speechlm_main(cmd) == 0
+    err = capsys.readouterr().err
+    n_valid = len(load_manifest(str(mini_corpus / "valid.tsv"))[1])
+    assert f"+ {n_valid} utterances of valid with targets from" in err, err
+    import re
+
+    total, transcribed = map(int, re.search(r"updates on (\d+) utterances \((\d+) transcribed\)", err).groups())
+    assert total - transcribed == n_valid
+    assert (tmp_path / "st.train" / T.CHECKPOINT_LAST).is_file()
+    assert R.load_recognizer(str(tmp_path / "st.pt")).cfg.dim == 32
+    with pytest.raises(SystemExit, match=r"a run on other training data"):
+        speechlm_main(cmd[:7] + cmd[10:])  # without --pseudo

@@ -42,6 +42,10 @@ def add_args(parser):
                    help="SpecAugment: time masks (up to 10 input frames each) per utterance (default: 0)")
     p.add_argument("--channel-masks", type=int, default=0,
                    help="SpecAugment: channel masks (up to 6 channels each) per utterance (default: 0)")
+    p.add_argument("--pseudo", nargs=2, metavar=("SPLIT", "PHN"), action="append", default=[],
+                   help="self-training: also train on CORPUS/SPLIT.tsv with targets from the frame-level labels "
+                        "PHN (`phone-units label` output, e.g. of the unpaired speech decoded with --phone-lm); "
+                        "repeatable")
     p.add_argument("--valid-split", default="valid",
                    help="transcribed split scored after every epoch (CTC loss, greedy PER), if CORPUS has "
                         "its .tsv and .wrd (default: valid; '' for none)")
@@ -112,6 +116,20 @@ def run(args):
         if skipped:
             print(f"[phone-units] skipped {len(skipped)} utterances with words missing from the lexicon, "
                   f"e.g. {args.split}.wrd line {skipped[0][0]}: {skipped[0][1]}", file=sys.stderr)
+        parts = [train]
+        for split, phn in args.pseudo:
+            try:
+                parts.append(T.PhoneCtcDataset.from_frame_labels(args.corpus, split, phn, featurize,
+                                                                 cache and os.path.join(cache, split)))
+            except ValueError as e:
+                sys.exit(f"speechlm phone-units train: {e}")
+            print(f"[phone-units] + {len(parts[-1])} utterances of {split} with targets "
+                  f"from {phn}", file=sys.stderr)
+        n_transcribed = len(train)
+        if len(parts) > 1:
+            from torch.utils.data import ConcatDataset
+
+            train = ConcatDataset(parts)
         if not len(train):
             sys.exit(f"speechlm phone-units train: no usable utterance in {args.corpus}/{args.split}")
         valid = None
@@ -119,7 +137,7 @@ def run(args):
         if vs and all(os.path.isfile(os.path.join(args.corpus, f"{vs}.{e}")) for e in ("tsv", "wrd")):
             valid, _ = T.PhoneCtcDataset.from_split(args.corpus, vs, lexicon, featurize,
                                                     cache and os.path.join(cache, vs))
-        cfg = R.PhoneRecognizerConfig(dim=args.dim, layers=args.layers, input_dim=train.features(0).shape[1],
+        cfg = R.PhoneRecognizerConfig(dim=args.dim, layers=args.layers, input_dim=next(p for p in parts if len(p)).features(0).shape[1],
                                       input_rate=50 if args.checkpoint else 100, dropout=args.dropout,
                                       feature_checkpoint=os.path.abspath(args.checkpoint) if args.checkpoint else "",
                                       feature_layer=args.layer)
@@ -136,7 +154,8 @@ def run(args):
         last = history["epochs"][-1] if history["epochs"] else {}
         scored = (f"; {vs}: CTC loss {last['valid_loss']:.3f}, greedy PER {100 * last['valid_per']:.1f} %"
                   if "valid_loss" in last else "")
-        print(f"[phone-units] {len(losses)} updates on {len(train)} utterances; CTC loss "
+        pseudo = f" ({n_transcribed} transcribed)" if args.pseudo else ""
+        print(f"[phone-units] {len(losses)} updates on {len(train)} utterances{pseudo}; CTC loss "
               f"{np.mean(losses[:k]):.3f} (first 10%) -> {np.mean(losses[-k:]):.3f} (last 10%){scored}; "
               f"-> {args.save}", file=sys.stderr)
     elif args.action == "label":

@@ -26,6 +26,7 @@ from speechlm.tokenizers.phone_recognizer import (
     PHONE_UNITS,
     PhoneRecognizer,
     PhoneRecognizerConfig,
+    base_phone,
     ctc_targets,
     transcript_phones,
 )
@@ -69,6 +70,26 @@ class PhoneCtcDataset:
                 rows.append(i)
                 targets.append(ctc_targets(wp))
         return cls(manifest, rows, targets, featurize, cache_dir), skipped
+
+    @classmethod
+    def from_frame_labels(cls, corpus: str, split: str, phn: str, featurize, cache_dir: Optional[str] = None):
+        """``corpus/split.tsv`` with targets from frame-level phone labels (``phone-units label`` output, one
+        line per row): each line's phone runs, ``SIL`` dropped inside and put at both edges (as
+        ``ctc_targets`` does for a transcript). For self-training on unpaired speech."""
+        from speechlm.data.readers import Manifest, load_labels
+        from speechlm.tokenizers.phone_scoring import collapse
+
+        manifest = Manifest.load(os.path.join(corpus, f"{split}.tsv"))
+        rows, targets = [], []
+        for i, line in enumerate(load_labels(phn, len(manifest), manifest.path)):
+            phones = collapse(line.split())
+            unknown = [p for p in phones if base_phone(p) not in PHONE_UNITS]
+            if unknown:
+                raise ValueError(f"{phn}:{i + 1}: {unknown[0]!r} is not a phone unit (expected {PHONE_UNITS[0]}, ...)")
+            if phones:
+                rows.append(i)
+                targets.append(ctc_targets([phones]))
+        return cls(manifest, rows, targets, featurize, cache_dir)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -162,7 +183,26 @@ def evaluate(model: PhoneRecognizer, data: PhoneCtcDataset, batch_size: int = 16
     return {"loss": loss / max(1, len(data)), "per": errors / max(1.0, ref_len)}
 
 
-def _resume_state(path: str, cfg: PhoneRecognizerConfig, tcfg: TrainingConfig):
+def targets_digest(data) -> str:
+    """A digest of a training set's target sequences (a resumed run must train on the same data)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for i in range(len(data)):
+        h.update(np.asarray(_targets_of(data, i), dtype=np.int32).tobytes() + b"|")
+    return f"{len(data)} utterances, sha1 {h.hexdigest()[:12]}"
+
+
+def _targets_of(data, i):
+    if isinstance(data, PhoneCtcDataset):
+        return data.targets[i]
+    if isinstance(data, torch.utils.data.ConcatDataset):
+        d = int(np.searchsorted(data.cumulative_sizes, i, side="right"))
+        return _targets_of(data.datasets[d], i - (data.cumulative_sizes[d - 1] if d else 0))
+    return data[i][1]
+
+
+def _resume_state(path: str, cfg: PhoneRecognizerConfig, tcfg: TrainingConfig, digest: str):
     from speechlm.checkpoint_io import checkpoint_damage
 
     damage = checkpoint_damage(path)
@@ -176,18 +216,22 @@ def _resume_state(path: str, cfg: PhoneRecognizerConfig, tcfg: TrainingConfig):
             pairs = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
             raise ValueError(f"{path}: a run with other {name} settings ({pairs}); give the same settings to "
                              "resume it, or another directory (or remove it) to start over")
+    if state["train_data"] != digest:
+        raise ValueError(f"{path}: a run on other training data ({state['train_data']} there, {digest} now); "
+                         "give the same data to resume it, or another directory (or remove it) to start over")
     return state
 
 
 def train_recognizer(
-    train: PhoneCtcDataset,
+    train,
     cfg: Optional[PhoneRecognizerConfig] = None,
     tcfg: Optional[TrainingConfig] = None,
     valid: Optional[PhoneCtcDataset] = None,
     train_dir: Optional[str] = None,
     on_epoch_end: Optional[Callable[[dict], None]] = None,
 ) -> Tuple[PhoneRecognizer, dict]:
-    """Train with CTC; returns the model (eval mode) and the history
+    """Train with CTC on ``train`` (a ``PhoneCtcDataset``, or a ``torch.utils.data.ConcatDataset`` of them:
+    transcribed speech plus pseudo-labelled speech); returns the model (eval mode) and the history
     ``{"losses": [every update's loss], "epochs": [{"epoch", "updates", "train_loss", "valid_loss", "valid_per"}]}``.
 
     With ``train_dir``, every finished epoch is saved to ``train_dir/checkpoint_last.pt`` and a run that
@@ -206,8 +250,9 @@ def train_recognizer(
     history: dict = {"losses": [], "epochs": []}
     start_epoch = 1
     last = os.path.join(train_dir, CHECKPOINT_LAST) if train_dir else None
+    digest = targets_digest(train) if last else ""
     if last and os.path.exists(last):
-        state = _resume_state(last, cfg, tcfg)
+        state = _resume_state(last, cfg, tcfg, digest)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -249,7 +294,7 @@ def train_recognizer(
             atomic_torch_save({"model_config": asdict(cfg), "training_config": asdict(tcfg),
                                "units": list(PHONE_UNITS), "model": model.state_dict(), "optimizer": opt.state_dict(),
                                "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
-                               "epoch": epoch, "history": history}, last)
+                               "train_data": digest, "epoch": epoch, "history": history}, last)
         if on_epoch_end is not None:
             on_epoch_end(record)
     model.eval()
