@@ -2,6 +2,7 @@
 import itertools
 import math
 
+import editdistance
 import numpy as np
 import pytest
 import torch
@@ -305,3 +306,74 @@ def test_two_same_seed_trainings_give_identical_losses(mini_corpus):
     c = _tiny_training(8, source, target, units, letters)
     assert a == b
     assert a != c
+
+
+def _upsampled_text_batch(g, B=8):
+    """Letters 4..7 (0 = blank), each spoken as 3-5 frames of unit ``letter + 4``: a toy upsampled text."""
+    seqs, units = [], []
+    for _ in range(B):
+        letters = torch.randint(4, 8, (int(torch.randint(5, 9, (), generator=g)),), generator=g)
+        units.append(torch.cat([torch.full((int(torch.randint(3, 6, (), generator=g)),), int(c) + 4)
+                                for c in letters]))
+        seqs.append(letters)
+    T, L = max(len(u) for u in units), max(len(s) for s in seqs)
+    U, P = torch.full((B, T), 1), torch.ones(B, T, dtype=torch.bool)
+    Y = torch.zeros(B, L, dtype=torch.long)
+    for i, (u, s) in enumerate(zip(units, seqs)):
+        U[i, : len(u)], P[i, : len(u)], Y[i, : len(s)] = u, False, s
+    return U, P, Y, torch.tensor([len(s) for s in seqs])
+
+
+def _time_spread(model, U, P) -> float:
+    """Frame-to-frame spread of the Shared Transformer's output over its total spread (0 = every frame equal)."""
+    with torch.no_grad():
+        h = model.extract_text_features(U, P)[0][0][~P[0]]
+    return float(h.std(0).mean() / h.std())
+
+
+def test_uctc_head_starts_at_the_blank_level_and_the_text_branch_keeps_its_input():
+    """From a zero output bias the first CTC steps ("blank everywhere") flattened the Shared Transformer's
+    output across frames (the demo's text branch never recovered); the head starts at blank probability
+    BLANK_PRIOR instead, the spread stays, and the toy unit -> letter map is learned."""
+    from speechlm.modules.uctc_head import BLANK, BLANK_PRIOR
+
+    model = tiny_model(dropout=0.0, attention_dropout=0.0).train()
+    probs = model.uctc_head.proj(torch.zeros(1, 32)).softmax(-1)[0]
+    assert probs[BLANK].item() == pytest.approx(BLANK_PRIOR, abs=1e-6)
+    assert torch.allclose(probs[1:], probs[1:].mean())
+
+    def train(m):
+        opt = torch.optim.Adam(m.parameters(), lr=2e-3, betas=(0.9, 0.98), eps=1e-6)
+        g = torch.Generator().manual_seed(0)
+        spreads = []
+        for step in range(150):
+            U, P, Y, YL = _upsampled_text_batch(g)
+            out = m.forward_text(U, P, mask=False)
+            loss = uctc_loss(out["uctc_logits"], out["uctc_lengths"], Y, YL, BLANK) / YL.sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step % 5 == 0:
+                spreads.append(_time_spread(m, U, P))
+        U, P, Y, YL = _upsampled_text_batch(g, 16)
+        with torch.no_grad():
+            out = m.eval().forward_text(U, P, mask=False)
+        hyps = greedy_ctc(out["uctc_logits"], out["uctc_lengths"], BLANK)
+        errors = sum(editdistance.eval(h, Y[i, : YL[i]].tolist()) for i, h in enumerate(hyps))
+        return min(spreads), errors / YL.sum().item()
+
+    spread, ler = train(model)
+    assert spread > 0.4 and ler < 0.3, (spread, ler)
+    zero_bias = tiny_model(dropout=0.0, attention_dropout=0.0).train()
+    with torch.no_grad():
+        zero_bias.uctc_head.proj.bias.zero_()
+    spread_zero, _ = train(zero_bias)
+    assert spread_zero < 0.3, spread_zero  # what the blank-level start avoids
+
+
+def test_speech_transformer_has_bert_initialisation_shared_transformer_fairseq_defaults():
+    model = tiny_model()
+    speech, shared = model.speech_encoder, model.shared_encoder
+    for w in (speech.relative_keys.weight, speech.layers[0].fc1.weight, speech.layers[1].self_attn.q_proj.weight):
+        assert w.std().item() == pytest.approx(0.02, rel=0.15)
+    assert shared.relative_keys.weight.std().item() == pytest.approx(1.0, rel=0.15)  # nn.Embedding's N(0, 1)

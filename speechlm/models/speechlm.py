@@ -25,6 +25,7 @@ from fairseq.data.data_utils import compute_mask_indices
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
 from fairseq.modules import GradMultiply, LayerNorm
+from fairseq.modules.transformer_sentence_encoder import init_bert_params
 
 from speechlm.modules.conv_frontend import MaskedConvFeatureExtractor, conv_output_lengths, parse_conv_layers
 from speechlm.modules.relpos_transformer import RelPosTransformer
@@ -126,6 +127,10 @@ class SpeechLMModel(BaseFairseqModel):
 
         self.speech_encoder = stack(cfg.speech_encoder_layers, conv_pos=cfg.conv_pos,
                                     conv_pos_groups=cfg.conv_pos_groups)
+        # as the published speech Transformer (and HuBERT's): BERT initialisation (normal, std 0.02) of
+        # its linear layers, attention projections and relative key table; the Shared Transformer keeps
+        # fairseq's Transformer initialisation, as the published unit encoder does
+        self.speech_encoder.apply(init_bert_params)
         self.shared_encoder = stack(cfg.shared_encoder_layers, absolute_positions=True)
 
         self.num_units, self.unit_pad = num_units, unit_pad
