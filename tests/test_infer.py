@@ -132,3 +132,36 @@ def test_batches_are_length_sorted_bounded_and_cover_every_utterance():
         assert min(sizes[i] for i in b) >= 0.9 * longest  # padding under 10 %
     assert batches[0] == [2, 6]  # longest first; 950 would make 3 x 1000 > 2000
     assert plan_batches(sizes, 10**9, 1.0, max_batch=3) == [[2, 6, 1], [4, 3, 0], [5, 7]]
+
+
+@pytest.mark.parametrize("mode", ["default", "layer_norm"])
+def test_front_end_runs_each_utterance_of_a_padded_batch_alone_at_inference(mini_corpus, mode):
+    """At inference the conv front end takes each utterance on its own samples (fairseq's fused forward) and
+    pads only the features; on every real frame that equals the masked batched path and the utterance alone."""
+    import os
+
+    from speechlm.data.readers import load_manifest, read_audio
+    from speechlm.modules.conv_frontend import MaskedConvFeatureExtractor, conv_output_lengths
+
+    root, rows = load_manifest(mini_corpus / "test.tsv")
+    wavs = [torch.from_numpy(read_audio(os.path.join(root, rel))).float() for rel, _ in rows[:3]]
+    lengths = torch.tensor([len(w) for w in wavs])
+    assert len(set(lengths.tolist())) == 3
+    x = torch.zeros(3, int(lengths.max()))
+    for b, w in enumerate(wavs):
+        x[b, : len(w)] = w
+    torch.manual_seed(0)
+    spec = [(16, 10, 5), (16, 3, 2), (16, 2, 2)]
+    fe = MaskedConvFeatureExtractor(spec, mode=mode)
+    masked = fe(x, lengths).detach()  # training mode, gradient on: one masked batched pass
+    fe.eval()
+    with torch.inference_mode():
+        each = fe(x, lengths)
+        n = conv_output_lengths(lengths, spec).tolist()
+        assert each.shape == masked.shape == (3, 16, n[int(lengths.argmax())])
+        for b in range(3):
+            alone = fe(x[b : b + 1, : int(lengths[b])])[0]
+            assert alone.shape[-1] == n[b]
+            torch.testing.assert_close(each[b, :, : n[b]], alone)
+            torch.testing.assert_close(each[b, :, : n[b]], masked[b, :, : n[b]], atol=1e-4, rtol=1e-4)
+            assert (each[b, :, n[b]:] == 0).all()

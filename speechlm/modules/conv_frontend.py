@@ -6,6 +6,12 @@ the padded zeros then enter every real frame's statistics, so an utterance gives
 alone than in a batch. ``MaskedConvFeatureExtractor`` subclasses fairseq's module (same parameters,
 same state-dict keys, so HuBERT/SpeechLM checkpoints load unchanged) and computes that first norm
 over the real samples only. Without padding it is numerically the same as fairseq's forward.
+
+At inference (eval mode, no gradient) a padded batch goes through the front end one utterance at a time,
+each on its own samples with fairseq's fused forward, and only the (C, T) features are padded: the first
+layer's activations of a padded batch (512 channels at 3.2 kHz, 65 MB per 10 s of audio) are memory-bound,
+and the masked norm adds five passes over them. Measured on Base, 1 thread, CPU time per audio second:
+0.052 per utterance vs 0.081 masked in batches of 1-4 (0.059 for single-utterance batches).
 """
 from typing import List, Optional, Tuple
 
@@ -32,6 +38,8 @@ class MaskedConvFeatureExtractor(ConvFeatureExtractionModel):
         self.mode = mode
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if lengths is not None and not self.training and not torch.is_grad_enabled():
+            return self.forward_each(x, lengths)
         if lengths is None or self.mode != "default":
             return super().forward(x)
         x = x.unsqueeze(1)
@@ -51,6 +59,18 @@ class MaskedConvFeatureExtractor(ConvFeatureExtractionModel):
         for layer in self.conv_layers[1:]:
             x = layer(x)
         return x
+
+
+    def forward_each(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``(B, S)`` padded waveforms -> ``(B, C, T)``: each utterance alone on its ``lengths[b]`` samples,
+        zeros beyond its ``conv_output_lengths`` frames (T = the frames of S samples)."""
+        n_frames = conv_output_lengths(lengths.cpu(), self.conv_spec).tolist()
+        T = int(conv_output_lengths(torch.tensor([x.size(1)]), self.conv_spec)[0])
+        out = x.new_zeros(x.size(0), self.conv_spec[-1][0], T)
+        for b, n in enumerate(n_frames):
+            if n > 0:
+                out[b, :, :n] = super().forward(x[b:b + 1, : int(lengths[b])])[0]
+        return out
 
 
 def parse_conv_layers(spec: str) -> List[Tuple[int, int, int]]:
