@@ -8,7 +8,7 @@ from speechlm.cli.main import main as speechlm_main
 from speechlm.data.manifest import num_frames_50hz, num_frames_100hz
 from speechlm.data.readers import load_manifest, read_audio
 from speechlm.tokenizers.features import compute_deltas, load_feature_shard
-from speechlm.tokenizers.kmeans import KMeansApplier, purity
+from speechlm.tokenizers.kmeans import KMeansApplier, purity, sample_frames
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +81,17 @@ def test_kmeans_learn_apply_shards_merge_and_score(mini_corpus, mfcc_dir, tmp_pa
     assert res["frames"] == len(labels) and 0 < res["pnmi"] < 1
     majority = max(np.unique([q for p in phn for q in p.split()], return_counts=True)[1]) / len(labels)
     assert res["phone_purity"] > majority  # the units carry phone information
+
+
+def test_learning_sample_does_not_depend_on_the_sharding(mfcc_dir):
+    """k-means learns from the same frames whether the features come in 1 shard or 2 (Slurm arrays)."""
+    shards = [load_feature_shard(str(mfcc_dir), "valid", r, 2)[0] for r in range(2)]
+    whole = np.concatenate(shards)
+    one, two = sample_frames([whole], 0.3, seed=5), sample_frames(shards, 0.3, seed=5)
+    assert one.shape == (round(0.3 * len(whole)), 39)
+    np.testing.assert_array_equal(one, two)
+    assert not np.array_equal(one, sample_frames([whole], 0.3, seed=6))
+    np.testing.assert_array_equal(sample_frames(shards, 1.0, seed=5), whole)
 
 
 def test_purity_on_hand_made_labels():

@@ -22,18 +22,19 @@ APPLY_CHUNK_FRAMES = 1024  # frames per matrix product: a (1024 x 500) float32 b
 
 
 def sample_frames(shards: Sequence[np.ndarray], percent: float, seed: int) -> np.ndarray:
-    """A random ``percent`` (0 < percent <= 1) of the rows of every shard, concatenated (float32)."""
+    """A random ``percent`` (0 < percent <= 1) of the rows of the shards taken as one sequence, in order
+    (float32). The draw is over the concatenated rows, so 1 shard and N shards give the same sample."""
     if not 0.0 < percent <= 1.0:
         raise ValueError(f"percent must be in (0, 1], got {percent}")
-    rng = np.random.default_rng(seed)
-    out = []
+    if percent >= 1.0:
+        return np.concatenate([np.asarray(f, dtype=np.float32) for f in shards], 0)
+    n = sum(f.shape[0] for f in shards)
+    idx = np.sort(np.random.default_rng(seed).choice(n, size=max(1, int(round(n * percent))), replace=False))
+    out, start = [], 0
     for feats in shards:
-        n = feats.shape[0]
-        if percent >= 1.0:
-            out.append(np.asarray(feats, dtype=np.float32))
-            continue
-        idx = np.sort(rng.choice(n, size=max(1, int(round(n * percent))), replace=False))
-        out.append(np.asarray(feats[idx], dtype=np.float32))
+        lo, hi = np.searchsorted(idx, [start, start + feats.shape[0]])
+        out.append(np.asarray(feats[idx[lo:hi] - start], dtype=np.float32))
+        start += feats.shape[0]
     return np.concatenate(out, 0)
 
 
