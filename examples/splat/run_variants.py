@@ -422,18 +422,18 @@ def main():
     print(f"Table 4 (mini): cosine geometry of s1 on the corpus's valid split ({len(texts)} utterances; "
           f"neighbours by the language module's t1, {args.text_pooling} pooling)")
     gw = max(w, len("S_closest") + 2)  # the header must not run into its neighbour
-    print(f"{'model':<16}{'S_avg':>{gw}}{'S_closest':>{gw}}{'gap':>{gw}}{'chance sd':>{gw}}")
+    print(f"{'model':<20}{'S_avg':>{gw}}{'S_closest':>{gw}}{'gap':>{gw}}{'chance sd':>{gw}}")
     for v in variants:
         s_avg, s_closest = results[v].setdefault("s_avg", []), results[v].setdefault("s_closest", [])
         gap = [c - a for a, c in zip(s_avg, s_closest)]
-        print(f"{names[v]:<16}{cell(s_avg, gw, 3, len(seeds))}{cell(s_closest, gw, 3, len(seeds))}"
+        print(f"{names[v]:<20}{cell(s_avg, gw, 3, len(seeds))}{cell(s_closest, gw, 3, len(seeds))}"
               f"{cell(gap, gw, 3, len(seeds))}{cell(results[v].setdefault('gap_chance_sd', []), gw, 3, len(seeds))}")
     transformed = args.center_text or args.text_whiten
     for b, g in text_geo.items():
         for label, gg, what in [("t1 itself", g, "t1")] + (
                 [("L_seq target", target_geo[b], "the L_seq target")] if transformed else []):
             label += " (MLM)" if "bert_mlm" in b else ""
-            print(f"{label:<16}{gg['S_avg']:>{gw}.3f}{gg['S_closest']:>{gw}.3f}"
+            print(f"{label:<20}{gg['S_avg']:>{gw}.3f}{gg['S_closest']:>{gw}.3f}"
                   f"{gg['S_closest'] - gg['S_avg']:>{gw}.3f}   <- an exact copy of {what} ({os.path.basename(b)})")
     # a single seed is reported as one number, several as a list per seed
     out = {v: {k: (x if len(seeds) > 1 else (x[0] if x else None)) for k, x in r.items()} for v, r in results.items()}
