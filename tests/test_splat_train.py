@@ -389,3 +389,46 @@ def test_centred_mean_pooled_target_of_sequence_alignment(splat_data, pretrained
         tok = batch["text_tokens"]
         target = centred.sentence_vectors(tok, centred.text_representations(tok))
     assert loss.item() == pytest.approx((s1 - target).abs().sum().item(), rel=1e-5)
+
+
+def test_whitened_target_and_contrastive_sequence_alignment(splat_data, pretrained):
+    """text_whiten=k: the task's L_seq target is SentenceTarget.fit(t1 of the idf_split, whiten=k) applied
+    to t1; seq_loss=contrastive: the criterion's loss is the InfoNCE of s1 against those targets."""
+    from fairseq.data import data_utils
+
+    from speechlm.criterions.splat_alignment import SplatAlignmentCriterionConfig, contrastive_alignment_loss
+    from speechlm.models.splat_speech import SplatSpeechConfig
+    from speechlm.splat.bert import tokenize
+    from speechlm.splat.targets import SentenceTarget
+    from speechlm.tasks.splat_alignment import SplatAlignmentConfig
+
+    task = tasks.setup_task(OmegaConf.structured(SplatAlignmentConfig(
+        _name="splat_alignment", data=str(splat_data["corpus"]), bert_path=splat_data["bert"], seed=1,
+        idf_split="train", text_pooling="mean", text_whiten=3)))
+    texts = (splat_data["corpus"] / "train.wrd").read_text().rstrip("\n").split("\n")
+    pad = task.tokenizer.pad_token_id
+    tokens = data_utils.collate_tokens([torch.tensor(x) for x in tokenize(task.tokenizer, texts)], pad)
+    hidden = task.text_representations(tokens)
+    mask = tokens.ne(pad).unsqueeze(-1).float()
+    t1 = (hidden * mask).sum(1) / mask.sum(1)
+    target = task.sentence_vectors(tokens, hidden)
+    assert torch.allclose(target, SentenceTarget.fit(t1, whiten=3)(t1), atol=1e-4)
+    # three whitened directions: the targets' covariance has rank 3 with unit eigenvalues
+    eig = torch.linalg.eigvalsh((target.T @ target / (len(target) - 1)).double()).flip(0)
+    assert torch.allclose(eig[:3], torch.ones(3, dtype=torch.double), atol=1e-3) and eig[3:].abs().max() < 1e-3
+    model = task.build_model(OmegaConf.structured(SplatSpeechConfig(
+        _name="splat_speech", init_from=str(pretrained[0]), dropout=0.0)))
+    crit = task.build_criterion(OmegaConf.structured(SplatAlignmentCriterionConfig(
+        _name="splat_alignment", alignment="seq", seq_loss="contrastive", temperature=0.2)))
+    task.load_dataset("train")
+    ds = task.dataset("train")
+    batch = ds.collater([ds[i] for i in range(4)])
+    model.eval()
+    loss, n, _ = crit(model, batch)
+    with torch.no_grad():
+        out = model(batch["net_input"]["source"], batch["net_input"]["padding_mask"])
+        s1 = model.encoder.to_text_space(out["encoder_out"])[:, 0]
+        tok = batch["text_tokens"]
+        t = task.sentence_vectors(tok, task.text_representations(tok))
+    assert n == 4
+    assert loss.item() == pytest.approx(contrastive_alignment_loss(s1, t, 0.2).sum().item(), rel=1e-5)
