@@ -170,6 +170,22 @@ def test_label_score_shard_and_merge(mini_corpus, recognizer, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_blank_penalty_shifts_the_argmax_away_from_blank(mini_corpus, recognizer, tmp_path):
+    """--blank-penalty P: labels = argmax of the posteriors with P subtracted from the blank; a huge P leaves
+    no blank frame to fill, so every frame is its best non-blank unit."""
+    from speechlm.data.readers import Manifest
+
+    model_path, _ = recognizer
+    assert speechlm_main(["phone-units", "label", str(mini_corpus), "valid", "--model", str(model_path),
+                          "--out-dir", str(tmp_path / "p"), "--blank-penalty", "1000"]) == 0
+    got = [x.split() for x in (tmp_path / "p" / "valid.phn").read_text().splitlines()]
+    man, model = Manifest.load(str(mini_corpus / "valid.tsv")), R.load_recognizer(str(model_path))
+    for i, labels in enumerate(got):
+        lp = R.posteriors(model, man.audio(i))
+        assert labels == [R.PHONE_UNITS[u] for u in lp[:, 1:].argmax(1)]
+
+
+@pytest.mark.slow
 def test_words_missing_from_the_lexicon(mini_corpus, recognizer, tmp_path, capsys):
     import shutil
 

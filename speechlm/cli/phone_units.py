@@ -1,8 +1,9 @@
 """`speechlm phone-units train|label|merge|score`: speech -> frame-level phone units, without Kaldi.
 
-    speechlm phone-units train CORPUS --split train_paired --save phone_ctc.pt [--epochs 30]
+    speechlm phone-units train CORPUS --split train_paired --save phone_ctc.pt [--epochs 30] \\
+        [--pseudo train LAB0/train.phn]   # self-training: + unpaired speech labelled by a first model
     speechlm phone-units label CORPUS train --model phone_ctc.pt --out-dir LAB [--transcripts] \\
-        [--phone-lm phones.arpa] [--nshard N --rank R]
+        [--phone-lm phones.arpa] [--blank-penalty 2] [--nshard N --rank R]
     speechlm phone-units merge LAB train --nshard N
     speechlm phone-units score --hyp LAB/valid.phn --ref CORPUS/valid.phn
 
@@ -75,6 +76,9 @@ def add_args(parser):
     p.add_argument("--insertion", type=float, default=2.0,
                    help="phone insertion bonus per phone, natural log (default: 2.0, best on the mini corpus)")
     p.add_argument("--beam", type=int, default=16, help="beam width with --phone-lm (default: 16)")
+    p.add_argument("--blank-penalty", type=float, default=0.0,
+                   help="subtracted from the CTC blank's log posterior before the argmax or the phone-LM search "
+                        "(not before forced alignment); 2.0 was best on the mini corpus (default: 0)")
     p.add_argument("--nshard", type=int, default=1)
     p.add_argument("--rank", type=int, default=0)
 
@@ -167,7 +171,7 @@ def run(args):
         try:
             rep = label_split(args.corpus, args.split, args.model, args.out_dir, args.transcripts, lexicon,
                               args.strict, args.phone_lm, args.lm_weight, args.insertion, args.beam,
-                              args.nshard, args.rank)
+                              args.nshard, args.rank, args.blank_penalty)
         except LabellingError as e:
             sys.exit(f"speechlm phone-units label: {e}")
         if args.nshard > 1:
@@ -177,7 +181,7 @@ def run(args):
                           {"manifest": os.path.join(args.corpus, f"{args.split}.tsv"), "model": args.model,
                            "lexicon": args.lexicon, "phone_lm": args.phone_lm},
                           {"inventory": args.inventory, "transcripts": args.transcripts, "strict": args.strict, "lm_weight": args.lm_weight,
-                           "insertion": args.insertion, "beam": args.beam})
+                           "insertion": args.insertion, "beam": args.beam, "blank_penalty": args.blank_penalty})
         print(f"[phone-units] {rep.utterances} utterances -> {rep.out} (forced alignment {rep.aligned}, "
               f"phone LM {rep.phone_lm}, posteriors only {rep.posteriors})", file=sys.stderr)
         if rep.too_short:
