@@ -4,8 +4,8 @@
 - ``phonemizer``, ``upsample``: text -> upsampled phone units (+ letters); ``binarize``: -> fairseq
   indexed datasets;
 - ``features``, ``kmeans``: speech -> hidden units; ``phone_*``: speech -> phone units (``phone_recognizer``
-  the model, ``phone_training``, ``phone_alignment``, ``phone_lm`` and ``phone_words`` for unpaired speech,
-  ``phone_labelling`` a manifest -> ``.phn``, ``phone_scoring``);
+  the model, ``phone_training``, ``phone_alignment``, ``phone_lm`` for unpaired speech, ``phone_labelling``
+  a manifest -> ``.phn``, ``phone_scoring``);
 - ``text_to_unit``: text -> hidden units with a trained ``text_to_unit`` model;
 - ``shards``: the ``--nshard/--rank`` ranges and the merge of shard files.
 """

@@ -7,9 +7,9 @@ stride 1). CTC targets are a transcript's phones through the lexicon, with ``SIL
 user has: words, not alignments); Kaldi position-dependent lexicons map to their ``base_phone``.
 
 The rest of the tokenizer lives beside this file: ``phone_training`` (the streamed dataset and the training
-loop that validates and resumes), ``phone_alignment`` (forced alignment, argmax labels), ``phone_lm`` and
-``phone_words`` (decoding unpaired speech with a phone LM or a lexicon + word LM), ``phone_labelling`` (a
-manifest -> ``.phn``), ``phone_scoring`` (frame accuracy, PER).
+loop that validates and resumes), ``phone_alignment`` (forced alignment, argmax labels), ``phone_lm``
+(decoding unpaired speech with a phone LM), ``phone_labelling`` (a manifest -> ``.phn``), ``phone_scoring``
+(frame accuracy, PER).
 
 The saved model is a plain ``torch.save`` of tensors and built-in types (loads with ``weights_only=True``).
 """
