@@ -378,16 +378,7 @@ def test_centred_mean_pooled_target_of_sequence_alignment(splat_data, pretrained
         _name="splat_speech", init_from=str(pretrained[0]), dropout=0.0)))
     crit = centred.build_criterion(OmegaConf.structured(
         SplatAlignmentCriterionConfig(_name="splat_alignment", alignment="seq")))
-    centred.load_dataset("train")
-    ds = centred.dataset("train")
-    batch = ds.collater([ds[i] for i in range(4)])
-    model.eval()
-    loss, n, _ = crit(model, batch)
-    with torch.no_grad():
-        out = model(batch["net_input"]["source"], batch["net_input"]["padding_mask"])
-        s1 = model.encoder.to_text_space(out["encoder_out"])[:, 0]
-        tok = batch["text_tokens"]
-        target = centred.sentence_vectors(tok, centred.text_representations(tok))
+    loss, n, s1, target = _alignment_loss_s1_and_target(centred, model, crit)
     assert loss.item() == pytest.approx((s1 - target).abs().sum().item(), rel=1e-5)
 
 
@@ -420,6 +411,13 @@ def test_whitened_target_and_contrastive_sequence_alignment(splat_data, pretrain
         _name="splat_speech", init_from=str(pretrained[0]), dropout=0.0)))
     crit = task.build_criterion(OmegaConf.structured(SplatAlignmentCriterionConfig(
         _name="splat_alignment", alignment="seq", seq_loss="contrastive", temperature=0.2)))
+    loss, n, s1, t = _alignment_loss_s1_and_target(task, model, crit)
+    assert n == 4
+    assert loss.item() == pytest.approx(contrastive_alignment_loss(s1, t, 0.2).sum().item(), rel=1e-5)
+
+
+def _alignment_loss_s1_and_target(task, model, crit):
+    """The criterion's loss and batch size on the first 4 ``train`` items, with s1 and the L_seq target."""
     task.load_dataset("train")
     ds = task.dataset("train")
     batch = ds.collater([ds[i] for i in range(4)])
@@ -429,6 +427,5 @@ def test_whitened_target_and_contrastive_sequence_alignment(splat_data, pretrain
         out = model(batch["net_input"]["source"], batch["net_input"]["padding_mask"])
         s1 = model.encoder.to_text_space(out["encoder_out"])[:, 0]
         tok = batch["text_tokens"]
-        t = task.sentence_vectors(tok, task.text_representations(tok))
-    assert n == 4
-    assert loss.item() == pytest.approx(contrastive_alignment_loss(s1, t, 0.2).sum().item(), rel=1e-5)
+        target = task.sentence_vectors(tok, task.text_representations(tok))
+    return loss, n, s1, target
