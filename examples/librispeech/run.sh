@@ -17,8 +17,9 @@
 # --size tiny: the CPU configs of examples/mini (minutes); base: the paper's Base configs (a GPU cluster).
 # Smaller runs: --recognizer-subset (default train_clean_100) --recognizer-epochs --k --t2u-updates
 # --pretrain-updates --finetune-updates --lm-lines (first N lines of the LM text only).
-# --slurm: sharded steps (phone units, features, k-means apply, phonemize) run as job arrays through
-# scripts/slurm/ (SBATCH_OPTS for partition/time), each stage waiting for its arrays; locally otherwise.
+# --slurm: sharded steps (phonemize, phone units of train_960, features, k-means apply, t2u generate) run as job
+# arrays of --nshard tasks through scripts/slurm/common.sh (SBATCH_OPTS for partition/time/memory), each stage
+# waiting for its arrays (sbatch --wait); locally, shard by shard, otherwise. Merged outputs equal unsharded ones.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 stage=1; stop_stage=8; ls_root=""; lm_text=""; lexicon=""; exp=""; size=tiny; slurm=false; nshard=1; kenlm_arpa=""
@@ -66,17 +67,18 @@ timed() {
   local name=$1; shift
   if [ -x /usr/bin/time ]; then /usr/bin/time -f "$name	%e	%U	%S" -a -o "$exp/cpu_times.tsv" "$@"; else "$@"; fi
 }
-# one sharded step: locally rank by rank, or a Slurm array (and wait for it) with --slurm
+# one sharded step: locally rank by rank, or with --slurm a job array through scripts/slurm/common.sh
+# (run_array: sbatch --wait, task logs in DIR/slurm/NAME-JOB_TASK.log; a failed task stops the recipe)
+if $slurm; then LOGDIR="$exp/slurm"; source "$REPO/scripts/slurm/common.sh"; fi
 sharded() {  # sharded NAME CMD... (CMD gets --nshard N --rank R appended)
   local name=$1; shift
   if $slurm; then
-    sbatch --wait --parsable ${SBATCH_OPTS:-} --job-name="$name" --array="0-$((nshard - 1))" \
-      --output="$exp/slurm/$name-%a.log" --wrap="$(printf '%q ' "$@") --nshard $nshard --rank \$SLURM_ARRAY_TASK_ID"
+    say "  $name: Slurm array of $nshard tasks (logs: $exp/slurm/$name-*.log)"
+    run_array "$name" "$nshard" "$@" >/dev/null
   else
     for ((r = 0; r < nshard; r++)); do timed "$name" "$@" --nshard "$nshard" --rank "$r"; done
   fi
 }
-mkdir -p "$exp/slurm"
 data="$exp/data"
 subsets() { for s in train-clean-100 train-clean-360 train-other-500 dev-clean dev-other test-clean test-other; do
   [ -d "$ls_root/$s" ] && echo "$s"; done; }
@@ -164,10 +166,18 @@ if run_stage 5; then
   done_or "$exp/t2u/checkpoint_best.pt" && (cd "$REPO" && timed t2u_train fairseq-hydra-train \
     --config-dir examples/tokenizers/config --config-name "$t2u_cfg" common.user_dir="$REPO/speechlm" \
     task.data="$d" checkpoint.save_dir="$exp/t2u" hydra.run.dir="$exp/t2u/hydra" optimization.max_update="$t2u_updates")
-  for src in lm valid; do
-    done_or "$text/${src}_km.km" && timed t2u_generate "${S[@]}" t2u generate --checkpoint "$exp/t2u/checkpoint_best.pt" \
-      --units "$text/$src.phn" --letters "$text/$src.ltr" --out-prefix "$text/${src}_km"
-  done
+  if done_or "$text/lm_km.km"; then  # the LM text: 40M sentences, sharded like phonemize
+    t2u=("${S[@]}" t2u generate --checkpoint "$exp/t2u/checkpoint_best.pt" --data "$d" --units "$text/lm.phn" \
+      --letters "$text/lm.ltr" --out-prefix "$text/lm_km")
+    if [ "$nshard" -gt 1 ]; then
+      sharded t2u_generate "${t2u[@]}"
+      "${S[@]}" t2u merge --out-prefix "$text/lm_km" --nshard "$nshard"
+    else
+      timed t2u_generate "${t2u[@]}"
+    fi
+  fi
+  done_or "$text/valid_km.km" && timed t2u_generate "${S[@]}" t2u generate --checkpoint "$exp/t2u/checkpoint_best.pt" \
+    --data "$d" --units "$text/valid.phn" --letters "$text/valid.ltr" --out-prefix "$text/valid_km"
   for split in train valid; do
     src=$([ $split = train ] && echo lm || echo valid)
     done_or "$text_bin/$split.km-ltr.km.idx" && timed binarize "${S[@]}" binarize --units "$text/${src}_km.km" \

@@ -1,5 +1,6 @@
-# Sourced by the scripts in this folder. Every step is an `sbatch --wrap` job; a sharded step is a job
-# array whose task i runs `--nshard N --rank i`, and its merge step waits for the whole array (afterok).
+# Sourced by the scripts in this folder and by examples/librispeech/run.sh --slurm. Every step is an
+# `sbatch --wrap` job; a sharded step is a job array whose task i runs `--nshard N --rank i`, and its merge
+# step waits for the whole array (afterok dependency, or `run_array`'s sbatch --wait).
 # Override SPEECHLM (the command), SBATCH_OPTS (partition, time, memory, ...) in the environment.
 set -euo pipefail
 SPEECHLM="${SPEECHLM:-python -m speechlm}"
@@ -21,4 +22,13 @@ submit_array() {
   # shellcheck disable=SC2086
   sbatch --parsable $SBATCH_OPTS ${dep:+--dependency=afterok:$dep} --array="0-$((n - 1))" \
     --job-name="$name" --output="$LOGDIR/$name-%A_%a.log" --wrap="$*"
+}
+
+# run_array NAME NSHARD COMMAND... : a job array whose task i runs COMMAND --nshard NSHARD --rank i (COMMAND's
+# words are quoted for /bin/sh); returns when every task has ended, non-zero if any failed (sbatch --wait)
+run_array() {
+  local name=$1 n=$2; shift 2
+  # shellcheck disable=SC2086
+  sbatch --wait --parsable $SBATCH_OPTS --array="0-$((n - 1))" --job-name="$name" \
+    --output="$LOGDIR/$name-%A_%a.log" --wrap="$(printf '%q ' "$@")--nshard $n --rank \$SLURM_ARRAY_TASK_ID"
 }
