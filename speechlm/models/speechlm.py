@@ -25,7 +25,6 @@ from fairseq.data.data_utils import compute_mask_indices
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
 from fairseq.modules import GradMultiply, LayerNorm
-from fairseq.modules.transformer_sentence_encoder import init_bert_params
 
 from speechlm.modules.conv_frontend import MaskedConvFeatureExtractor, conv_output_lengths, parse_conv_layers
 from speechlm.modules.relpos_transformer import RelPosTransformer
@@ -92,6 +91,21 @@ class SpeechLMConfig(FairseqDataclass):
     )
 
 
+def _bert_init(module: nn.Module) -> None:
+    """fairseq's ``init_bert_params`` (Linear and Embedding weights normal(0, 0.02), biases and the
+    padding row zero), in place: fairseq's own copies through the CPU, which fails on the meta device
+    where models are built only to count their parameters."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+
+
 def _padding_mask_from_lengths(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
 
@@ -130,7 +144,7 @@ class SpeechLMModel(BaseFairseqModel):
         # as the published speech Transformer (and HuBERT's): BERT initialisation (normal, std 0.02) of
         # its linear layers, attention projections and relative key table; the Shared Transformer keeps
         # fairseq's Transformer initialisation, as the published unit encoder does
-        self.speech_encoder.apply(init_bert_params)
+        self.speech_encoder.apply(_bert_init)
         self.shared_encoder = stack(cfg.shared_encoder_layers, absolute_positions=True)
 
         self.num_units, self.unit_pad = num_units, unit_pad
