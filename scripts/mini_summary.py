@@ -8,6 +8,7 @@ Reads what ``examples/mini/run.sh`` leaves in ``EXP/runs/RUN/`` (one directory p
 - ``meta.json``: ``{"name": row name, "seed": int, "tensorboard": pre-training TensorBoard dir or null,
   "decode": decode dir}`` (paths relative to EXP);
 - ``DECODE/{test,test_other}.{hypo,ref}.wrd``: ``WORDS (utterance-id)`` lines (``speechlm infer``);
+  ``RUN/decode_lm/`` the same with the word 4-gram (beam search; ``setting``: the weights chosen on valid);
 - ``time.*``: ``{"wall": s, "user": s, "sys": s}`` of each step (bash ``time``), summed per row with
   the files that ``meta.json``'s ``time_from`` lists;
 - the pre-training TensorBoard events (fairseq's ``common.tensorboard_logdir``): ``umlm_acc_0/1``,
@@ -28,6 +29,7 @@ from typing import Dict, List, Optional, Tuple
 
 SUBSETS = ("test", "test_other")
 METRICS = ("test_wer", "test_cer", "test_other_wer", "test_other_cer")
+LM_METRICS = tuple(m + "_lm" for m in METRICS)  # the same with the word 4-gram (fine-tuned rows only)
 
 
 def read_trn(path: str) -> List[str]:
@@ -109,6 +111,14 @@ def collect(exp: str) -> List[dict]:
         run = {"name": meta["name"], "seed": int(meta.get("seed", 1)), "order": int(meta.get("order", 99))}
         for s in SUBSETS:
             run[f"{s}_wer"], run[f"{s}_cer"] = score_decode(decode, s)
+        decode_lm = os.path.join(run_dir, "decode_lm")
+        if all(os.path.isfile(os.path.join(decode_lm, f"{s}.hypo.wrd")) for s in SUBSETS):
+            for s in SUBSETS:
+                run[f"{s}_wer_lm"], run[f"{s}_cer_lm"] = score_decode(decode_lm, s)
+            setting = os.path.join(decode_lm, "setting")
+            if os.path.isfile(setting):
+                with open(setting, encoding="utf-8") as f:
+                    run["lm_setting"] = f.read().strip()
         curves = {}
         if meta.get("tensorboard"):
             tb = os.path.join(exp, meta["tensorboard"])
@@ -137,7 +147,9 @@ def aggregate(runs: List[dict]) -> List[dict]:
     rows = []
     for name, rs in by_name.items():
         row = {"name": name}
-        for m in METRICS:
+        for m in METRICS + LM_METRICS:
+            if any(m not in r for r in rs):
+                continue
             vals = [r[m] for r in rs]
             row[m] = round(statistics.fmean(vals), 2)
             if len(vals) > 1:
@@ -145,7 +157,8 @@ def aggregate(runs: List[dict]) -> List[dict]:
         row["pretrain_updates"] = rs[0]["pretrain_updates"]
         row["seconds"] = round(statistics.fmean(r["seconds"] for r in rs), 1)
         row["cpu_seconds"] = round(statistics.fmean(r["cpu_seconds"] for r in rs), 1)
-        row["seeds"] = [{k: r[k] for k in ("seed", *METRICS, "seconds", "cpu_seconds")} for r in rs]
+        row["seeds"] = [{k: r[k] for k in ("seed", *METRICS, *LM_METRICS, "lm_setting", "seconds", "cpu_seconds")
+                         if k in r} for r in rs]
         rows.append(row)
     return rows
 
@@ -162,14 +175,18 @@ def tokenizer_scores(exp: str) -> Dict[str, dict]:
 
 def format_table(rows: List[dict], tokenizer: Dict[str, dict]) -> str:
     def cell(row, m):
+        if m not in row:
+            return "–"
         s = f"{row[m]:.1f}"
         return s + (f" ± {row[m + '_std']:.1f}" if m + "_std" in row else "")
 
-    lines = ["| row | test WER / CER | test_other WER / CER | pre-training updates | wall s | CPU s |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| row | test WER / CER | test_other WER / CER | with the word 4-gram: test / test_other WER "
+             "| pre-training updates | wall s | CPU s |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['name']} | {cell(r, 'test_wer')} / {cell(r, 'test_cer')} | "
-                     f"{cell(r, 'test_other_wer')} / {cell(r, 'test_other_cer')} | {r['pretrain_updates']} | "
+                     f"{cell(r, 'test_other_wer')} / {cell(r, 'test_other_cer')} | "
+                     f"{cell(r, 'test_wer_lm')} / {cell(r, 'test_other_wer_lm')} | {r['pretrain_updates']} | "
                      f"{r['seconds']:.0f} | {r['cpu_seconds']:.0f} |")
     for split, s in tokenizer.items():
         acc, per = s.get("frame_accuracy"), s.get("phone_error_rate")
@@ -184,13 +201,17 @@ def _pct(x: Optional[float]) -> str:
     return f"{100 * x:.1f} %" if x <= 1.0 else f"{x:.1f} %"
 
 
-STEP_OF_STAGE = {"4": "pretrain", "5": "finetune", "6": "decode"}  # run.sh stages that run jobs in parallel
+def _is_parallel(stage: str) -> bool:
+    """run.sh's stages 4-6 (one key, e.g. "4-6", or "5" when run alone) run one chain per row in parallel."""
+    first = stage.split("-")[0]
+    return first.isdigit() and 4 <= int(first) <= 6
 
 
 def timing(exp: str, jobs: int) -> Optional[dict]:
     """Wall and CPU seconds of the recipe's stages (``EXP/stage_times.tsv``, the largest entry per stage
     when a stage ran more than once) and an estimate of the wall time on an idle machine with ``jobs``
-    cores: a serial stage takes its CPU time, a parallel one max(CPU / jobs, its longest job's CPU)."""
+    cores: a serial stage takes its CPU time, the parallel block of stages 4-6 max(CPU / jobs, the CPU of its
+    longest chain: a run directory's steps, ``time.*``)."""
     path = os.path.join(exp, "stage_times.tsv")
     if not os.path.isfile(path):
         return None
@@ -205,13 +226,14 @@ def timing(exp: str, jobs: int) -> Optional[dict]:
                 stages[parts[0]] = (wall, cpu)
     idle = 0.0
     for stage, (wall, cpu) in stages.items():
-        step = STEP_OF_STAGE.get(stage)
-        if step is None:
+        if not _is_parallel(stage):
             idle += cpu
             continue
         longest = 0.0
-        for t in glob.glob(os.path.join(exp, "runs", "*", f"time.{step}")):
-            longest = max(longest, read_time([t])["cpu"])
+        for run_dir in glob.glob(os.path.join(exp, "runs", "*")):
+            steps = sorted(glob.glob(os.path.join(run_dir, "time.*")))
+            if steps:
+                longest = max(longest, read_time(steps)["cpu"])
         idle += max(cpu / max(jobs, 1), longest)
     return {"stages": {k: {"wall": v[0], "cpu": v[1]} for k, v in sorted(stages.items())},
             "wall": sum(v[0] for v in stages.values()), "cpu": sum(v[1] for v in stages.values()),
@@ -250,11 +272,17 @@ def plot(runs: List[dict], rows: List[dict], png: str) -> None:
             ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     x = range(len(rows))
-    for k, (subset, off) in enumerate((("test", -0.2), ("test_other", 0.2))):
+    for k, (subset, off) in enumerate((("test", -0.3), ("test_other", 0.1))):
         vals = [r[f"{subset}_wer"] for r in rows]
         errs = [r.get(f"{subset}_wer_std", 0.0) for r in rows]
-        bars = ax_wer.bar([i + off for i in x], vals, 0.4, yerr=errs, label=subset, color=f"C{k}")
-        ax_wer.bar_label(bars, fmt="%.0f", fontsize=7)
+        bars = ax_wer.bar([i + off for i in x], vals, 0.2, yerr=errs, label=f"{subset} (Viterbi)", color=f"C{k}")
+        ax_wer.bar_label(bars, fmt="%.0f", fontsize=6)
+        lm = [i for i, r in enumerate(rows) if f"{subset}_wer_lm" in r]
+        if lm:
+            bars = ax_wer.bar([i + off + 0.2 for i in lm], [rows[i][f"{subset}_wer_lm"] for i in lm], 0.2,
+                              yerr=[rows[i].get(f"{subset}_wer_lm_std", 0.0) for i in lm],
+                              label=f"{subset} (word 4-gram)", color=f"C{k}", alpha=0.45, hatch="//")
+            ax_wer.bar_label(bars, fmt="%.0f", fontsize=6)
     ax_wer.set_xticks(list(x), [r["name"] for r in rows], rotation=20, ha="right", fontsize=8)
     ax_wer.set(title="WER: CTC fine-tuned on train_paired (zero-shot row: not fine-tuned)", ylabel="WER %")
     ax_wer.legend(fontsize=8)

@@ -63,6 +63,25 @@ def test_seeds_are_averaged_with_their_spread_and_empty_hypotheses_count(tmp_pat
     assert [s["seed"] for s in x["seeds"]] == [1, 2]
 
 
+def test_word_lm_decodes_are_reported_beside_viterbi_only_where_they_exist(tmp_path):
+    refs = ["A B C D", "E F"]
+    _write_run(tmp_path, "ft.s1", "fine-tuned", ["A B X D", "E"], refs)
+    _write_run(tmp_path, "zs.s1", "zero-shot", ["X", "Y"], refs, order=2)
+    lm = tmp_path / "runs/ft.s1/decode_lm"
+    lm.mkdir()
+    for subset, hyps in (("test", ["A B C D", "E F"]), ("test_other", ["A B C D", "E G"])):
+        for kind, lines in (("hypo", hyps), ("ref", refs)):
+            (lm / f"{subset}.{kind}.wrd").write_text("".join(f"{w} (utt{i})\n" for i, w in enumerate(lines)))
+    (lm / "setting").write_text("decoding.lm_weight=1 decoding.word_score=2\n")
+    assert mini_summary.main(["--exp", str(tmp_path)]) == 0
+    ft, zs = json.loads((tmp_path / "results.json").read_text())
+    assert ft["test_wer"] == pytest.approx(100 * 2 / 6, abs=0.01) and ft["test_wer_lm"] == 0.0
+    assert ft["test_other_wer_lm"] == pytest.approx(100 / 6, abs=0.01)
+    assert ft["test_other_cer_lm"] == pytest.approx(100 / 6, abs=0.01)
+    assert ft["seeds"][0]["lm_setting"] == "decoding.lm_weight=1 decoding.word_score=2"
+    assert "test_wer_lm" not in zs and zs["test_wer"] == 100.0
+
+
 def test_tensorboard_scalars_round_trip_and_feed_the_plot(tmp_path):
     from tensorboardX import SummaryWriter
 
@@ -109,6 +128,12 @@ def test_recipe_stages_2_to_7_on_the_test_corpus(mini_corpus, tmp_path):
             assert 0.0 <= row[key] <= 1000.0, (row["name"], key, row[key])
         assert row["seconds"] > 0 and row["cpu_seconds"] > 0
     assert [row["pretrain_updates"] for row in rows] == [0, 6, 6, 6]
+    # the word 4-gram decodes every fine-tuned row (weights chosen on valid), not the zero-shot one
+    assert ["test_wer_lm" in row for row in rows] == [True, True, True, False]
+    assert 0.0 <= rows[2]["test_other_wer_lm"] <= 1000.0
+    setting = (exp / "runs/SpeechLM-P.s1/decode_lm/setting").read_text()
+    assert setting.startswith("decoding.lm_weight=") and "decoding.word_score=" in setting
+    assert "with the word 4-gram" in r.stdout
     assert (exp / "results.png").stat().st_size > 10_000
     # TensorBoard: fairseq's end-of-epoch "train" stats (a 6-update run logs no train_inner) and "valid"
     for tag in ("train", "valid"):
@@ -117,5 +142,5 @@ def test_recipe_stages_2_to_7_on_the_test_corpus(mini_corpus, tmp_path):
     assert 0.0 < score["frame_accuracy"] <= 1.0
     assert "| SpeechLM-P |" in r.stdout and "phone-units tokenizer" in r.stdout
     timing = json.loads((exp / "timing.json").read_text())
-    assert sorted(timing["stages"]) == ["2", "3", "4", "5", "6"]
-    assert timing["stages"]["4"]["cpu"] > 1.0 and 0 < timing["idle_estimate"] <= timing["cpu"]
+    assert sorted(timing["stages"]) == ["2", "3", "4-6"]
+    assert timing["stages"]["4-6"]["cpu"] > 1.0 and 0 < timing["idle_estimate"] <= timing["cpu"]

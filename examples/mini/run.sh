@@ -3,13 +3,17 @@
 # when torch sees one). Each stage is skipped when its output is already there (delete it to redo).
 #   bash examples/mini/run.sh [--stage N] [--stop-stage M] [--exp DIR] [--hours H] [--jobs J] [--full]
 #        [--pretrain-updates N] [--finetune-updates N] [--tokenizer-epochs N]   (default: the configs')
+#        [--seeds "1 2 3"]   (default: 1; with --full 1 2 3)
 #   0 synthesize the corpus (--hours, default 1)        1 check it
-#   2 unpaired text -> upsampled phoneme units + letters, binarized
+#   2 unpaired text -> upsampled phoneme units + letters, binarized; a word 4-gram of it
 #   3 speech -> phoneme units: `speechlm phone-units` trained on train_paired only, then the unpaired
-#     train speech (and valid) labelled from its posteriors; scored against the true alignments
+#     train speech (and valid) labelled by beam search over its posteriors with a phone 4-gram of the
+#     unpaired text; scored against the true alignments
 #   4 pre-training, one run per row: speech-only (UMLM alone) and SpeechLM-P (speech + unpaired text)
 #   5 CTC fine-tuning on train_paired of every row, and of the same model from random weights
-#   6 Viterbi decoding of test and test_other; SpeechLM-P also zero-shot through its UCTC head
+#   6 decoding of test and test_other, Viterbi and with the word 4-gram (weights chosen on valid);
+#     SpeechLM-P also zero-shot through its UCTC head
+#   (stages 4-6 run as one chain per row, J chains at a time: a row fine-tunes as soon as it is pre-trained)
 #   7 the comparison: EXP/results.json, EXP/results.png, the table (TensorBoard logs: EXP/runs/*/tb)
 #   8 (only when asked: --stage 8 --stop-stage 8) speech translation into a SYNTHETIC language
 # --full adds the rows "SpeechLM-P, no swapping" and "oracle units" (the synthesizer's true
@@ -19,7 +23,7 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 stage=0; stop_stage=7; exp="$REPO/exp/mini"; hours=1.0; jobs=""; full=false
-pre_updates=""; ft_updates=""; tok_epochs=30
+pre_updates=""; ft_updates=""; tok_epochs=30; seeds=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --stage) stage=$2; shift 2;; --stop-stage) stop_stage=$2; shift 2;;
@@ -27,6 +31,7 @@ while [ $# -gt 0 ]; do
     --full) full=true; shift;;
     --pretrain-updates) pre_updates=$2; shift 2;; --finetune-updates) ft_updates=$2; shift 2;;
     --tokenizer-epochs) tok_epochs=$2; shift 2;;
+    --seeds) seeds=$2; shift 2;;
     *) echo "unknown option $1" >&2; exit 2;;
   esac
 done
@@ -38,7 +43,7 @@ log="$exp/log.$(date +%Y%m%d-%H%M%S)"
 exec > >(tee -a "$log") 2>&1
 say() { echo "[$(date +%H:%M:%S)] $*"; }
 run_stage() { [ "$1" -ge "$stage" ] && [ "$1" -le "$stop_stage" ]; }
-corpus="$exp/corpus"; text_bin="$exp/text_bin"; units="$exp/units"
+corpus="$exp/corpus"; text_bin="$exp/text_bin"; units="$exp/units"; word_lm="$exp/text/words_4gram.arpa"
 
 ncpu=$(env -u OMP_NUM_THREADS nproc 2>/dev/null || echo 1)  # nproc alone obeys OMP_NUM_THREADS
 [ -n "$jobs" ] || jobs=$(( ncpu >= 2 ? 2 : 1 ))
@@ -49,7 +54,7 @@ if "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'
 else
   cpu=true; device=cpu
 fi
-seeds="1"; $full && seeds="1 2 3"
+[ -n "$seeds" ] || { seeds="1"; $full && seeds="1 2 3"; }
 
 # timed TIMEFILE LOGFILE CMD...: CMD's output into LOGFILE, its wall/user/sys seconds into TIMEFILE
 timed() {
@@ -133,6 +138,26 @@ decode() {
     common_eval.path="$d/finetune/checkpoint_best.pt" dataset.gen_subset=test,test_other \
     common_eval.results_path="$d/decode") && touch "$d/decode/done"
 }
+# lm_decode RUN: CTC beam search with the word 4-gram; its weight and word score are chosen on valid
+# (one forward pass for the whole grid), then test and test_other are decoded with the best setting
+lm_decode() {
+  local d="$exp/runs/$1"
+  if [ -f "$d/decode_lm/done" ]; then return 0; fi
+  local args=(--config-dir examples/mini/config/decode --config-name infer_kenlm common.cpu=$cpu
+              common_eval.path="$d/finetune/checkpoint_best.pt" decoding.lm_path="$word_lm")
+  (cd "$REPO" && timed "$d/time.decode_lm_valid" "$d/decode_lm_valid.log" "$PY" -m speechlm infer "${args[@]}" \
+    dataset.gen_subset=valid decoding.lm_weight=0.5,1,2 decoding.word_score=0,1,2 \
+    common_eval.results_path="$d/decode_lm_valid") || return 1
+  local best
+  best=$("$PY" -c 'import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+b = min(rows, key=lambda r: float(r["wer"]))
+print("decoding.lm_weight=%s decoding.word_score=%s" % (b["lm_weight"], b["word_score"]))' "$d/decode_lm_valid/valid.sweep.tsv")
+  # shellcheck disable=SC2086
+  (cd "$REPO" && timed "$d/time.decode_lm" "$d/decode_lm.log" "$PY" -m speechlm infer "${args[@]}" $best \
+    dataset.gen_subset=test,test_other common_eval.results_path="$d/decode_lm") \
+    && echo "$best" > "$d/decode_lm/setting" && touch "$d/decode_lm/done"
+}
 # zero_shot RUN PRETRAINED: no fine-tuning, the pre-trained UCTC head reads speech
 zero_shot() {
   local d="$exp/runs/$1"
@@ -168,6 +193,8 @@ if run_stage 2; then
     "$PY" -m speechlm binarize --units "$exp/text/$split.phn" --letters "$exp/text/$split.ltr" \
       --unit-dict "$corpus/dict.phn.txt" --letter-dict "$corpus/dict.ltr.txt" --dest "$text_bin" --split "$split"
   done
+  # the word 4-gram for stage 6's beam search: the same unpaired text, nothing of test or valid
+  [ -f "$word_lm" ] || "$PY" -m speechlm ngram "$corpus/unpaired.wrd" --order 4 --out "$word_lm"
   stage_end 2
 fi
 if run_stage 3; then
@@ -178,11 +205,15 @@ if run_stage 3; then
     timed "$units/time.train" "$units/train.log" "$PY" -m speechlm phone-units train "$corpus" \
       --split train_paired --save "$units/phone_ctc.pt" --epochs "$tok_epochs" --batch-size 8
   fi
-  for split in train valid; do  # no transcripts: the unpaired speech is labelled from the posteriors
+  # a phone 4-gram of the unpaired text (through the lexicon) guides the search over the posteriors
+  [ -f "$units/phone_lm.arpa" ] || "$PY" -m speechlm ngram "$corpus/unpaired.wrd" --phones --order 4 \
+    --out "$units/phone_lm.arpa"
+  for split in train valid; do  # no transcripts: the unpaired speech is labelled by phone-LM beam search
     if [ ! -f "$units/$split.phn" ]; then
       for r in $(seq 0 $((jobs - 1))); do
         spawn "$PY" -m speechlm phone-units label "$corpus" "$split" --model "$units/phone_ctc.pt" \
-          --out-dir "$units" --nshard "$jobs" --rank "$r"
+          --out-dir "$units" --nshard "$jobs" --rank "$r" \
+          --phone-lm "$units/phone_lm.arpa" --lm-weight 0.5 --insertion 1 --blank-penalty 2
       done
       wait_all
       if [ "$jobs" -gt 1 ]; then
@@ -209,51 +240,76 @@ if $full; then
   rows+=("SpeechLM-P-no-swap|SpeechLM-P, no swapping|5|$units|$text_bin|model.random_swap_prob=0"
          "oracle|SpeechLM-P, oracle units|6|$corpus|$text_bin|")
 fi
-if run_stage 4; then
+# Stages 4-6 as one chain per row and seed -- pre-training -> fine-tuning -> decoding (Viterbi, then the
+# word 4-gram) --, each chain's next step as soon as its own previous one is done, $jobs chains at a time
+# (a row whose pre-training is short does not wait for the longest one before it fine-tunes).
+# chain RUN DATA TEXT SEED [OVERRIDES...]
+chain() {
+  local run=$1 data=$2 text=$3 seed=$4; shift 4
+  local d="$exp/runs/$run"
+  if run_stage 4; then pretrain "$run" "$data" "$text" "$seed" "$@" || { touch "$d/failed"; return 1; }; fi
+  if run_stage 5; then finetune "$run" "$d/pretrain/checkpoint_last.pt" "$seed" || return 1; fi
+  if run_stage 6; then
+    decode "$run" && lm_decode "$run" || return 1
+    if [ "${run%%.*}" = SpeechLM-P ]; then
+      zero_shot "SpeechLM-P-zero-shot.s$seed" "$d/pretrain/checkpoint_last.pt" || return 1
+    fi
+  fi
+}
+# random_chain SEED: the same architecture from random weights (a pre-trained checkpoint gives the shapes:
+# the first row's, once its pre-training is done), fine-tuned and decoded
+random_chain() {
+  local seed=$1 first="$exp/runs/${rows[0]%%|*}.s$1"
+  while [ ! -f "$first/pretrain/done" ]; do
+    if [ -f "$first/failed" ] || ! run_stage 4; then
+      say "  random.s$seed: no pre-trained checkpoint ($first/pretrain) to take the shapes from"; return 1
+    fi
+    sleep 2
+  done
+  if run_stage 5; then
+    finetune "random.s$seed" "$first/pretrain/checkpoint_last.pt" "$seed" model.no_pretrained_weights=true || return 1
+  fi
+  if run_stage 6; then decode "random.s$seed" && lm_decode "random.s$seed"; fi
+}
+lo=$(( stage > 4 ? stage : 4 )); hi=$(( stop_stage < 6 ? stop_stage : 6 ))
+if [ "$lo" -le "$hi" ]; then
   stage_begin
-  say "stage 4: pre-training ($pre_updates updates per run)"
+  say "stages $lo-$hi: pre-training ($pre_updates updates), CTC fine-tuning on train_paired ($ft_updates updates),"
+  say "  decoding test and test_other (Viterbi; beam search with the word 4-gram, weights chosen on valid)"
   for seed in $seeds; do
     for row in "${rows[@]}"; do
       IFS='|' read -r run name order data text extra <<< "$row"
       meta "$run.s$seed" "$name" "$seed" "$order" "$pre_updates"
-      spawn pretrain "$run.s$seed" "$data" "$text" "$seed" ${extra//,/ }
+      rm -f "$exp/runs/$run.s$seed/failed"
     done
-  done
-  wait_all
-  for seed in $seeds; do for row in "${rows[@]}"; do need "$exp/runs/${row%%|*}.s$seed/pretrain/done"; done; done
-  stage_end 4
-fi
-if run_stage 5; then
-  stage_begin
-  say "stage 5: CTC fine-tuning on train_paired ($ft_updates updates per run)"
-  for seed in $seeds; do
     meta "random.s$seed" "random weights" "$seed" 1 0
-    # the same architecture from random weights: any pre-trained checkpoint gives the shapes
-    spawn finetune "random.s$seed" "$exp/runs/SpeechLM-P.s$seed/pretrain/checkpoint_last.pt" "$seed" \
-      model.no_pretrained_weights=true
-    for row in "${rows[@]}"; do
-      run=${row%%|*}
-      spawn finetune "$run.s$seed" "$exp/runs/$run.s$seed/pretrain/checkpoint_last.pt" "$seed"
-    done
-  done
-  wait_all
-  for seed in $seeds; do for run in random "${rows[@]%%|*}"; do need "$exp/runs/$run.s$seed/finetune/done"; done; done
-  stage_end 5
-fi
-if run_stage 6; then
-  stage_begin
-  say "stage 6: decoding test and test_other"
-  for seed in $seeds; do
-    for run in random "${rows[@]%%|*}"; do spawn decode "$run.s$seed"; done
     meta "SpeechLM-P-zero-shot.s$seed" "SpeechLM-P zero-shot (UCTC head)" "$seed" 4 "$pre_updates" \
       "runs/SpeechLM-P.s$seed/time.pretrain"
-    spawn zero_shot "SpeechLM-P-zero-shot.s$seed" "$exp/runs/SpeechLM-P.s$seed/pretrain/checkpoint_last.pt"
+  done
+  # longest first: SpeechLM-P's pre-training (it also reads text) is the critical path
+  for seed in $seeds; do
+    for row in "${rows[@]}"; do
+      IFS='|' read -r run name order data text extra <<< "$row"
+      [ "$run" = SpeechLM-P ] && spawn chain "$run.s$seed" "$data" "$text" "$seed" ${extra//,/ }
+    done
+    for row in "${rows[@]}"; do
+      IFS='|' read -r run name order data text extra <<< "$row"
+      [ "$run" = SpeechLM-P ] || spawn chain "$run.s$seed" "$data" "$text" "$seed" ${extra//,/ }
+    done
+    spawn random_chain "$seed"
   done
   wait_all
   for seed in $seeds; do
-    for run in random "${rows[@]%%|*}" SpeechLM-P-zero-shot; do need "$exp/runs/$run.s$seed/decode/done"; done
+    for run in "${rows[@]%%|*}"; do
+      [ "$hi" -ge 4 ] && need "$exp/runs/$run.s$seed/pretrain/done"
+      [ "$lo" -le 5 ] && [ "$hi" -ge 5 ] && need "$exp/runs/$run.s$seed/finetune/done"
+      [ "$hi" -ge 6 ] && need "$exp/runs/$run.s$seed/decode/done" "$exp/runs/$run.s$seed/decode_lm/done"
+    done
+    [ "$lo" -le 5 ] && [ "$hi" -ge 5 ] && need "$exp/runs/random.s$seed/finetune/done"
+    [ "$hi" -ge 6 ] && need "$exp/runs/random.s$seed/decode/done" "$exp/runs/random.s$seed/decode_lm/done" \
+      "$exp/runs/SpeechLM-P-zero-shot.s$seed/decode/done"
   done
-  stage_end 6
+  stage_end "$lo-$hi"
 fi
 if run_stage 7; then
   say "stage 7: the comparison (same pre-training updates and fine-tuning for every row)"
