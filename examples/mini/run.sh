@@ -16,8 +16,9 @@
 #   (stages 4-6 run as one chain per row, J chains at a time: a row fine-tunes as soon as it is pre-trained)
 #   7 the comparison: EXP/results.json, EXP/results.png, the table (TensorBoard logs: EXP/runs/*/tb)
 #   8 (only when asked: --stage 8 --stop-stage 8) speech translation into a SYNTHETIC language
-# --full adds the rows "SpeechLM-P, no swapping" and "oracle units" (the synthesizer's true
-# alignments as speech units) and runs every row with seeds 1 2 3 (mean and spread in the table).
+# --full adds the rows "SpeechLM-P, no swapping", "oracle units" (the synthesizer's true alignments as
+# speech units) and SpeechLM-H (hidden units: stage 3h, examples/mini/hidden_units.sh) and runs every
+# row with seeds 1 2 3 (mean and spread in the table).
 # Runs go J at a time (default: 2 if the machine has 2 cores or more), each with nproc/J threads;
 # every step's console output is in EXP/runs/RUN/*.log, its wall and CPU seconds in EXP/runs/RUN/time.*.
 set -euo pipefail
@@ -232,13 +233,19 @@ for s in ("train", "valid"):
     print(f"  tokenizer on {s:5s} (vs the true alignments): frame accuracy {acc:.1f} %, PER {per:.1f} %")' "$units"
   stage_end 3
 fi
+if $full && run_stage 3; then  # SpeechLM-H's units: MFCC k-means, and a t2u model for the text
+  stage_begin; say "stage 3h: hidden units (examples/mini/hidden_units.sh) -> $exp/hidden"
+  bash "$REPO/examples/mini/hidden_units.sh" "$corpus" "$units" "$exp/text" "$exp/hidden" --jobs "$jobs"
+  stage_end 3h
+fi
 
 # the rows: RUN-prefix | name | order | data | text | extra overrides (one word, ',' separated)
 rows=("speech-only|speech-only (UMLM)|2|$units|null|"
       "SpeechLM-P|SpeechLM-P|3|$units|$text_bin|")
 if $full; then
   rows+=("SpeechLM-P-no-swap|SpeechLM-P, no swapping|5|$units|$text_bin|model.random_swap_prob=0"
-         "oracle|SpeechLM-P, oracle units|6|$corpus|$text_bin|")
+         "oracle|SpeechLM-P, oracle units|6|$corpus|$text_bin|"
+         "SpeechLM-H|SpeechLM-H|7|$exp/hidden/data|$exp/hidden/text_bin|task.labels=[km]")
 fi
 # Stages 4-6 as one chain per row and seed -- pre-training -> fine-tuning -> decoding (Viterbi, then the
 # word 4-gram) --, each chain's next step as soon as its own previous one is done, $jobs chains at a time
