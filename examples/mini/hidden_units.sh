@@ -11,7 +11,8 @@
 #     -> the pre-training data dir (tsvs, .km, dict.km.txt, dict.ltr.txt)      data/
 #     (purity against the synthesizer's true phones, only to score:            km/score.valid.json)
 #   3 frame phone units of train_paired and valid by forced alignment of their transcripts with the
-#     stage-3 recognizer (what the LibriSpeech recipe gives its t2u model)   align/
+#     stage-3 recognizer (what the LibriSpeech recipe gives its t2u model; stage 3's phone LM, if there,
+#     decodes the utterances with a word outside the lexicon)                align/
 #   4 text-to-unit model (examples/tokenizers/config/t2u_tiny) trained on train_paired: phones -> units,
 #     validated on valid                                                     t2u_data/, t2u/checkpoint_best.pt
 #   5 the unpaired text's phone units (the same kind of units the text side of SpeechLM-P gets: phonemized,
@@ -94,10 +95,13 @@ if [ ! -f "$data/valid.km" ]; then
 fi
 
 say "hidden units 3: phone units of train_paired and valid (forced alignment of their transcripts) -> $align"
+# an utterance whose transcript has a word outside the lexicon is decoded instead: with stage 3's phone LM
+# and its settings when UNITS_DIR has one (as the LibriSpeech recipe), else from the posteriors
+lm=(); [ -f "$units/phone_lm.arpa" ] && lm=(--phone-lm "$units/phone_lm.arpa" --lm-weight 0.5 --insertion 1)
 for split in train_paired valid; do
   if [ -f "$align/$split.phn" ]; then say "  $split.phn exists, skipped"; continue; fi
   timed "align_$split" "${S[@]}" phone-units label "$corpus" "$split" --model "$units/phone_ctc.pt" \
-    --out-dir "$align" --transcripts
+    --out-dir "$align" --transcripts "${lm[@]}"
 done
 
 say "hidden units 4: text-to-unit model (t2u_tiny, $t2u_updates updates) on train_paired -> $out/t2u"
