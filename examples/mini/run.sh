@@ -239,9 +239,10 @@ if $full && run_stage 3; then  # SpeechLM-H's units: MFCC k-means, and a t2u mod
   stage_end 3h
 fi
 
-# the rows: RUN-prefix | name | order | data | text | extra overrides (one word, ',' separated)
-rows=("speech-only|speech-only (UMLM)|2|$units|null|"
-      "SpeechLM-P|SpeechLM-P|3|$units|$text_bin|")
+# the rows: RUN-prefix | name | order | data | text | extra overrides (one word, ',' separated); their chains
+# start in this order, the longest first (SpeechLM-P's pre-training also reads text: the critical path)
+rows=("SpeechLM-P|SpeechLM-P|3|$units|$text_bin|"
+      "speech-only|speech-only (UMLM)|2|$units|null|")
 if $full; then
   rows+=("SpeechLM-P-no-swap|SpeechLM-P, no swapping|5|$units|$text_bin|model.random_swap_prob=0"
          "oracle|SpeechLM-P, oracle units|6|$corpus|$text_bin|"
@@ -264,9 +265,9 @@ chain() {
   fi
 }
 # random_chain SEED: the same architecture from random weights (a pre-trained checkpoint gives the shapes:
-# the first row's, once its pre-training is done), fine-tuned and decoded
+# speech-only's, the shortest, once its pre-training is done), fine-tuned and decoded
 random_chain() {
-  local seed=$1 first="$exp/runs/${rows[0]%%|*}.s$1"
+  local seed=$1 first="$exp/runs/speech-only.s$1"
   while [ ! -f "$first/pretrain/done" ]; do
     if [ -f "$first/failed" ] || ! run_stage 4; then
       say "  random.s$seed: no pre-trained checkpoint ($first/pretrain) to take the shapes from"; return 1
@@ -293,26 +294,21 @@ if [ "$lo" -le "$hi" ]; then
     meta "SpeechLM-P-zero-shot.s$seed" "SpeechLM-P zero-shot (UCTC head)" "$seed" 4 "$pre_updates" \
       "runs/SpeechLM-P.s$seed/time.pretrain"
   done
-  # longest first: SpeechLM-P's pre-training (it also reads text) is the critical path
   for seed in $seeds; do
     for row in "${rows[@]}"; do
       IFS='|' read -r run name order data text extra <<< "$row"
-      [ "$run" = SpeechLM-P ] && spawn chain "$run.s$seed" "$data" "$text" "$seed" ${extra//,/ }
-    done
-    for row in "${rows[@]}"; do
-      IFS='|' read -r run name order data text extra <<< "$row"
-      [ "$run" = SpeechLM-P ] || spawn chain "$run.s$seed" "$data" "$text" "$seed" ${extra//,/ }
+      spawn chain "$run.s$seed" "$data" "$text" "$seed" ${extra//,/ }
     done
     spawn random_chain "$seed"
   done
   wait_all
   for seed in $seeds; do
     for run in "${rows[@]%%|*}"; do
-      [ "$hi" -ge 4 ] && need "$exp/runs/$run.s$seed/pretrain/done"
-      [ "$lo" -le 5 ] && [ "$hi" -ge 5 ] && need "$exp/runs/$run.s$seed/finetune/done"
+      need "$exp/runs/$run.s$seed/pretrain/done"
+      [ "$hi" -ge 5 ] && need "$exp/runs/$run.s$seed/finetune/done"
       [ "$hi" -ge 6 ] && need "$exp/runs/$run.s$seed/decode/done" "$exp/runs/$run.s$seed/decode_lm/done"
     done
-    [ "$lo" -le 5 ] && [ "$hi" -ge 5 ] && need "$exp/runs/random.s$seed/finetune/done"
+    [ "$hi" -ge 5 ] && need "$exp/runs/random.s$seed/finetune/done"
     [ "$hi" -ge 6 ] && need "$exp/runs/random.s$seed/decode/done" "$exp/runs/random.s$seed/decode_lm/done" \
       "$exp/runs/SpeechLM-P-zero-shot.s$seed/decode/done"
   done
