@@ -156,11 +156,13 @@ print("  k-means units on valid vs the true phones: " + ", ".join(f"{k} {v:.3f}"
 acc = None
 for line in open(f"{out}/logs/t2u_train.log", encoding="utf-8") if os.path.isfile(f"{out}/logs/t2u_train.log") else []:
     if "[valid]" in line and "{" in line:
-        acc = json.loads(line[line.index("{"):]).get("valid_unit_accuracy", acc)
+        v = json.loads(line[line.index("{"):]).get("valid_unit_accuracy")
+        if v is not None:
+            acc = max(float(v), acc or 0.0)  # the best validation (checkpoint_best.pt: best unit accuracy)
 units = collections.Counter(u for line in open(f"{out}/t2u_data/valid.km") for u in line.split())
 top = 100 * units.most_common(1)[0][1] / sum(units.values())
 if acc is not None:
-    print(f"  t2u on valid: unit accuracy {float(acc):.1f} % (the most frequent unit: {top:.1f} %)")
+    print(f"  t2u on valid: unit accuracy {acc:.1f} % (best validation; the most frequent unit: {top:.1f} %)")
 print(f"  {'step':24s} {'wall s':>8s} {'CPU s':>8s}")
 for tf in sorted(glob.glob(f"{out}/logs/time.*"), key=os.path.getmtime):
     t = json.load(open(tf))
