@@ -1,6 +1,7 @@
 """Unit tests of the SpeechLM model and criterion on small hand-made tensors (and two tiny seeded trainings)."""
 import itertools
 import math
+from pathlib import Path
 
 import editdistance
 import numpy as np
@@ -142,8 +143,9 @@ def test_greedy_ctc_collapses_repeats_and_drops_blanks():
     assert greedy_ctc(logits, torch.tensor([3]), blank=0) == [[3]]
 
 
-def test_padding_does_not_change_a_real_frames_output():
-    model = tiny_model(random_swap_prob=0.3).eval()
+@pytest.mark.parametrize("frontend", ["conv", "logmel"])
+def test_padding_does_not_change_a_real_frames_output(frontend):
+    model = tiny_model(random_swap_prob=0.3, frontend=frontend).eval()
     torch.manual_seed(3)
     lengths = [9600, 5000, 7321]
     wavs = [torch.randn(n) for n in lengths]
@@ -184,6 +186,59 @@ def test_masked_front_end_equals_fairseq_front_end_without_padding():
     fe = MaskedConvFeatureExtractor([(16, 10, 5), (16, 3, 2)], mode="default")
     x = torch.randn(2, 3000)
     torch.testing.assert_close(fe(x, torch.tensor([3000, 3000])), fe(x), atol=1e-5, rtol=1e-5)
+
+
+def test_logmel_front_end_is_kaldi_fbank_and_keeps_the_conv_front_ends_frames(mini_corpus):
+    """On real audio the torch log-Mel equals kaldi-native-fbank (speechlm.data.fbank); the output has
+    num_frames_50hz(n) frames for any length, so labels and CTC targets work with either front end."""
+    import soundfile as sf
+
+    from speechlm.data.fbank import compute_fbank
+    from speechlm.data.manifest import num_frames_50hz
+    from speechlm.modules.logmel_frontend import LogMelFrontEnd
+
+    root, first = (mini_corpus / "valid.tsv").read_text().splitlines()[:2]
+    wav, sr = sf.read(str(Path(root) / first.split("\t")[0]), dtype="float32")
+    assert sr == 16000
+    fe = LogMelFrontEnd(16)
+    ours = fe.logmel(torch.from_numpy(wav)[None])[0].numpy()
+    ref = compute_fbank(wav)
+    assert ours.shape == ref.shape
+    assert np.abs(ours - ref).max() < 0.01  # log units; the values span about -5 .. 25
+    for n in (400, 401, 719, 720, 1039, 1040, 16000, 16321, 33333):
+        out = fe(torch.randn(1, n) * 0.1)
+        assert out.shape == (1, 16, num_frames_50hz(n)), n
+        assert int(fe.output_lengths(torch.tensor([n]))[0]) == num_frames_50hz(n)
+
+
+def test_logmel_model_trains_and_reloads_with_its_front_end(tmp_path):
+    """frontend=logmel: the pre-training loss falls on a fixed batch, the front end gets gradients, and
+    a state dict round-trips into a model built from the same config (the mel banks are not saved)."""
+    model = tiny_model(frontend="logmel", mask_prob=0.3)
+    assert not any("mel_banks" in k or "window" in k for k in model.state_dict())
+    torch.manual_seed(1)
+    wav = torch.randn(2, 8000) * 0.1
+    T = (8000 - 400) // 320 + 1
+    target = torch.randint(4, 12, (2, T))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        torch.manual_seed(5)
+        out = model(wav, None, target)
+        loss = F.cross_entropy(out["umlm_logits"][1], out["umlm_targets"])
+        opt.zero_grad()
+        loss.backward()
+        assert model.feature_extractor.conv.weight.grad.abs().sum() > 0
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    again = tiny_model(frontend="logmel", mask_prob=0.3)
+    again.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True), strict=True)
+    with torch.no_grad():
+        a, _ = model.eval().extract_features(wav)
+        b, _ = again.eval().extract_features(wav)
+    torch.testing.assert_close(a, b)
 
 
 def test_relative_keys_attention_equals_the_naive_shaw_formula_beyond_the_clip():

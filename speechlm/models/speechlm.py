@@ -26,11 +26,13 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
 from fairseq.modules import GradMultiply, LayerNorm
 
-from speechlm.modules.conv_frontend import MaskedConvFeatureExtractor, conv_output_lengths, parse_conv_layers
+from speechlm.modules.conv_frontend import MaskedConvFeatureExtractor, parse_conv_layers
+from speechlm.modules.logmel_frontend import LogMelFrontEnd
 from speechlm.modules.relpos_transformer import RelPosTransformer
 from speechlm.modules.uctc_head import UCTCHead
 
 EXTRACTOR_MODE_CHOICES = ChoiceEnum(["default", "layer_norm"])
+FRONTEND_CHOICES = ChoiceEnum(["conv", "logmel"])
 MASK_TYPE_CHOICES = ChoiceEnum(["static", "uniform", "normal", "poisson"])
 # The Base conv front end: 25 ms receptive field, 320-sample (20 ms) stride -> 50 Hz frames.
 BASE_CONV_LAYERS = "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"
@@ -42,6 +44,11 @@ PRETRAINING_MODULES = ("unit_embed", "umlm_proj", "umlm_label_embs")
 
 @dataclass
 class SpeechLMConfig(FairseqDataclass):
+    frontend: FRONTEND_CHOICES = field(
+        default="conv",
+        metadata={"help": "'conv': the published raw-waveform conv front end (conv_feature_layers); 'logmel': "
+                  "80 log-Mel at 100 Hz + one stride-2 conv to encoder_embed_dim (cheap, for small CPU models)"},
+    )
     extractor_mode: EXTRACTOR_MODE_CHOICES = field(
         default="default",
         metadata={"help": "conv front end norm: 'default' = group norm in the first layer (Base), "
@@ -121,12 +128,15 @@ class SpeechLMModel(BaseFairseqModel):
         super().__init__()
         self.cfg = cfg
         D = cfg.encoder_embed_dim
-        conv_layers = parse_conv_layers(cfg.conv_feature_layers)
-        self.conv_layers = conv_layers
-        self.feature_extractor = MaskedConvFeatureExtractor(
-            conv_layers, dropout=0.0, mode=cfg.extractor_mode, conv_bias=cfg.conv_bias
-        )
-        feat_dim = conv_layers[-1][0]
+        if cfg.frontend == "logmel":
+            self.feature_extractor = LogMelFrontEnd(D)
+            feat_dim = D
+        else:
+            conv_layers = parse_conv_layers(cfg.conv_feature_layers)
+            self.feature_extractor = MaskedConvFeatureExtractor(
+                conv_layers, dropout=0.0, mode=cfg.extractor_mode, conv_bias=cfg.conv_bias
+            )
+            feat_dim = conv_layers[-1][0]
         self.layer_norm = LayerNorm(feat_dim)
         self.post_extract_proj = nn.Linear(feat_dim, D) if feat_dim != D else None
         self.dropout_input = nn.Dropout(cfg.dropout_input)
@@ -218,7 +228,7 @@ class SpeechLMModel(BaseFairseqModel):
         feats = self.layer_norm(feats.transpose(1, 2))
         frame_padding = None
         if lengths is not None:
-            frame_padding = _padding_mask_from_lengths(conv_output_lengths(lengths, self.conv_layers), feats.size(1))
+            frame_padding = _padding_mask_from_lengths(self.feature_extractor.output_lengths(lengths), feats.size(1))
         if self.post_extract_proj is not None:
             feats = self.post_extract_proj(feats)
         return feats, frame_padding, penalty

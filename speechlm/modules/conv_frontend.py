@@ -61,6 +61,10 @@ class MaskedConvFeatureExtractor(ConvFeatureExtractionModel):
         return x
 
 
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Frames for ``lengths`` input samples (the ``LogMelFrontEnd`` interface)."""
+        return conv_output_lengths(lengths, self.conv_spec)
+
     def forward_each(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """``(B, S)`` padded waveforms -> ``(B, C, T)``: each utterance alone on its ``lengths[b]`` samples,
         zeros beyond its ``conv_output_lengths`` frames (T = the frames of S samples)."""
