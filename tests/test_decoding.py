@@ -68,3 +68,20 @@ def test_kenlm_beats_viterbi_on_acoustically_ambiguous_words(tmp_path):
 def test_missing_lm_file_says_what_to_give(tmp_path):
     with pytest.raises(SystemExit, match="KenLM model not found"):
         load_kenlm(str(tmp_path / "nope.arpa"))
+
+
+def test_unk_score_offset_keeps_a_strongly_heard_new_word_or_forbids_it(tmp_path):
+    """A clearly spoken word outside the LM's words (LM weight 0: only the word list counts): a small offset
+    (-1) spells it; a large penalty (-100, a lexicon-constrained search) replaces it by an in-list word."""
+    text = ["THE CAT SAT", "THE DOG SAT", "A CAT RAN", "THE DOG RAN"] * 20
+    arpa = tmp_path / "lm.arpa"
+    write_arpa([s.split() for s in text], str(arpa), order=3)
+    d = _letters()
+    blank = d.bos()
+    frames = _spell("THE COT SAT".split(), {(1, 1): {"O": 0.9, "A": 0.05}})
+    lm = load_kenlm(str(arpa))
+    hyps = {off: KenLMDecoder(d, blank, str(arpa), lm_weight=0.0, word_score=0.0, beam=20, language_model=lm,
+                              unk_score_offset=off).decode_words(_emissions(d, frames, blank))
+            for off in (-1.0, -100.0)}
+    assert hyps[-1.0] == "THE COT SAT"
+    assert hyps[-100.0] == "THE CAT SAT"

@@ -48,6 +48,12 @@ class DecodingConfig(FairseqDataclass):
     word_score: float = field(
         default=-1.0, metadata={"help": "word insertion bonus (beta) for type=kenlm"}
     )
+    unk_score_offset: float = field(
+        default=-10.0,
+        metadata={"help": "log score added to a word (or a word's prefix) outside decoding.unigrams; "
+                          "-10 (pyctcdecode's default) allows new words, a large penalty such as -100 "
+                          "keeps the output to the word list (a lexicon-constrained search)"},
+    )
     beam: int = field(default=50, metadata={"help": "beam width for type=kenlm"})
     beam_prune_logp: float = field(
         default=-10.0, metadata={"help": "prune beams this far (log prob) below the best"}
@@ -220,7 +226,8 @@ def build_decoders(cfgs, tgt_dict, blank: int, post_process: str):
         if key not in lms:
             lms[key] = load_kenlm(d.lm_path, d.unigrams, d.lm_weight, d.word_score)
         decoders.append(KenLMDecoder(tgt_dict, blank, d.lm_path, d.lm_weight, d.word_score, d.beam,
-                                     d.beam_prune_logp, language_model=lms[key]))
+                                     d.beam_prune_logp, language_model=lms[key],
+                                     unk_score_offset=d.unk_score_offset))
     return decoders
 
 
@@ -239,7 +246,7 @@ def run(args):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(message)s")
     cfgs = compose_configs(args.config_dir, args.config_name, args.overrides)
     cfg = cfgs[0]
-    swept = [k for k in ("type", "lm_weight", "word_score", "beam", "beam_prune_logp", "lm_path")
+    swept = [k for k in ("type", "lm_weight", "word_score", "unk_score_offset", "beam", "beam_prune_logp", "lm_path")
              if len({str(OmegaConf.select(c, "decoding." + k)) for c in cfgs}) > 1]
     use_cuda = torch.cuda.is_available() and not cfg.common.cpu
     task_overrides = OmegaConf.to_container(cfg.task) if cfg.task else {}

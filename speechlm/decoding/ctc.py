@@ -61,20 +61,22 @@ class KenLMDecoder:
     """CTC prefix beam search with a KenLM word LM (pyctcdecode); ``decode_words`` gives the words.
 
     ``lm_weight`` (alpha) scales the LM log-probability (natural log, as pyctcdecode), ``word_score`` (beta)
-    is added per word. ``unigrams``: the words the beam may complete (default: the LM's vocabulary).
+    is added per word. ``unigrams``: the words the beam may complete (default: the LM's vocabulary);
+    ``unk_score_offset`` is added to a word, or a word's prefix, that is not among them (pyctcdecode's
+    -10 lets the search spell new words; -100 keeps it to the list).
     """
 
     def __init__(self, tgt_dict, blank: int, lm_path: str, lm_weight: float = 2.0, word_score: float = -1.0,
                  beam: int = 50, beam_prune_logp: float = -10.0, unigrams: Optional[str] = None,
-                 language_model=None):
+                 language_model=None, unk_score_offset: float = -10.0):
         try:
             import pyctcdecode
         except ImportError:
             raise SystemExit(KENLM_MISSING) from None
         if language_model is None:
-            language_model = load_kenlm(lm_path, unigrams, lm_weight, word_score)
+            language_model = load_kenlm(lm_path, unigrams, lm_weight, word_score, unk_score_offset)
         else:
-            language_model = language_model.with_weights(lm_weight, word_score)
+            language_model = language_model.with_weights(lm_weight, word_score, unk_score_offset)
         self.lm = language_model
         self.decoder = pyctcdecode.BeamSearchDecoderCTC(
             pyctcdecode.Alphabet.build_alphabet(ctc_labels(tgt_dict, blank)), language_model.model)
@@ -89,14 +91,15 @@ class KenLMDecoder:
 class LoadedLM:
     """A KenLM model loaded once, re-weighted cheaply for a sweep (pyctcdecode's LanguageModel)."""
 
-    def __init__(self, kenlm_model, unigrams, alpha, beta):
+    def __init__(self, kenlm_model, unigrams, alpha, beta, unk_score_offset=-10.0):
         from pyctcdecode.language_model import LanguageModel
 
         self.kenlm_model, self.unigrams = kenlm_model, unigrams
-        self.model = LanguageModel(kenlm_model, unigrams, alpha=alpha, beta=beta)
+        self.model = LanguageModel(kenlm_model, unigrams, alpha=alpha, beta=beta,
+                                   unk_score_offset=float(unk_score_offset))
 
-    def with_weights(self, alpha, beta) -> "LoadedLM":
-        return LoadedLM(self.kenlm_model, self.unigrams, alpha, beta)
+    def with_weights(self, alpha, beta, unk_score_offset=-10.0) -> "LoadedLM":
+        return LoadedLM(self.kenlm_model, self.unigrams, alpha, beta, unk_score_offset)
 
 
 def arpa_unigrams(path: str) -> List[str]:
@@ -118,7 +121,7 @@ def arpa_unigrams(path: str) -> List[str]:
 
 
 def load_kenlm(lm_path: str, unigrams: Optional[str] = None, lm_weight: float = 2.0,
-               word_score: float = -1.0) -> LoadedLM:
+               word_score: float = -1.0, unk_score_offset: float = -10.0) -> LoadedLM:
     """Load a KenLM model (.arpa or .bin) once. ``unigrams``: a word list file (first field per line);
     default: the 1-grams of an ARPA file (a binary model needs the list)."""
     try:
@@ -137,7 +140,7 @@ def load_kenlm(lm_path: str, unigrams: Optional[str] = None, lm_weight: float = 
         words = arpa_unigrams(lm_path)
     else:
         raise SystemExit(f"decoding.lm_path={lm_path}: a binary KenLM model needs decoding.unigrams=WORDLIST")
-    return LoadedLM(kenlm.Model(lm_path), words, lm_weight, word_score)
+    return LoadedLM(kenlm.Model(lm_path), words, lm_weight, word_score, unk_score_offset)
 
 
 # ----------------------------------------------------------------------------------------------
