@@ -3,7 +3,8 @@
 
 For each size (``tiny`` = examples/mini/config/pretrain/speechlm_tiny.yaml, ``base`` =
 examples/librispeech/config/pretrain/speechlm_p_base_librispeech.yaml) this builds the ``speechlm``
-model and ``fairseq.models.hubert.HubertModel`` with the same front end, width, depth, heads,
+model and ``fairseq.models.hubert.HubertModel`` with the same front end (the tiny config's log-Mel one is
+put into HuBERT too), width, depth, heads,
 masking and dropouts, and times forward + loss + backward + Adam step on the SAME speech batch:
 
 - ``hubert``: HuBERT's step with fairseq's ``hubert`` criterion (masked prediction);
@@ -95,6 +96,14 @@ def build(size, num_units, num_letters):
     for i in range(num_units - len(d)):
         d.add_symbol(f"u{i}")
     hub = HubertModel(hub_cfg, task_cfg, [d])
+    if slm_cfg.frontend == "logmel":  # HuBERT gets the same log-Mel front end (its forward passes only the wav)
+        from fairseq.modules import LayerNorm
+
+        from speechlm.modules.logmel_frontend import LogMelFrontEnd
+
+        D = slm_cfg.encoder_embed_dim
+        hub.feature_extractor = LogMelFrontEnd(D)
+        hub.layer_norm, hub.post_extract_proj, hub.embed = LayerNorm(D), None, D
     return slm, hub, d
 
 
