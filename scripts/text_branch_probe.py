@@ -96,7 +96,8 @@ def main(argv=None):
     t0, sentences = time.process_time(), 0
     branch = [model.unit_embed, model.shared_encoder, model.uctc_head]
     print(f"text branch of {args.config} (unit embedding, Shared Transformer, UCTC head): "
-          f"{sum(p.numel() for m in branch for p in m.parameters())} parameters; "
+          f"{sum(p.numel() for m in branch for p in m.parameters())} parameters "
+          f"(of {sum(p.numel() for p in model.parameters())} in the model); "
           f"text mask p={cfg.mask_prob if cfg.text_mask_prob is None else cfg.text_mask_prob}")
     for update in range(1, args.updates + 1):
         try:
