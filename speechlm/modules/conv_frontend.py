@@ -60,7 +60,6 @@ class MaskedConvFeatureExtractor(ConvFeatureExtractionModel):
             x = layer(x)
         return x
 
-
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Frames for ``lengths`` input samples (the ``LogMelFrontEnd`` interface)."""
         return conv_output_lengths(lengths, self.conv_spec)

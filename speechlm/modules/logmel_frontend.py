@@ -19,8 +19,11 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-SAMPLE_RATE = 16000
-WINDOW, SHIFT, N_FFT = 400, 160, 512
+from speechlm.data.fbank import NUM_MEL_BINS
+from speechlm.data.manifest import FRAME_SHIFT_SAMPLES_100HZ as SHIFT, FRAME_WINDOW_SAMPLES_100HZ as WINDOW, SAMPLE_RATE
+from speechlm.modules.conv_frontend import conv_output_lengths
+
+N_FFT = 512
 PREEMPH = 0.97
 LOW_FREQ = 20.0
 LOG_FLOOR = torch.finfo(torch.float32).eps  # Kaldi's log floor
@@ -48,13 +51,13 @@ def kaldi_mel_banks(num_bins: int, sample_rate: int = SAMPLE_RATE, n_fft: int = 
 
 def frames_100hz(lengths: torch.Tensor) -> torch.Tensor:
     """25 ms / 10 ms frames of ``lengths`` samples (Kaldi ``snip_edges``)."""
-    return (torch.div(lengths - WINDOW, SHIFT, rounding_mode="floor") + 1).clamp(min=0)
+    return conv_output_lengths(lengths, [(NUM_MEL_BINS, WINDOW, SHIFT)])
 
 
 class LogMelFrontEnd(nn.Module):
     """``forward(wav (B, S), lengths (B,) or None) -> features (B, dim, T)``; ``output_lengths(lengths)``."""
 
-    def __init__(self, dim: int, num_mel_bins: int = 80):
+    def __init__(self, dim: int, num_mel_bins: int = NUM_MEL_BINS):
         super().__init__()
         self.num_mel_bins = num_mel_bins
         window = torch.hann_window(WINDOW, periodic=False, dtype=torch.float64).pow(0.85).float()  # povey
@@ -76,8 +79,8 @@ class LogMelFrontEnd(nn.Module):
         return torch.clamp(power @ self.mel_banks, min=LOG_FLOOR).log()
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        n100 = frames_100hz(lengths)
-        return torch.where(n100 > 0, torch.div(n100 - 1, 2, rounding_mode="floor") + 1, torch.zeros_like(n100))
+        # the stride-2 conv of kernel 3 padded by 1 counts frames as a kernel-1 conv: floor((n - 1) / 2) + 1
+        return conv_output_lengths(frames_100hz(lengths), [(NUM_MEL_BINS, 1, 2)])
 
     def forward(self, wav: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         feats = self.logmel(wav)  # (B, T100, bins)
