@@ -14,7 +14,9 @@ Reads what ``examples/mini/run.sh`` leaves in ``EXP/runs/RUN/`` (one directory p
 - the pre-training TensorBoard events (fairseq's ``common.tensorboard_logdir``): ``umlm_acc_0/1``,
   ``uctc_loss``, ``text_ler`` per update, and ``num_updates``;
 
-and ``EXP/units/score.{train,valid}.json`` (the phone-units tokenizer against the true alignments).
+and ``EXP/units/score.{train,valid}.json`` (the phone-units tokenizer against the true alignments). When
+``EXP/corpus/{test,test_other}.{tsv,spk}`` are there, the Viterbi letter error is also given per voice
+(``cer_by_voice``), which shows what the unseen voices of ``test_other`` cost.
 Rows with several seeds are reported as the mean, with the sample standard deviation as ``*_std``
 and each seed's figures in ``seeds``.
 """
@@ -32,8 +34,8 @@ METRICS = ("test_wer", "test_cer", "test_other_wer", "test_other_cer")
 LM_METRICS = tuple(m + "_lm" for m in METRICS)  # the same with the word 4-gram (fine-tuned rows only)
 
 
-def read_trn(path: str) -> List[str]:
-    """``WORDS (utterance-id)`` lines -> the word strings, in file order."""
+def read_trn(path: str, with_ids: bool = False) -> List:
+    """``WORDS (utterance-id)`` lines -> the word strings (``(words, id)`` pairs with ``with_ids``), in file order."""
     out = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -41,25 +43,62 @@ def read_trn(path: str) -> List[str]:
             k = line.rfind(" (") if not line.startswith("(") else -1
             if not line.endswith(")") or (k < 0 and not line.startswith("(")):
                 raise ValueError(f"{path}:{n}: expected 'WORDS (utterance-id)', got {line!r}")
-            out.append(line[:k].strip() if k >= 0 else "")
+            words = line[:k].strip() if k >= 0 else ""
+            out.append((words, line[k + 2 if k >= 0 else 1:-1]) if with_ids else words)
     return out
+
+
+def _read_pairs(decode_dir: str, subset: str) -> List[Tuple[str, str, str]]:
+    """(hypothesis, reference, utterance id) of ``decode_dir/{subset}.{hypo,ref}.wrd``, line by line."""
+    hyps = read_trn(os.path.join(decode_dir, f"{subset}.hypo.wrd"), with_ids=True)
+    refs = read_trn(os.path.join(decode_dir, f"{subset}.ref.wrd"))
+    if len(hyps) != len(refs):
+        raise ValueError(f"{decode_dir}/{subset}: {len(hyps)} hypotheses but {len(refs)} references")
+    return [(h, r, uid) for (h, uid), r in zip(hyps, refs)]
+
+
+def _errors(h: str, r: str) -> Tuple[int, int, int, int]:
+    """(word errors, reference words, letter errors, reference letters); letters without the spaces."""
+    import editdistance
+
+    hl, rl = h.replace(" ", ""), r.replace(" ", "")
+    return editdistance.eval(h.split(), r.split()), len(r.split()), editdistance.eval(list(hl), list(rl)), len(rl)
 
 
 def score_decode(decode_dir: str, subset: str) -> Tuple[float, float]:
     """(WER %, CER %) of ``decode_dir/{subset}.hypo.wrd`` against ``{subset}.ref.wrd``."""
-    import editdistance
-
-    hyps = read_trn(os.path.join(decode_dir, f"{subset}.hypo.wrd"))
-    refs = read_trn(os.path.join(decode_dir, f"{subset}.ref.wrd"))
-    if len(hyps) != len(refs):
-        raise ValueError(f"{decode_dir}/{subset}: {len(hyps)} hypotheses but {len(refs)} references")
     we = nw = ce = nc = 0
-    for h, r in zip(hyps, refs):
-        we += editdistance.eval(h.split(), r.split())
-        nw += len(r.split())
-        ce += editdistance.eval(list(h.replace(" ", "")), list(r.replace(" ", "")))
-        nc += len(r.replace(" ", ""))
+    for h, r, _ in _read_pairs(decode_dir, subset):
+        e = _errors(h, r)
+        we, nw, ce, nc = we + e[0], nw + e[1], ce + e[2], nc + e[3]
     return 100.0 * we / max(nw, 1), 100.0 * ce / max(nc, 1)
+
+
+def voices(corpus: str, subset: str) -> Optional[Dict[str, str]]:
+    """Utterance id (the manifest's path without ``.wav``, as ``speechlm infer`` writes it) -> voice, from
+    ``corpus/{subset}.tsv`` and ``.spk``; None when the corpus has no speaker file."""
+    tsv, spk = os.path.join(corpus, f"{subset}.tsv"), os.path.join(corpus, f"{subset}.spk")
+    if not (os.path.isfile(tsv) and os.path.isfile(spk)):
+        return None
+    with open(tsv, encoding="utf-8") as f:
+        ids = [os.path.splitext(line.split("\t")[0])[0] for line in f.read().splitlines()[1:] if line]
+    with open(spk, encoding="utf-8") as f:
+        names = f.read().split()
+    if len(ids) != len(names):
+        raise ValueError(f"{spk}: {len(names)} voices but {len(ids)} utterances in {tsv}")
+    return dict(zip(ids, names))
+
+
+def cer_by_voice(decode_dir: str, subset: str, voice_of: Dict[str, str]) -> Dict[str, float]:
+    """Letter error % per voice of ``decode_dir/{subset}``; an utterance id missing from ``voice_of`` is an error."""
+    errs: Dict[str, List[int]] = {}
+    for h, r, uid in _read_pairs(decode_dir, subset):
+        if uid not in voice_of:
+            raise ValueError(f"{decode_dir}/{subset}.hypo.wrd: utterance {uid!r} is not in the corpus's {subset}.tsv")
+        _, _, ce, nc = _errors(h, r)
+        e = errs.setdefault(voice_of[uid], [0, 0])
+        e[0], e[1] = e[0] + ce, e[1] + nc
+    return {v: round(100.0 * e / max(n, 1), 2) for v, (e, n) in sorted(errs.items())}
 
 
 def read_scalars(event_dir: str) -> Dict[str, List[Tuple[int, float]]]:
@@ -101,6 +140,7 @@ def read_time(paths: List[str]) -> Dict[str, float]:
 def collect(exp: str) -> List[dict]:
     """One dict per run directory under ``exp/runs`` that has been decoded, sorted by row then seed."""
     runs = []
+    voice_of = {s: voices(os.path.join(exp, "corpus"), s) for s in SUBSETS}
     for meta_path in sorted(glob.glob(os.path.join(exp, "runs", "*", "meta.json"))):
         run_dir = os.path.dirname(meta_path)
         with open(meta_path, encoding="utf-8") as f:
@@ -111,6 +151,8 @@ def collect(exp: str) -> List[dict]:
         run = {"name": meta["name"], "seed": int(meta.get("seed", 1)), "order": int(meta.get("order", 99))}
         for s in SUBSETS:
             run[f"{s}_wer"], run[f"{s}_cer"] = score_decode(decode, s)
+        if all(voice_of.values()):
+            run["cer_by_voice"] = {s: cer_by_voice(decode, s, voice_of[s]) for s in SUBSETS}
         decode_lm = os.path.join(run_dir, "decode_lm")
         if all(os.path.isfile(os.path.join(decode_lm, f"{s}.hypo.wrd")) for s in SUBSETS):
             for s in SUBSETS:
@@ -154,6 +196,9 @@ def aggregate(runs: List[dict]) -> List[dict]:
             row[m] = round(statistics.fmean(vals), 2)
             if len(vals) > 1:
                 row[m + "_std"] = round(statistics.stdev(vals), 2)
+        if all("cer_by_voice" in r for r in rs):
+            row["cer_by_voice"] = {s: {v: round(statistics.fmean(r["cer_by_voice"][s][v] for r in rs), 2)
+                                       for v in rs[0]["cer_by_voice"][s]} for s in SUBSETS}
         row["pretrain_updates"] = rs[0]["pretrain_updates"]
         row["seconds"] = round(statistics.fmean(r["seconds"] for r in rs), 1)
         row["cpu_seconds"] = round(statistics.fmean(r["cpu_seconds"] for r in rs), 1)
@@ -188,6 +233,16 @@ def format_table(rows: List[dict], tokenizer: Dict[str, dict]) -> str:
                      f"{cell(r, 'test_other_wer')} / {cell(r, 'test_other_cer')} | "
                      f"{cell(r, 'test_wer_lm')} / {cell(r, 'test_other_wer_lm')} | {r['pretrain_updates']} | "
                      f"{r['seconds']:.0f} | {r['cpu_seconds']:.0f} |")
+    by_voice = [r for r in rows if "cer_by_voice" in r]
+    if by_voice:
+        lines += ["", "Viterbi letter error % per voice (test_other's voices are heard nowhere in training):", "",
+                  "| voice | " + " | ".join(r["name"] for r in by_voice) + " |",
+                  "|---" * (len(by_voice) + 1) + "|"]
+        for s in SUBSETS:
+            for v in by_voice[0]["cer_by_voice"][s]:
+                cells = [f"{r['cer_by_voice'][s].get(v, float('nan')):.1f}" for r in by_voice]
+                lines.append(f"| {s}: {v} | " + " | ".join(cells) + " |")
+        lines.append("")
     for split, s in tokenizer.items():
         acc, per = s.get("frame_accuracy"), s.get("phone_error_rate")
         lines.append(f"phone-units tokenizer (trained on train_paired) on `{split}` speech, against the true "

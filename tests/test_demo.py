@@ -82,6 +82,30 @@ def test_word_lm_decodes_are_reported_beside_viterbi_only_where_they_exist(tmp_p
     assert "test_wer_lm" not in zs and zs["test_wer"] == 100.0
 
 
+def test_letter_error_per_voice_from_the_corpus_speaker_files(tmp_path):
+    refs = ["THE CAT", "A DOG", "IN THE"]
+    hyps = ["THE CAT", "A DIG", "ON A"]  # voice b: 1 of 4 letters; a: 0 + 4 (INTHE -> ONA) of 6 + 5; seed 2: none
+    _write_run(tmp_path, "x.s1", "x", hyps, refs)
+    _write_run(tmp_path, "x.s2", "x", refs, refs, seed=2)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for subset in ("test", "test_other"):
+        (corpus / f"{subset}.tsv").write_text("/root\nutt0.wav\t16000\nutt1.wav\t16000\nutt2.wav\t16000\n")
+        (corpus / f"{subset}.spk").write_text("a\nb\na\n")
+    assert mini_summary.main(["--exp", str(tmp_path)]) == 0
+    (row,) = json.loads((tmp_path / "results.json").read_text())
+    assert row["cer_by_voice"]["test"] == {"a": pytest.approx(100 * 4 / 11 / 2, abs=0.01), "b": 12.5}
+    assert row["seeds"][0]["seed"] == 1
+
+    (corpus / "test.spk").write_text("a\nb\n")
+    with pytest.raises(ValueError, match=r"test.spk: 2 voices but 3 utterances"):
+        mini_summary.collect(str(tmp_path))
+    (corpus / "test.spk").write_text("a\nb\na\n")
+    (corpus / "test.tsv").write_text("/root\nutt0.wav\t16000\nutt1.wav\t16000\nother.wav\t16000\n")
+    with pytest.raises(ValueError, match=r"utterance 'utt2' is not in the corpus's test.tsv"):
+        mini_summary.collect(str(tmp_path))
+
+
 def test_tensorboard_scalars_round_trip_and_feed_the_plot(tmp_path):
     from tensorboardX import SummaryWriter
 
