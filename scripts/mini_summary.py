@@ -247,6 +247,9 @@ def format_table(rows: List[dict], tokenizer: Dict[str, dict]) -> str:
         acc, per = s.get("frame_accuracy"), s.get("phone_error_rate")
         lines.append(f"phone-units tokenizer (trained on train_paired) on `{split}` speech, against the true "
                      f"alignments: frame accuracy {_pct(acc)}, PER {_pct(per)}")
+        if s.get("by_speaker"):
+            lines.append("  PER per voice: " + ", ".join(f"{v} {_pct(x['phone_error_rate'])}"
+                                                       for v, x in s["by_speaker"].items()))
     return "\n".join(lines)
 
 

@@ -82,7 +82,7 @@ def test_word_lm_decodes_are_reported_beside_viterbi_only_where_they_exist(tmp_p
     assert "test_wer_lm" not in zs and zs["test_wer"] == 100.0
 
 
-def test_letter_error_per_voice_from_the_corpus_speaker_files(tmp_path):
+def test_letter_error_per_voice_from_the_corpus_speaker_files(tmp_path, capsys):
     refs = ["THE CAT", "A DOG", "IN THE"]
     hyps = ["THE CAT", "A DIG", "ON A"]  # voice b: 1 of 4 letters; a: 0 + 4 (INTHE -> ONA) of 6 + 5; seed 2: none
     _write_run(tmp_path, "x.s1", "x", hyps, refs)
@@ -92,7 +92,16 @@ def test_letter_error_per_voice_from_the_corpus_speaker_files(tmp_path):
     for subset in ("test", "test_other"):
         (corpus / f"{subset}.tsv").write_text("/root\nutt0.wav\t16000\nutt1.wav\t16000\nutt2.wav\t16000\n")
         (corpus / f"{subset}.spk").write_text("a\nb\na\n")
+    (tmp_path / "units").mkdir()
+    (tmp_path / "units/score.train.json").write_text(json.dumps(
+        {"frame_accuracy": 0.6, "phone_error_rate": 0.2,
+         "by_speaker": {"a": {"frame_accuracy": 0.7, "phone_error_rate": 0.125}, "b": {"frame_accuracy": 0.5,
+                                                                                      "phone_error_rate": 0.3}}}))
+    capsys.readouterr()
     assert mini_summary.main(["--exp", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| test: a | 18.2 |" in out and "| test_other: b | 12.5 |" in out
+    assert "PER per voice: a 12.5 %, b 30.0 %" in out
     (row,) = json.loads((tmp_path / "results.json").read_text())
     assert row["cer_by_voice"]["test"] == {"a": pytest.approx(100 * 4 / 11 / 2, abs=0.01), "b": 12.5}
     assert row["seeds"][0]["seed"] == 1

@@ -58,6 +58,28 @@ def test_score_labels_on_a_hand_made_example():
         score_labels([["SIL", "AH"]], ref)
 
 
+def test_score_labels_per_speaker_and_the_cli_names_a_short_speaker_file(tmp_path, capsys):
+    ref = [["SIL", "AH", "AH", "B", "SIL"], ["D", "D", "AH"], ["B", "B"]]
+    hyp = [["SIL", "AH", "B", "B", "B"], ["D", "AH", "AH"], ["D", "D"]]
+    r = score_labels(hyp, ref, ["x", "y", "x"])
+    assert r["frame_accuracy"] == pytest.approx(5 / 10)  # 3 + 2 + 0 of 5 + 3 + 2 frames
+    assert r["phone_error_rate"] == pytest.approx(1 / 5)  # AH B | D AH | B -> D
+    assert r["by_speaker"] == {"x": {"frame_accuracy": pytest.approx(3 / 7), "phone_error_rate": pytest.approx(1 / 3)},
+                               "y": {"frame_accuracy": pytest.approx(2 / 3), "phone_error_rate": 0.0}}
+    assert "by_speaker" not in score_labels(hyp, ref)
+
+    for name, lines in (("hyp", hyp), ("ref", ref)):
+        (tmp_path / f"{name}.phn").write_text("".join(" ".join(x) + "\n" for x in lines))
+    (tmp_path / "valid.spk").write_text("x\ny\nx\n")
+    args = ["phone-units", "score", "--hyp", str(tmp_path / "hyp.phn"), "--ref", str(tmp_path / "ref.phn")]
+    capsys.readouterr()
+    assert speechlm_main(args + ["--spk", str(tmp_path / "valid.spk")]) == 0
+    assert json.loads(capsys.readouterr().out)["by_speaker"]["y"]["phone_error_rate"] == 0.0
+    (tmp_path / "valid.spk").write_text("x\ny\n")
+    with pytest.raises(SystemExit, match=r"valid.spk has 2 lines, .*ref.phn has 3"):
+        speechlm_main(args + ["--spk", str(tmp_path / "valid.spk")])
+
+
 def _train_set(mini_corpus, cache_dir=None):
     """`train` of the tiny corpus (its train_paired has too few utterances whose words are all in the CMU
     dictionary), featurized per item."""

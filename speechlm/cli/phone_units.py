@@ -5,7 +5,7 @@
     speechlm phone-units label CORPUS train --model phone_ctc.pt --out-dir LAB [--transcripts] \\
         [--phone-lm phones.arpa] [--blank-penalty 2] [--nshard N --rank R]
     speechlm phone-units merge LAB train --nshard N
-    speechlm phone-units score --hyp LAB/valid.phn --ref CORPUS/valid.phn
+    speechlm phone-units score --hyp LAB/valid.phn --ref CORPUS/valid.phn [--spk CORPUS/valid.spk]
 
 ``label`` writes ``LAB/{split}.phn`` (``LAB/{split}_{rank}_{nshard}.phn`` when sharded): one line per
 manifest row, one phone per 50 Hz frame. ``--transcripts`` force-aligns ``CORPUS/{split}.wrd``;
@@ -90,6 +90,8 @@ def add_args(parser):
     p = sub.add_parser("score", help="frame accuracy and PER against true frame-level phones")
     p.add_argument("--hyp", required=True)
     p.add_argument("--ref", required=True)
+    p.add_argument("--spk", help="one speaker name per utterance (the corpus's SPLIT.spk): adds the figures "
+                                 "per speaker (by_speaker)")
 
 
 def _read_lines(path):
@@ -205,8 +207,13 @@ def run(args):
         hyp, ref = _read_lines(args.hyp), _read_lines(args.ref)
         if len(hyp) != len(ref):
             sys.exit(f"speechlm phone-units score: {args.hyp} has {len(hyp)} lines, {args.ref} has {len(ref)}")
+        spk = None
+        if args.spk:
+            spk = [" ".join(x) for x in _read_lines(args.spk)]
+            if len(spk) != len(ref):
+                sys.exit(f"speechlm phone-units score: {args.spk} has {len(spk)} lines, {args.ref} has {len(ref)}")
         try:
-            print(json.dumps(score_labels(hyp, ref)))
+            print(json.dumps(score_labels(hyp, ref, spk)))
         except ValueError as e:
             sys.exit(f"speechlm phone-units score: {args.hyp} vs {args.ref}: {e}")
     return 0
