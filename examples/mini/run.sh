@@ -222,7 +222,9 @@ if run_stage 3; then
         rm -f "$units/${split}_"*"_$jobs.phn"
       fi
     fi
-    "$PY" -m speechlm phone-units score --hyp "$units/$split.phn" --ref "$corpus/$split.phn" > "$units/score.$split.json"
+    spk=(); [ -f "$corpus/$split.spk" ] && spk=(--spk "$corpus/$split.spk")  # + PER per voice (the summary prints it)
+    "$PY" -m speechlm phone-units score --hyp "$units/$split.phn" --ref "$corpus/$split.phn" "${spk[@]}" \
+      > "$units/score.$split.json"
     cp "$corpus/$split.tsv" "$units/"
   done
   cp "$corpus/dict.phn.txt" "$corpus/dict.ltr.txt" "$units/"
