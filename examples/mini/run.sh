@@ -112,8 +112,9 @@ pretrain() {
     task.data="$data" task.text_data="$text" task.labels='[phn]' common.user_dir="$REPO/speechlm" \
     common.cpu=$cpu common.seed="$seed" common.tensorboard_logdir="$d/tb/pretrain" \
     optimization.max_update="$pre_updates" checkpoint.save_dir="$d/pretrain" hydra.run.dir="$d/pretrain/hydra" \
-    "$@") && touch "$d/pretrain/done"
-  say "  $run: pre-training finished ($(cat "$d/time.pretrain" 2>/dev/null))"
+    "$@") || { say "  $run: pre-training FAILED (log: $d/pretrain.log)"; return 1; }
+  touch "$d/pretrain/done"
+  say "  $run: pre-training finished ($(cat "$d/time.pretrain"))"
 }
 # finetune RUN PRETRAINED SEED [OVERRIDES...]
 finetune() {
@@ -127,8 +128,9 @@ finetune() {
     task.data="$corpus" model.w2v_path="$pre" common.user_dir="$REPO/speechlm" common.cpu=$cpu \
     common.seed="$seed" common.tensorboard_logdir="$d/tb/finetune" \
     optimization.max_update="$ft_updates" checkpoint.save_dir="$d/finetune" hydra.run.dir="$d/finetune/hydra" \
-    "$@") && touch "$d/finetune/done"
-  say "  $run: fine-tuning finished ($(cat "$d/time.finetune" 2>/dev/null))"
+    "$@") || { say "  $run: fine-tuning FAILED (log: $d/finetune.log)"; return 1; }
+  touch "$d/finetune/done"
+  say "  $run: fine-tuning finished ($(cat "$d/time.finetune"))"
 }
 # decode RUN: the fine-tuned model (best on valid WER) on test and test_other
 decode() {
