@@ -1,7 +1,9 @@
 """examples/mini/hidden_units.sh: the mini demo's hidden units for SpeechLM-H (MFCC -> k-means units of the
 speech, forced-aligned phones of train_paired -> text-to-unit model -> units of the unpaired text, binarized),
 run with tiny settings on the test corpus; then a few SpeechLM-H pre-training updates on what it wrote, with
-the overrides examples/mini/run.sh gives its SpeechLM-H row."""
+the overrides examples/mini/run.sh gives its SpeechLM-H row, and the second iteration run.sh --full makes:
+units of a pre-trained checkpoint's layer features (--checkpoint CKPT --layer L) instead of MFCC."""
+import json
 import math
 import os
 import re
@@ -116,17 +118,23 @@ def test_a_missing_input_is_named(mini_corpus, hidden, tmp_path):
     assert r.returncode == 1 and f"{tmp_path}/phone_ctc.pt not found" in r.stderr and "stage 3" in r.stderr
 
 
-def test_speechlm_h_pretrains_on_the_hidden_units(hidden, tmp_path):
+@pytest.fixture(scope="module")
+def h_pretrained(hidden, tmp_path_factory):
     """The SpeechLM-H row of run.sh --full: pretrain()'s overrides, then the row's task.labels=[km]."""
-    out = hidden["out"]
+    out, save = hidden["out"], tmp_path_factory.mktemp("h_pretrain")
     cmd = [str(Path(sys.executable).parent / "fairseq-hydra-train"),
            "--config-dir", "examples/mini/config/pretrain", "--config-name", "speechlm_tiny",
            f"task.data={out / 'data'}", f"task.text_data={out / 'text_bin'}", "task.labels=[phn]",
-           f"common.user_dir={REPO / 'speechlm'}", f"checkpoint.save_dir={tmp_path}",
-           f"hydra.run.dir={tmp_path}/hydra", "optimization.max_update=4", "common.log_interval=2",
+           f"common.user_dir={REPO / 'speechlm'}", f"checkpoint.save_dir={save}",
+           f"hydra.run.dir={save}/hydra", "optimization.max_update=4", "common.log_interval=2",
            "dataset.validate_interval_updates=4", "checkpoint.save_interval_updates=4",
            "task.labels=[km]"]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=1200)
+    return proc, save / "checkpoint_last.pt"
+
+
+def test_speechlm_h_pretrains_on_the_hidden_units(h_pretrained):
+    proc, checkpoint = h_pretrained
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     assert f"unit dictionary: {K + 4} types" in log  # K units + fairseq's 4 specials: the km dictionary
@@ -136,4 +144,34 @@ def test_speechlm_h_pretrains_on_the_hidden_units(hidden, tmp_path):
     for row in rows:  # the UMLM loss on the km units and the UCTC loss on the t2u text, both finite
         for key in ("loss", "umlm_loss_1", "uctc_loss"):
             assert math.isfinite(float(row[key])) and float(row[key]) > 0, (key, row)
-    assert (tmp_path / "checkpoint_last.pt").is_file()
+    assert checkpoint.is_file()
+
+
+def test_second_iteration_units_come_from_the_checkpoint_layer(mini_corpus, hidden, h_pretrained, tmp_path):
+    """--checkpoint CKPT --layer L: k-means of that layer's features (run.sh --full: the speech-only model's),
+    the rest of the chain as with MFCC; an OUT_DIR holding other features is refused, not reused."""
+    proc, checkpoint = h_pretrained
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    out = tmp_path / "hidden2"
+    args = (mini_corpus, hidden["units"], hidden["text"])
+    r = _run_script(*args, out, "--k", K, "--km-percent", "1", "--t2u-updates", 4, "--max-text-lines", 20,
+                    "--jobs", 1, "--checkpoint", checkpoint, "--layer", 1)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    side = json.loads((out / "feat/train_0_1.shard.json").read_text())
+    assert side["options"]["layer"] == 1 and side["inputs"]["checkpoint"]["size"] == checkpoint.stat().st_size
+    import numpy as np
+
+    feats = np.load(out / "feat/train_0_1.npy")
+    assert feats.shape[1] == 192  # the tiny model's width, not MFCC's 39
+    km = _lines(out / "data/train.km")
+    assert [len(u.split()) for u in km] == [len(u.split()) for u in _lines(hidden["out"] / "data/train.km")]
+    assert km != _lines(hidden["out"] / "data/train.km")  # other features, other clusters
+    assert len(_lines(out / "text/train_km.km")) == 20 and (out / "text_bin/train.km-ltr.km.bin").is_file()
+    stamp = (out / "km.npy").stat().st_mtime_ns  # asking for MFCC (or another layer) there: refused
+    for other in ((), ("--checkpoint", checkpoint, "--layer", 2)):
+        r = _run_script(*args, out, "--k", K, "--max-text-lines", 20, *other)
+        assert r.returncode == 1 and "holds the features of layer 1 of a checkpoint" in r.stderr, r.stderr
+        assert f"delete {out}" in r.stderr
+    assert (out / "km.npy").stat().st_mtime_ns == stamp
+    r = _run_script(*args, hidden["out"], "--k", K, "--checkpoint", checkpoint, "--layer", 1)
+    assert r.returncode == 1 and "holds the features of MFCC" in r.stderr, r.stderr

@@ -2,11 +2,14 @@
 # Hidden units for the mini demo's SpeechLM-H row (run.sh --full calls it after stage 3), with the
 # project's commands only, as examples/librispeech/run.sh stage 5 does at full scale:
 #   bash examples/mini/hidden_units.sh CORPUS UNITS_DIR TEXT_DIR OUT_DIR [--k K] [--km-percent P]
-#        [--t2u-updates N] [--max-text-lines N] [--jobs J]
+#        [--t2u-updates N] [--max-text-lines N] [--jobs J] [--threads T] [--checkpoint CKPT --layer L]
 # CORPUS: the mini corpus (speechlm corpus mini); UNITS_DIR: run.sh stage 3's output (phone_ctc.pt, the
 # phone-units recognizer trained on train_paired); TEXT_DIR: run.sh stage 2's upsampled phone units of the
 # unpaired text ({train,valid}.{phn,ltr}, speechlm phonemize). Writes under OUT_DIR:
 #   1 MFCC (39-d, 50 Hz) of train, train_paired, valid                       feat/
+#     or, with --checkpoint, the 50 Hz features of layer L of a pre-trained speechlm/hubert checkpoint
+#     (HuBERT's second iteration: run.sh --full gives the speech-only model's last Speech Transformer
+#     layer); an existing feat/ made from other features is an error, not reused
 #   2 k-means (K clusters) learned on train; units of the three splits       km.npy, km/*.km, km/dict.km.txt
 #     -> the pre-training data dir (tsvs, .km, dict.km.txt, dict.ltr.txt)      data/
 #     (purity against the synthesizer's true phones, only to score:            km/score.valid.json)
@@ -24,12 +27,13 @@
 # console output is in OUT_DIR/logs/STEP.log, its wall and CPU seconds in OUT_DIR/logs/time.STEP.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-usage="usage: $0 CORPUS UNITS_DIR TEXT_DIR OUT_DIR [--k K] [--km-percent P] [--t2u-updates N] [--max-text-lines N] [--jobs J]"
-pos=(); k=100; km_percent=0.3; t2u_updates=400; max_lines=""; jobs=""
+usage="usage: $0 CORPUS UNITS_DIR TEXT_DIR OUT_DIR [--k K] [--km-percent P] [--t2u-updates N] [--max-text-lines N] [--jobs J] [--threads T] [--checkpoint CKPT --layer L]"
+pos=(); k=100; km_percent=0.3; t2u_updates=400; max_lines=""; jobs=""; threads=""; ckpt=""; layer=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --k) k=$2; shift 2;; --km-percent) km_percent=$2; shift 2;; --t2u-updates) t2u_updates=$2; shift 2;;
-    --max-text-lines) max_lines=$2; shift 2;; --jobs) jobs=$2; shift 2;;
+    --max-text-lines) max_lines=$2; shift 2;; --jobs) jobs=$2; shift 2;; --threads) threads=$2; shift 2;;
+    --checkpoint) ckpt=$2; shift 2;; --layer) layer=$2; shift 2;;
     -h|--help) echo "$usage"; exit 0;;
     -*) echo "unknown option $1" >&2; echo "$usage" >&2; exit 2;;
     *) pos+=("$1"); shift;;
@@ -42,6 +46,13 @@ for f in "$corpus/train.tsv" "$corpus/train_paired.tsv" "$corpus/train_paired.wr
          "$text/train.phn" "$text/train.ltr" "$text/valid.phn" "$text/valid.ltr"; do
   [ -f "$f" ] || { echo "$0: $f not found (CORPUS: run.sh stage 0; UNITS_DIR: stage 3; TEXT_DIR: stage 2)" >&2; exit 1; }
 done
+if [ -n "$ckpt" ]; then
+  [ -f "$ckpt" ] || { echo "$0: --checkpoint $ckpt not found" >&2; exit 1; }
+  [ -n "$layer" ] || { echo "$0: --checkpoint needs --layer L (1-based Transformer layer)" >&2; exit 2; }
+  ckpt="$(cd "$(dirname "$ckpt")" && pwd)/$(basename "$ckpt")"
+elif [ -n "$layer" ]; then
+  echo "$0: --layer is for --checkpoint's features (without it: MFCC)" >&2; exit 2
+fi
 PY="${PY:-$REPO/.venv/bin/python}"
 export PATH="$(dirname "$PY"):$PATH" PYTHONHASHSEED=0
 S=("$PY" -m speechlm)
@@ -49,7 +60,7 @@ mkdir -p "$out/logs"
 corpus="$(cd "$corpus" && pwd)"; units="$(cd "$units" && pwd)"; text="$(cd "$text" && pwd)"; out="$(cd "$out" && pwd)"
 ncpu=$(env -u OMP_NUM_THREADS nproc 2>/dev/null || echo 1)
 [ -n "$jobs" ] || jobs=$(( ncpu >= 2 ? 2 : 1 ))
-threads=$(( ncpu / jobs > 0 ? ncpu / jobs : 1 ))
+[ -n "$threads" ] || threads=$(( ncpu / jobs > 0 ? ncpu / jobs : 1 ))
 say() { echo "[$(date +%H:%M:%S)] $*"; }
 # timed STEP CMD...: CMD's output into logs/STEP.log, its wall/user/sys seconds into logs/time.STEP (as run.sh)
 timed() {
@@ -72,10 +83,28 @@ feat="$out/feat"; km="$out/km"; data="$out/data"; align="$out/align"; t2u_data="
 # (run.sh's parallel runs) an OpenMP thread waiting for a descheduled sibling makes it many times slower
 export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
 
-say "hidden units 1: MFCC of ${splits[*]} -> $feat"
+src=(); what="MFCC"
+[ -n "$ckpt" ] && { src=(--checkpoint "$ckpt" --layer "$layer"); what="layer $layer of $ckpt"; }
+say "hidden units 1: $what, features of ${splits[*]} -> $feat"
 for split in "${splits[@]}"; do
-  if [ -f "$feat/${split}_0_1.len" ]; then say "  $split: exists, skipped"; continue; fi
-  timed "features_$split" "${S[@]}" features dump "$corpus" "$split" "$feat"
+  if [ -f "$feat/${split}_0_1.len" ]; then
+    # the features there must be the ones asked for (their sidecar fingerprints the checkpoint and layer)
+    "$PY" - "$feat/${split}_0_1.shard.json" "$ckpt" "$layer" "$out" <<'EOF' || exit 1
+import json, sys
+from speechlm.tokenizers.shards import fingerprint
+side, ckpt, layer, out = sys.argv[1:]
+doc = json.load(open(side))
+have = (doc["inputs"].get("checkpoint"), doc["options"].get("layer"))
+want = (fingerprint(ckpt) if ckpt else None, int(layer) if layer else None)
+if have != want:
+    def name(c, l):
+        return f"layer {l} of a checkpoint (sha1 {c['sha1'][:12]})" if c else "MFCC"
+    sys.exit(f"hidden_units.sh: {side} holds the features of {name(*have)}, this call asks for those of "
+             f"{name(*want)}: delete {out} (every later step depends on them) or give another OUT_DIR")
+EOF
+    say "  $split: exists, skipped"; continue
+  fi
+  timed "features_$split" "${S[@]}" features dump "$corpus" "$split" "$feat" "${src[@]}"
 done
 
 say "hidden units 2: k-means, K=$k, learned on train -> $out/km.npy, $km"

@@ -17,8 +17,10 @@
 #   7 the comparison: EXP/results.json, EXP/results.png, the table (TensorBoard logs: EXP/runs/*/tb)
 #   8 (only when asked: --stage 8 --stop-stage 8) speech translation into a SYNTHETIC language
 # --full adds the rows "SpeechLM-P, no swapping", "oracle units" (the synthesizer's true alignments as
-# speech units) and SpeechLM-H (hidden units: stage 3h, examples/mini/hidden_units.sh) and runs every
-# row with seeds 1 2 3 (mean and spread in the table).
+# speech units) and SpeechLM-H, and runs every row with seeds 1 2 3 (mean and spread in the table).
+# SpeechLM-H's hidden units (stage 3h, examples/mini/hidden_units.sh, once for all seeds) are k-means
+# clusters of the speech-only model's last Speech Transformer layer, as HuBERT's second iteration takes
+# its first's features: its chains start from the first seed's speech-only pre-training.
 # Runs go J at a time (default: 2 if the machine has 2 cores or more), each with nproc/J threads;
 # every step's console output is in EXP/runs/RUN/*.log, its wall and CPU seconds in EXP/runs/RUN/time.*.
 set -euo pipefail
@@ -96,9 +98,11 @@ meta() {
     "$2" "$3" "$4" "$5" "$( [ "$5" -gt 0 ] && [ -z "$tf" ] && echo "\"runs/$1/tb/pretrain\"" || echo null)" "$1" "$tf" \
     > "$exp/runs/$1/meta.json"
 }
-max_update() { "$PY" -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['optimization']['max_update'])" "$1"; }
-[ -n "$pre_updates" ] || pre_updates=$(max_update "$REPO/examples/mini/config/pretrain/speechlm_tiny.yaml")
-[ -n "$ft_updates" ] || ft_updates=$(max_update "$REPO/examples/mini/config/finetune/speechlm_ctc_tiny.yaml")
+# config_value YAML GROUP KEY: one value of a recipe config
+config_value() { "$PY" -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))[sys.argv[2]][sys.argv[3]])" "$@"; }
+pre_config="$REPO/examples/mini/config/pretrain/speechlm_tiny.yaml"
+[ -n "$pre_updates" ] || pre_updates=$(config_value "$pre_config" optimization max_update)
+[ -n "$ft_updates" ] || ft_updates=$(config_value "$REPO/examples/mini/config/finetune/speechlm_ctc_tiny.yaml" optimization max_update)
 
 # pretrain RUN DATA TEXT_DIR|null SEED [OVERRIDES...]
 pretrain() {
@@ -237,11 +241,6 @@ for s in ("train", "valid"):
     print(f"  tokenizer on {s:5s} (vs the true alignments): frame accuracy {acc:.1f} %, PER {per:.1f} %")' "$units"
   stage_end 3
 fi
-if $full && run_stage 3; then  # SpeechLM-H's units: MFCC k-means, and a t2u model for the text
-  stage_begin; say "stage 3h: hidden units (examples/mini/hidden_units.sh) -> $exp/hidden"
-  bash "$REPO/examples/mini/hidden_units.sh" "$corpus" "$units" "$exp/text" "$exp/hidden" --jobs "$jobs"
-  stage_end 3h
-fi
 
 # the rows: RUN-prefix | name | order | data | text | extra overrides (one word, ',' separated); their chains
 # start in this order, the longest first (SpeechLM-P's pre-training also reads text: the critical path)
@@ -252,6 +251,32 @@ if $full; then
          "oracle|SpeechLM-P, oracle units|6|$corpus|$text_bin|"
          "SpeechLM-H|SpeechLM-H|7|$exp/hidden/data|$exp/hidden/text_bin|task.labels=[km]")
 fi
+# hidden_units SEED: stage 3h, SpeechLM-H's units, made by the first seed's SpeechLM-H chain once the first
+# seed's speech-only model is pre-trained (k-means of its last Speech Transformer layer; the text's units from
+# a t2u model); the other seeds' chains wait for them. One thread: the chain holds one of the $jobs slots.
+first_seed=${seeds%% *}
+hidden_units() {
+  local h="$exp/hidden" src="$exp/runs/speech-only.s$first_seed"
+  if [ "$1" != "$first_seed" ]; then
+    while [ ! -f "$h/done" ]; do
+      [ -f "$exp/runs/SpeechLM-H.s$first_seed/failed" ] && { say "  SpeechLM-H.s$1: no hidden units"; return 1; }
+      sleep 5
+    done
+    return 0
+  fi
+  [ -f "$h/done" ] && return 0
+  while [ ! -f "$src/pretrain/done" ]; do
+    [ -f "$src/failed" ] && { say "  stage 3h: speech-only.s$first_seed failed, no features"; return 1; }
+    sleep 5
+  done
+  local layer; layer=$(config_value "$pre_config" model speech_encoder_layers)
+  say "  stage 3h: hidden units from layer $layer of speech-only.s$first_seed -> $h (log: $exp/hidden.log)"
+  timed "$exp/time.hidden" "$exp/hidden.log" bash "$REPO/examples/mini/hidden_units.sh" "$corpus" "$units" \
+    "$exp/text" "$h" --checkpoint "$src/pretrain/checkpoint_last.pt" --layer "$layer" --jobs 1 --threads "$threads" \
+    || { say "  stage 3h FAILED (log: $exp/hidden.log)"; return 1; }
+  touch "$h/done"
+  say "  stage 3h: hidden units done ($(cat "$exp/time.hidden"))"
+}
 # Stages 4-6 as one chain per row and seed -- pre-training -> fine-tuning -> decoding (Viterbi, then the
 # word 4-gram) --, each chain's next step as soon as its own previous one is done, $jobs chains at a time
 # (a row whose pre-training is short does not wait for the longest one before it fine-tunes).
@@ -259,6 +284,9 @@ fi
 chain() {
   local run=$1 data=$2 text=$3 seed=$4; shift 4
   local d="$exp/runs/$run"
+  if [ "${run%%.*}" = SpeechLM-H ] && run_stage 4; then
+    hidden_units "${run##*.s}" || { touch "$d/failed"; return 1; }
+  fi
   if run_stage 4; then pretrain "$run" "$data" "$text" "$seed" "$@" || { touch "$d/failed"; return 1; }; fi
   if run_stage 5; then finetune "$run" "$d/pretrain/checkpoint_last.pt" "$seed" || return 1; fi
   if run_stage 6; then
