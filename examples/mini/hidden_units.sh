@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Hidden units for the mini demo's SpeechLM-H row (run.sh --full calls it, on the speech-only model's features, once that model is pre-trained), with the
-# project's commands only, as examples/librispeech/run.sh stage 5 does at full scale:
+# Hidden units for the mini demo's SpeechLM-H row (run.sh --full calls it on the speech-only model's features
+# once that model is pre-trained), with the project's commands only, as examples/librispeech/run.sh stage 5
+# does at full scale:
 #   bash examples/mini/hidden_units.sh CORPUS UNITS_DIR TEXT_DIR OUT_DIR [--k K] [--km-percent P]
 #        [--t2u-updates N] [--max-text-lines N] [--jobs J] [--threads T] [--checkpoint CKPT --layer L]
 # CORPUS: the mini corpus (speechlm corpus mini); UNITS_DIR: run.sh stage 3's output (phone_ctc.pt, the
