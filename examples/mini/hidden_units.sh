@@ -87,24 +87,24 @@ export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
 src=(); what="MFCC"
 [ -n "$ckpt" ] && { src=(--checkpoint "$ckpt" --layer "$layer"); what="layer $layer of $ckpt"; }
 say "hidden units 1: $what, features of ${splits[*]} -> $feat"
-for split in "${splits[@]}"; do
-  if [ -f "$feat/${split}_0_1.len" ]; then
-    # the features there must be the ones asked for (their sidecar fingerprints the checkpoint and layer)
-    "$PY" - "$feat/${split}_0_1.shard.json" "$ckpt" "$layer" "$out" <<'EOF' || exit 1
-import json, sys
+# features already there must be the ones asked for (their sidecars fingerprint the checkpoint and layer)
+"$PY" - "$out" "$ckpt" "$layer" "${splits[@]}" <<'EOF' || exit 1
+import glob, json, sys
 from speechlm.tokenizers.shards import fingerprint
-side, ckpt, layer, out = sys.argv[1:]
-doc = json.load(open(side))
-have = (doc["inputs"].get("checkpoint"), doc["options"].get("layer"))
+out, ckpt, layer, *splits = sys.argv[1:]
 want = (fingerprint(ckpt) if ckpt else None, int(layer) if layer else None)
-if have != want:
-    def name(c, l):
-        return f"layer {l} of a checkpoint (sha1 {c['sha1'][:12]})" if c else "MFCC"
-    sys.exit(f"hidden_units.sh: {side} holds the features of {name(*have)}, this call asks for those of "
-             f"{name(*want)}: delete {out} (every later step depends on them) or give another OUT_DIR")
+for split in splits:
+    for side in glob.glob(f"{out}/feat/{split}_0_1.shard.json"):
+        doc = json.load(open(side))
+        have = (doc["inputs"].get("checkpoint"), doc["options"].get("layer"))
+        if have != want:
+            def name(c, l):
+                return f"layer {l} of a checkpoint (sha1 {c['sha1'][:12]})" if c else "MFCC"
+            sys.exit(f"hidden_units.sh: {side} holds the features of {name(*have)}, this call asks for those "
+                     f"of {name(*want)}: delete {out} (every later step depends on them) or give another OUT_DIR")
 EOF
-    say "  $split: exists, skipped"; continue
-  fi
+for split in "${splits[@]}"; do
+  if [ -f "$feat/${split}_0_1.len" ]; then say "  $split: exists, skipped"; continue; fi
   timed "features_$split" "${S[@]}" features dump "$corpus" "$split" "$feat" "${src[@]}"
 done
 

@@ -76,6 +76,8 @@ spawn() {
   pids+=($!)
 }
 wait_all() { local p; for p in "${pids[@]}"; do wait "$p" || true; done; pids=(); }
+# await DONE FAILED: wait for another chain's marker file DONE; 1 as soon as its FAILED marker is there instead
+await() { while [ ! -f "$1" ]; do [ -f "$2" ] && return 1; sleep 2; done; }
 # the wall and CPU seconds (this script and every process it waited for) of each stage -> stage_times.tsv
 # (`times` must run in this shell, not in a $(...) subshell, to see the children's CPU time)
 cpu_now() {
@@ -258,17 +260,11 @@ first_seed=${seeds%% *}
 hidden_units() {
   local h="$exp/hidden" src="$exp/runs/speech-only.s$first_seed"
   if [ "$1" != "$first_seed" ]; then
-    while [ ! -f "$h/done" ]; do
-      [ -f "$exp/runs/SpeechLM-H.s$first_seed/failed" ] && { say "  SpeechLM-H.s$1: no hidden units"; return 1; }
-      sleep 5
-    done
+    await "$h/done" "$exp/runs/SpeechLM-H.s$first_seed/failed" || { say "  SpeechLM-H.s$1: no hidden units"; return 1; }
     return 0
   fi
   [ -f "$h/done" ] && return 0
-  while [ ! -f "$src/pretrain/done" ]; do
-    [ -f "$src/failed" ] && { say "  stage 3h: speech-only.s$first_seed failed, no features"; return 1; }
-    sleep 5
-  done
+  await "$src/pretrain/done" "$src/failed" || { say "  stage 3h: speech-only.s$first_seed failed, no features"; return 1; }
   local layer; layer=$(config_value "$pre_config" model speech_encoder_layers)
   say "  stage 3h: hidden units from layer $layer of speech-only.s$first_seed -> $h (log: $exp/hidden.log)"
   timed "$exp/time.hidden" "$exp/hidden.log" bash "$REPO/examples/mini/hidden_units.sh" "$corpus" "$units" \
@@ -300,12 +296,9 @@ chain() {
 # speech-only's, the shortest, once its pre-training is done), fine-tuned and decoded
 random_chain() {
   local seed=$1 first="$exp/runs/speech-only.s$1"
-  while [ ! -f "$first/pretrain/done" ]; do
-    if [ -f "$first/failed" ] || ! run_stage 4; then
-      say "  random.s$seed: no pre-trained checkpoint ($first/pretrain) to take the shapes from"; return 1
-    fi
-    sleep 2
-  done
+  if [ ! -f "$first/pretrain/done" ] && ! { run_stage 4 && await "$first/pretrain/done" "$first/failed"; }; then
+    say "  random.s$seed: no pre-trained checkpoint ($first/pretrain) to take the shapes from"; return 1
+  fi
   if run_stage 5; then
     finetune "random.s$seed" "$first/pretrain/checkpoint_last.pt" "$seed" model.no_pretrained_weights=true || return 1
   fi
