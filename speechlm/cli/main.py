@@ -23,12 +23,13 @@ VERBS = {
     "phone-units": ("speechlm.cli.phone_units", "speech -> frame-level phone units"),
     "t2u": ("speechlm.cli.t2u", "text -> hidden units with a trained text_to_unit model"),
     "infer": ("speechlm.cli.infer", "batched CTC decoding of a fine-tuned model, with WER"),
+    "analyze": ("speechlm.cli.analyze", "analyses of a pre-trained model (shared-space: speech vs text per layer)"),
     "st": ("speechlm.cli.st", "speech-translation data preparation"),
     "splat": ("speechlm.cli.splat", "SPLAT data, BERT adaptation and analysis"),
     "convert": ("speechlm.cli.convert", "convert a released SpeechLM checkpoint to this plugin's layout"),
     "userdir": ("speechlm.cli.userdir", "print the path to pass as common.user_dir / --user-dir"),
 }
-FAIRSEQ_VERBS = {"phone-units", "t2u", "infer", "splat", "convert"}
+FAIRSEQ_VERBS = {"phone-units", "t2u", "infer", "splat", "convert", "analyze"}
 
 
 def build_parser():

@@ -1,0 +1,168 @@
+"""`speechlm analyze shared-space` and its measures (speechlm/analysis/shared_space.py)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from speechlm.analysis import shared_space as S
+from speechlm.cli.main import main as speechlm_main
+from speechlm.errors import UserError
+
+TINY = dict(frontend="logmel", encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=4,
+            speech_encoder_layers=1, shared_encoder_layers=2, conv_pos=16, conv_pos_groups=4)
+
+
+def _one_hot_views(rng, n_utts=6, frames=40, n_phones=5, dim=16, noise=0.05):
+    """Two views whose frames are the one-hot of their phone plus noise: phonetic and aligned."""
+    phones = rng.integers(0, n_phones, size=n_utts * frames)
+    groups = np.repeat(np.arange(n_utts), frames)
+    base = np.eye(dim)[phones]
+    s = base + noise * rng.normal(size=base.shape)
+    t = base + noise * rng.normal(size=base.shape)
+    return s, t, phones, groups
+
+
+def test_identical_views_meet_everywhere():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 24)).astype(np.float32)
+    phones = rng.integers(0, 7, size=300)
+    st = S.layer_stats(3, x, x.copy(), phones, groups=None)  # no exclusion: every frame finds itself
+    assert st.same_phone_nn == 100.0 and st.speech_nn == 100.0 and st.text_nn == 100.0
+    assert st.cka == pytest.approx(1.0) and st.mean_cos == pytest.approx(1.0) and st.norm_ratio == pytest.approx(1.0)
+    assert st.layer == 3 and st.frames == 300
+    shares = np.bincount(phones) / 300
+    assert st.chance == pytest.approx(100 * (shares ** 2).sum(), abs=0.01)
+
+
+def test_phonetic_views_meet_across_utterances_and_unrelated_views_sit_at_chance():
+    rng = np.random.default_rng(1)
+    s, t, phones, groups = _one_hot_views(rng)
+    st = S.layer_stats(1, s, t, phones, groups)
+    assert st.same_phone_nn == 100.0 and st.speech_nn == 100.0 and st.text_nn == 100.0
+    assert st.cka > 0.9
+    # text frames unrelated to the speech's phones: the nearest one has the same phone about at chance
+    t_random = rng.normal(size=t.shape)
+    st = S.layer_stats(1, s, t_random, phones, groups)
+    assert abs(st.same_phone_nn - st.chance) < 10 and st.chance == pytest.approx(20, abs=5)
+    assert st.text_nn < 40 and st.speech_nn == 100.0
+    assert st.cka < 0.2
+
+
+def test_own_utterance_is_never_the_neighbour():
+    # query of utterance 0 is closest to its own key (same label) and then to a key of utterance 1 (other label)
+    q = np.array([[1.0, 0.0]])
+    keys = np.array([[1.0, 0.01], [0.9, 0.3]])
+    assert S.nearest_same_label(q, np.array([5]), keys, np.array([5, 6])) == 100.0
+    assert S.nearest_same_label(q, np.array([5]), keys, np.array([5, 6]), np.array([0]), np.array([0, 1])) == 0.0
+    with pytest.raises(ValueError, match="no key outside its own group"):
+        S.nearest_same_label(q, np.array([5]), keys, np.array([5, 6]), np.array([0]), np.array([0, 0]))
+
+
+def test_linear_cka_ignores_rotation_and_scale_and_knows_constant_views():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(200, 8))
+    q, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    assert S.linear_cka(x, 3.0 * x @ q) == pytest.approx(1.0)
+    assert S.linear_cka(x, np.ones((200, 8))) is None
+    assert S.chance_level(np.array([0, 0, 1, 1]), np.array([0, 0, 0, 1])) == pytest.approx(50.0)
+    assert S.mean_cosine(np.array([[1.0, 0.0]]), np.array([[0.0, 2.0]])) == pytest.approx(0.0)
+
+
+def _save_tiny(path, corpus, seed=0):
+    from fairseq.data import Dictionary
+    from omegaconf import OmegaConf
+
+    from speechlm.models.speechlm import SpeechLMConfig, SpeechLMModel
+
+    torch.manual_seed(seed)
+    units = Dictionary.load(str(corpus / "dict.phn.txt"))
+    letters = Dictionary.load(str(corpus / "dict.ltr.txt"))
+    cfg = OmegaConf.structured(SpeechLMConfig(**TINY))
+    model = SpeechLMModel(cfg, len(units), units.pad(), len(letters))
+    torch.save({"args": None, "model": model.state_dict(), "extra_state": {},
+                "cfg": {"model": {**OmegaConf.to_container(cfg, enum_to_str=True), "_name": "speechlm"},
+                        "task": {"_name": "speechlm_pretraining", "data": str(corpus), "normalize": False}},
+                "optimizer_history": [{"criterion_name": "SpeechLMCriterion", "optimizer_name": "Adam",
+                                       "lr_scheduler_state": {}, "num_updates": 0}]}, path)
+    return model
+
+
+def test_shared_space_verb_on_a_tiny_model(mini_corpus, tmp_path, capsys):
+    ckpt = tmp_path / "tiny.pt"
+    _save_tiny(ckpt, mini_corpus)
+    out = tmp_path / "out"
+    assert speechlm_main(["analyze", "shared-space", str(ckpt), str(mini_corpus), "--out", str(out),
+                          "--frames-per-utt", "30", "--tsne-points", "80"]) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads((out / "shared_space.json").read_text())
+    assert [r["layer"] for r in rows] == [0, 1, 2]  # input + the two Shared Transformer layers
+    n_valid = len((mini_corpus / "valid.tsv").read_text().splitlines()) - 1
+    for r in rows:
+        assert {"layer", "same_phone_nn", "chance", "mean_cos", "cka", "speech_nn", "text_nn", "norm_ratio",
+                "frames"} <= set(r)
+        assert 0 <= r["same_phone_nn"] <= 100 and 0 < r["chance"] < 100
+        assert -1 <= r["mean_cos"] <= 1 and 0 <= r["cka"] <= 1 and r["norm_ratio"] > 0
+        assert n_valid <= r["frames"] <= 30 * n_valid
+    # layer 0's text frames are the unit embedding of the true phone: one vector per phone, so the text
+    # neighbour of a frame carries its phone whenever another utterance says that phone
+    assert rows[0]["text_nn"] > 90
+    assert (out / "shared_space.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| 0 (input) |" in printed and "CPU s" in printed
+
+
+def test_the_same_frames_in_both_views_give_full_agreement(mini_corpus):
+    from fairseq.data import Dictionary
+
+    from speechlm.models.speechlm import SpeechLMConfig, SpeechLMModel
+
+    torch.manual_seed(0)
+    units = Dictionary.load(str(mini_corpus / "dict.phn.txt"))
+    model = SpeechLMModel(SpeechLMConfig(**TINY), len(units), units.pad(), 0).eval()
+    data = S.load_data(str(mini_corpus), "valid", units, max_utts=4)
+    assert len(data.utterances) == 4 and all(len(u.units) == len(u.phones) for u in data.utterances)
+    speech, text, phones, groups = S.collect_frames(model, data, frames_per_utt=25)
+    assert len(speech) == len(text) == 3 and speech[0].shape == text[2].shape == (len(phones), 32)
+    assert len(phones) == len(groups) == sum(min(25, len(u.phones)) for u in data.utterances)
+    # a sanity case on real frames: the text view against itself, own frames allowed -> 100 %, CKA 1
+    st = S.layer_stats(2, text[2], text[2], phones, None)
+    assert st.same_phone_nn == 100.0 and st.cka == pytest.approx(1.0)
+
+
+def test_random_init_is_seeded_and_bad_units_are_refused(mini_corpus, tmp_path):
+    ckpt = tmp_path / "tiny.pt"
+    trained = _save_tiny(ckpt, mini_corpus, seed=5)
+    loaded, normalize = S.load_model(str(ckpt))
+    assert not normalize
+    assert torch.equal(loaded.unit_embed.weight, trained.unit_embed.weight)
+    r1, _ = S.load_model(str(ckpt), random_init=True, seed=3)
+    r2, _ = S.load_model(str(ckpt), random_init=True, seed=3)
+    assert torch.equal(r1.unit_embed.weight, r2.unit_embed.weight)
+    assert not torch.equal(r1.unit_embed.weight, trained.unit_embed.weight)
+    # units of another inventory: the dictionary does not match the model's unit embedding
+    other = tmp_path / "units"
+    other.mkdir()
+    (other / "dict.km.txt").write_text("".join(f"{i} 1\n" for i in range(7)))
+    with pytest.raises(UserError, match=r"dict.km.txt: 11 symbols, but .* unit embeddings"):
+        from speechlm.cli import analyze
+
+        analyze.run(_args(ckpt, mini_corpus, units_dir=str(other), label="km"))
+    # labels off by more than a frame name the file and line
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "dict.phn.txt").write_text((mini_corpus / "dict.phn.txt").read_text())
+    lines = (mini_corpus / "valid.phn").read_text().splitlines()
+    lines[1] = " ".join(lines[1].split()[:-5])
+    (bad / "valid.phn").write_text("\n".join(lines) + "\n")
+    from fairseq.data import Dictionary
+
+    with pytest.raises(UserError, match=r"valid.phn:2: .* frames, but .* must be 50 Hz labels"):
+        S.load_data(str(mini_corpus), "valid", Dictionary.load(str(bad / "dict.phn.txt")), str(bad), "phn")
+
+
+def _args(ckpt, corpus, **kw):
+    import argparse
+
+    base = dict(checkpoint=str(ckpt), corpus=str(corpus), split="valid", out=None, units_dir=None, label="phn",
+                random_init=False, seed=1, frames_per_utt=10, max_utts=3, tsne_points=20, no_plot=True)
+    return argparse.Namespace(**{**base, **kw})
