@@ -310,22 +310,54 @@ class SpeechLMModel(BaseFairseqModel):
         return out
 
     def extract_features(
-        self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, output_layer: Optional[int] = None
-    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, output_layer: Optional[int] = None,
+        ret_layer_results: bool = False,
+    ):
         """Speech representations, no masking: ``(B,S) -> features (B,T,D), padding_mask (B,T) or None``.
 
-        ``output_layer`` counts the L layers from 1: 1..L/2 stop inside the Speech Transformer; any
-        larger value, or None, gives the final output (as the published ``extract_features``).
+        The published ``SpeechLM.extract_features`` semantics, ``output_layer`` counting the L layers
+        from 1: 1..L/2 stop inside the Speech Transformer (pre-LN: its final norm at L/2 only); any
+        larger value, or None, gives the final output.
+
+        ``ret_layer_results=True`` returns ``((features, layer_results), padding_mask)``;
+        ``layer_results`` holds, as ``(T,B,D)`` tensors (the published layout), the output of each
+        layer up to ``output_layer``: Speech Transformer layers 1..min(k, L/2), then Shared
+        Transformer layers up to k, each before any final norm (so in the pre-LN Large layout the
+        L/2-th entry is not ``output_layer=L/2``'s output, and the L-th not the final output). With
+        ``output_layer=None`` it is empty, as published; ``output_layer=L`` gives every layer.
         """
         x, frame_padding, _ = self._speech_features(source, padding_mask)
         n_speech = len(self.speech_encoder.layers)
         n_all = n_speech + len(self.shared_encoder.layers)
         if output_layer is not None and not 1 <= output_layer <= n_all:
             raise ValueError(f"output_layer={output_layer} outside 1..{n_all}")
+        want = ret_layer_results and output_layer is not None
+        layer_results = []
         if output_layer is not None and output_layer <= n_speech:
-            return self.speech_encoder(x, frame_padding, output_layer), frame_padding
-        x = self.speech_encoder(x, frame_padding)
-        return self.shared_encoder(x, frame_padding), frame_padding
+            x = self.speech_encoder(x, frame_padding, output_layer, return_all_hiddens=want)
+        else:
+            x = self.speech_encoder(x, frame_padding, return_all_hiddens=want)
+            if want:
+                x, states = x
+                layer_results += states[1:]
+            x = self.shared_encoder(x, frame_padding, return_all_hiddens=want)
+        if want:
+            x, states = x
+            layer_results += states[1: 1 + output_layer - len(layer_results)]
+        if ret_layer_results:
+            return (x, layer_results), frame_padding
+        return x, frame_padding
+
+    def layer_states(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None):
+        """Every hidden state, as s3prl's HuBERT upstream lists them: ``(B,S) -> [L + 1 of (B,T,D)], padding``.
+
+        The input of the first Speech Transformer layer, then the output of each of the L layers
+        (the entries of ``extract_features(..., output_layer=L, ret_layer_results=True)``).
+        """
+        x, frame_padding, _ = self._speech_features(source, padding_mask)
+        x, speech = self.speech_encoder(x, frame_padding, return_all_hiddens=True)
+        _, shared = self.shared_encoder(x, frame_padding, return_all_hiddens=True)
+        return [h.transpose(0, 1) for h in speech + shared[1:]], frame_padding
 
     # ------------------------------------------------------------------ text
     def forward_text(self, units: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, mask: bool = True):

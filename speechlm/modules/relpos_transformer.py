@@ -111,6 +111,9 @@ class RelPosTransformer(nn.Module):
 
     ``forward(x (B,T,C), padding_mask (B,T) bool or None, output_layer=None) -> (B,T,C)``;
     ``output_layer`` (1-based) stops after that layer (pre-LN: the final norm only after the last).
+    ``return_all_hiddens=True`` returns ``(x, states)`` as fairseq's ``TransformerEncoder`` does:
+    ``states`` = the input of the first layer then the output of each layer run, ``(T,B,C)`` each,
+    before any final norm.
     """
 
     def __init__(
@@ -154,7 +157,8 @@ class RelPosTransformer(nn.Module):
         # post-LN Shared Transformer has none (its layernorm_embedding normalises the input)
         self.layer_norm = LayerNorm(embed_dim) if (layer_norm_first or not absolute_positions) else None
 
-    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, output_layer: Optional[int] = None):
+    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, output_layer: Optional[int] = None,
+                return_all_hiddens: bool = False):
         if padding_mask is not None and not padding_mask.any():
             padding_mask = None
         B, T, _ = x.shape
@@ -172,13 +176,16 @@ class RelPosTransformer(nn.Module):
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         rel_index = relative_index(T, x.device)
         x = x.transpose(0, 1)
+        states = [x] if return_all_hiddens else None
         n = len(self.layers) if output_layer is None else output_layer
         drop = torch.rand(n) if self.training and self.layerdrop > 0 else None  # torch RNG: seeded per update
         for i, layer in enumerate(self.layers[:n]):
             if drop is not None and drop[i] < self.layerdrop:
                 continue
             x = layer(x, self.relative_keys.weight, rel_index, padding_mask)
+            if states is not None:
+                states.append(x)
         x = x.transpose(0, 1)
         if self.layer_norm_first and n == len(self.layers):
             x = self.layer_norm(x)
-        return x
+        return x if states is None else (x, states)
