@@ -38,6 +38,10 @@ LM_REQUIRES = [
     "hypothesis>=6.14,<7",
     "sortedcontainers>=2.1,<3",  # hypothesis's one requirement (installed with --no-deps here)
 ]
+# s3prl (speechlm.s3prl.UpstreamExpert; its Featurizer in the tests): 0.4.18 requires torchaudio, which has
+# no build for the local torch; its upstream interfaces (UpstreamBase, Featurizer) need only torch, so
+# scripts/setup.sh installs it with --no-deps (s3prl's own run_downstream.py needs torchaudio: not usable).
+S3PRL_REQUIRES = ["s3prl==0.4.18"]
 
 setup(
     name="speechlm",
@@ -47,6 +51,6 @@ setup(
     include_package_data=True,
     python_requires=">=3.9",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES, "lm": LM_REQUIRES, "splat": ["transformers", "safetensors"]},
+    extras_require={"test": TEST_REQUIRES, "lm": LM_REQUIRES, "s3prl": S3PRL_REQUIRES, "splat": ["transformers", "safetensors"]},
     entry_points={"console_scripts": ["speechlm=speechlm.cli.main:main"]},
 )

@@ -88,4 +88,12 @@ if ! "$PY" -c 'import kenlm, pyctcdecode, hypothesis' 2>/dev/null; then
   # shellcheck disable=SC2086
   "${PIP[@]}" --no-deps $lm_deps
 fi
+# 7. s3prl's upstream interfaces for speechlm.s3prl (setup.py S3PRL_REQUIRES): --no-deps, because s3prl 0.4.18
+#    requires torchaudio, which has no build for this torch (UpstreamBase and Featurizer need only torch).
+if ! "$PY" -c 'import s3prl.upstream.interfaces' 2>/dev/null; then
+  s3prl_deps=$("$PY" -c 'import ast,sys; t=ast.parse(open(sys.argv[1]).read()); print(" ".join(r for n in ast.walk(t) if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "S3PRL_REQUIRES" for r in ast.literal_eval(n.value)))' "$REPO/setup.py")
+  log "pip install --no-deps $s3prl_deps"
+  # shellcheck disable=SC2086
+  "${PIP[@]}" --no-deps $s3prl_deps
+fi
 log "ready: $VENV"
