@@ -6,7 +6,8 @@ On the speech batch: cross-entropy of the unit at every masked frame, from the S
 output, per masked frame. On the text batch: CTC from the UCTC head to the letters (blank = the
 letter dictionary's ``<s>``, as fairseq's ``ctc`` criterion), rescaled so that after fairseq divides
 by ``sample_size`` the total is ``UMLM per masked frame (both layers) + 10 * penalty +
-text_loss_weight * UCTC per letter``.
+text_loss_weight * UCTC per target token`` (letters plus each sentence's ``</s>``: the text batch's
+``ntokens``, the published criterion's divisor).
 
 Logged (all natural-log): ``umlm_loss_0/1`` per masked frame, ``umlm_acc_0/1`` masked-unit accuracy,
 ``features_pen``, ``uctc_loss`` per letter; in validation only, ``text_ler`` letter error rate (%) of
@@ -93,7 +94,9 @@ class SpeechLMCriterion(FairseqCriterion):
             ctc = uctc_loss(t_out["uctc_logits"], t_out["uctc_lengths"], text["target"],
                             text["target_lengths"], self.blank)
             n_letters = int(text["target_lengths"].sum())
-            loss = loss + self.text_loss_weight * ctc * (sample_size / max(n_letters, 1))
+            # per target token with each sentence's </s> (the text batch's ntokens), as the published criterion
+            n_div = int(text.get("ntokens", n_letters))
+            loss = loss + self.text_loss_weight * ctc * (sample_size / max(n_div, 1))
             log["uctc_loss"] = ctc.item()
             log["text_letters"] = n_letters
             log["text_sentences"] = text["nsentences"]

@@ -2,8 +2,9 @@
 
 ``TEXT_DIR/{split}.{unit}-ltr.{unit}.{bin,idx}`` and ``{split}.{unit}-ltr.ltr.{bin,idx}`` (fairseq mmap
 indexed datasets, written by ``speechlm binarize``), one sentence per entry. A trailing ``</s>``
-(fairseq's binarizer appends one by default) is dropped from both sides: units feed the Shared
-Transformer frame by frame and CTC has no end symbol.
+(fairseq's binarizer appends one by default) is dropped from the letters (CTC has no end symbol) but
+counted in the batch's ``ntokens``, and kept in the units with ``unit_eos=True``: both as the published
+training does (its UCTC divides by target tokens with ``</s>``, its unit input ends in ``</s>``).
 """
 import os
 
@@ -20,7 +21,7 @@ def text_paths(text_dir: str, split: str, unit: str):
     return f"{stem}.{unit}", f"{stem}.ltr"
 
 
-def load_text_dataset(text_dir, split, unit, unit_dict, letter_dict, shuffle=True):
+def load_text_dataset(text_dir, split, unit, unit_dict, letter_dict, shuffle=True, unit_eos=False):
     """Open a split as a ``UnitTextDataset``; ``FileNotFoundError`` names the missing files."""
     unit_prefix, ltr_prefix = text_paths(text_dir, split, unit)
     datasets = []
@@ -32,14 +33,19 @@ def load_text_dataset(text_dir, split, unit, unit_dict, letter_dict, shuffle=Tru
                 f"(expected {split}.{unit}-ltr.{unit} and {split}.{unit}-ltr.ltr in {text_dir})"
             )
         datasets.append(ds)
-    return UnitTextDataset(datasets[0], datasets[1], unit_dict, letter_dict, unit_prefix, ltr_prefix, shuffle)
+    return UnitTextDataset(datasets[0], datasets[1], unit_dict, letter_dict, unit_prefix, ltr_prefix, shuffle,
+                           unit_eos=unit_eos)
 
 
 class UnitTextDataset(FairseqDataset):
-    """Items ``{"id", "units": LongTensor (T,), "letters": LongTensor (L,)}``; ``sizes`` = unit counts."""
+    """Items ``{"id", "units": LongTensor (T,), "letters": LongTensor (L,)}``; ``sizes`` = unit counts.
+
+    ``unit_eos``: keep the stored trailing ``</s>`` in ``units`` (the published pre-training's input);
+    False drops it (probes and checks that want the units only).
+    """
 
     def __init__(self, units, letters, unit_dict: Dictionary, letter_dict: Dictionary,
-                 unit_name="units", letter_name="letters", shuffle=True):
+                 unit_name="units", letter_name="letters", shuffle=True, unit_eos=False):
         if len(units) != len(letters):
             raise UserError(
                 f"{unit_name}: {len(units)} sentences but {letter_name}: {len(letters)}; the unit and "
@@ -51,7 +57,7 @@ class UnitTextDataset(FairseqDataset):
         eos = unit_dict.eos()
         self.sizes = np.asarray(units.sizes, dtype=np.int64).copy()
         # the eos strip is decided per file from its first entry (binarize appends it to all or none)
-        self._unit_eos = len(units) > 0 and int(units[0][-1]) == eos
+        self._unit_eos = len(units) > 0 and int(units[0][-1]) == eos and not unit_eos  # strip it
         self._ltr_eos = len(letters) > 0 and int(letters[0][-1]) == letter_dict.eos()
         if self._unit_eos:
             self.sizes -= 1
@@ -83,7 +89,8 @@ class UnitTextDataset(FairseqDataset):
 
     def collater(self, samples):
         """-> ``{"id", "net_input": {"units" (B,T), "padding_mask" (B,T)}, "target" (B,L) letters,
-        "target_lengths" (B,), "ntokens" (letters), "nsentences"}``."""
+        "target_lengths" (B,), "ntokens" (letters, with the ``</s>`` of each sentence when the file has
+        it: the published UCTC divisor), "nsentences"}``."""
         if not samples:
             return {}
         units = data_utils.collate_tokens([s["units"] for s in samples], self.unit_dict.pad(), left_pad=False)
@@ -96,6 +103,6 @@ class UnitTextDataset(FairseqDataset):
             "net_input": {"units": units, "padding_mask": padding_mask},
             "target": letters,
             "target_lengths": target_lengths,
-            "ntokens": int(target_lengths.sum()),
+            "ntokens": int(target_lengths.sum()) + (len(samples) if self._ltr_eos else 0),
             "nsentences": len(samples),
         }

@@ -268,6 +268,7 @@ class SpeechLMModel(BaseFairseqModel):
     def forward(
         self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,
         target: Optional[torch.Tensor] = None, mask: bool = True,
+        mask_indices: Optional[torch.Tensor] = None, swap_indices: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
         """Speech pre-training pass.
 
@@ -275,6 +276,10 @@ class SpeechLMModel(BaseFairseqModel):
         (T = conv frames; pad index beyond each utterance). Returns ``umlm_logits``: a list of two
         (N, num_units) tensors at the N masked frames, ``umlm_targets`` (N,), ``mask_indices`` (B,T),
         ``swap_indices`` (B,T), ``padding_mask`` (B,T) or None, ``features_pen`` (scalar).
+
+        ``mask_indices`` / ``swap_indices`` (B,T bool), when given, replace the drawn mask and swap
+        spans (used as given: swaps should avoid masked frames); for tests that replay another
+        implementation's draws (tests/test_training_parity.py).
         """
         x, frame_padding, penalty = self._speech_features(source, padding_mask)
         B, T, _ = x.shape
@@ -284,9 +289,15 @@ class SpeechLMModel(BaseFairseqModel):
                 "labels must be one per 20 ms frame (see SpeechLabelDataset)"
             )
         x = self.dropout_input(x)
-        if mask:
+        if mask_indices is not None:
+            if not mask or mask_indices.shape != (B, T):
+                raise ValueError(f"mask_indices {tuple(mask_indices.shape)} given with mask={mask}; "
+                                 f"need mask=True and shape {(B, T)}")
+            mask_indices = mask_indices.to(device=x.device, dtype=torch.bool)
+        elif mask:
             mask_indices = self._span_mask(B, T, frame_padding, self.cfg.mask_prob, self.cfg.mask_length,
                                            MASK_STREAM, x.device)
+        if mask:
             x = torch.where(mask_indices.unsqueeze(-1), self.mask_emb.to(x.dtype), x)
         else:
             mask_indices = torch.zeros(B, T, dtype=torch.bool, device=x.device)
@@ -294,7 +305,10 @@ class SpeechLMModel(BaseFairseqModel):
 
         swap = torch.zeros_like(mask_indices)
         h_mixed = h_speech
-        if self.cfg.random_swap_prob > 0 and target is not None and mask:
+        if swap_indices is not None and target is not None and mask:
+            swap = swap_indices.to(device=x.device, dtype=torch.bool)
+            h_mixed = torch.where(swap.unsqueeze(-1), self.unit_embed(target).to(h_speech.dtype), h_speech)
+        elif self.cfg.random_swap_prob > 0 and target is not None and mask:
             swap = self.swap_positions(mask_indices, frame_padding)
             h_mixed = torch.where(swap.unsqueeze(-1), self.unit_embed(target).to(h_speech.dtype), h_speech)
         h_shared = self.shared_encoder(h_mixed, frame_padding)
@@ -360,15 +374,22 @@ class SpeechLMModel(BaseFairseqModel):
         return [h.transpose(0, 1) for h in speech + shared[1:]], frame_padding
 
     # ------------------------------------------------------------------ text
-    def forward_text(self, units: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, mask: bool = True):
+    def forward_text(self, units: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, mask: bool = True,
+                     mask_indices: Optional[torch.Tensor] = None):
         """Text pre-training pass: ``units`` (B,T) upsampled unit ids, ``padding_mask`` (B,T).
 
         Returns ``uctc_logits`` (B,T,letters) and ``uctc_lengths`` (B,): one output per unit frame.
+        ``mask_indices`` (B,T bool), when given, replaces the drawn mask (tests that replay draws).
         """
         if self.uctc_head is None:
             raise RuntimeError("this SpeechLM model has no UCTC head (built without a letter dictionary)")
         x = self.unit_embed(units)
-        if mask:
+        if mask_indices is not None:
+            if not mask or mask_indices.shape != units.shape:
+                raise ValueError(f"mask_indices {tuple(mask_indices.shape)} given with mask={mask}; "
+                                 f"need mask=True and shape {tuple(units.shape)}")
+            x = torch.where(mask_indices.to(x.device, torch.bool).unsqueeze(-1), self.mask_emb.to(x.dtype), x)
+        elif mask:
             mask_prob = self.cfg.mask_prob if self.cfg.text_mask_prob is None else self.cfg.text_mask_prob
             mask_indices = self._span_mask(x.size(0), x.size(1), padding_mask, mask_prob, self.cfg.mask_length,
                                            TEXT_MASK_STREAM, x.device)

@@ -170,7 +170,7 @@ class SpeechLMPretrainingTask(FairseqTask):
             text_split = self.cfg.text_split if train else self.cfg.valid_text_split
             text = load_text_dataset(
                 self.cfg.text_data, text_split, self.cfg.labels[0], self.unit_dictionary,
-                self.letter_dictionary, shuffle=train,
+                self.letter_dictionary, shuffle=train, unit_eos=True,
             )
         self.datasets[split] = SpeechTextBatchDataset(
             speech, text, text_max_tokens_ratio=self.cfg.text_max_tokens_ratio, seed=self.cfg.seed
