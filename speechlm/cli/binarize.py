@@ -3,8 +3,11 @@
     speechlm binarize --units P.phn --letters P.ltr --unit-dict corpus/dict.phn.txt \\
         --letter-dict corpus/dict.ltr.txt --dest TEXT_DIR --split train [--workers N]
 
-writes ``TEXT_DIR/{split}.{unit}-ltr.{unit}.{bin,idx}`` and ``.ltr.{bin,idx}`` and the two dictionaries
-(``speechlm.tokenizers.binarize``, the Python API).
+writes ``TEXT_DIR/{split}.{unit}-ltr.{unit}.{bin,idx}`` and ``.ltr.{bin,idx}``, the two dictionaries and
+``{split}.{unit}-ltr.summary.json`` as one unit (a killed run leaves the previous files or nothing; see
+``speechlm.tokenizers.binarize``, the Python API). A symbol outside its dictionary is an error naming the
+file and line (the phonemizer's unknown-word unit ``SPN`` is ``<unk>`` by design); ``--allow-unk`` maps
+every such symbol to ``<unk>`` and counts it.
 """
 import os
 import sys
@@ -18,19 +21,20 @@ def add_args(parser):
     parser.add_argument("--dest", required=True, help="output directory (TEXT_DIR)")
     parser.add_argument("--split", default="train", help="split name of the outputs")
     parser.add_argument("--workers", type=int, default=1, help="processes for binarizing")
+    parser.add_argument("--allow-unk", action="store_true",
+                        help="map symbols outside the dictionaries to <unk> (counted) instead of refusing them")
 
 
 def run(args):
+    from speechlm.errors import UserFileNotFoundError
+
     for p in (args.units, args.letters, args.unit_dict, args.letter_dict):
         if not os.path.isfile(p):
-            sys.exit(f"speechlm binarize: {p}: no such file")
+            raise UserFileNotFoundError(f"{p}: no such file")
     from speechlm.tokenizers.binarize import binarize
 
-    try:
-        s = binarize(args.units, args.letters, args.unit_dict, args.letter_dict, args.dest,
-                     args.split, args.workers)
-    except ValueError as e:
-        sys.exit(f"speechlm binarize: {e}")
+    s = binarize(args.units, args.letters, args.unit_dict, args.letter_dict, args.dest, args.split, args.workers,
+                 allow_unk=args.allow_unk)
     for kind in ("units", "letters"):
         k = s[kind]
         pct = 100.0 * k["replaced_by_unk"] / max(1, k["tokens"])

@@ -42,12 +42,13 @@ def run(args):
 
         expected = num_frames_50hz if args.rate == 50 else num_frames_100hz
         what = f"MFCC 39-d at {args.rate} Hz"
-    prefix, frames = F.dump_features(manifest, args.feat_dir, args.split, extractor, args.nshard,
-                                     args.rank, expected)
-    from speechlm.tokenizers.shards import write_sidecar
+    from speechlm.tokenizers.shards import shard_lock, write_sidecar
 
-    write_sidecar(prefix, "features dump", args.rank, args.nshard,
-                  {"manifest": manifest, "checkpoint": args.checkpoint or None},
-                  {"layer": args.layer, "rate": None if args.checkpoint else args.rate})
+    with shard_lock(os.path.join(args.feat_dir, f"{args.split}_{args.rank}_{args.nshard}")):
+        prefix, frames = F.dump_features(manifest, args.feat_dir, args.split, extractor, args.nshard,
+                                         args.rank, expected)
+        write_sidecar(prefix, "features dump", args.rank, args.nshard,
+                      {"manifest": manifest, "checkpoint": args.checkpoint or None},
+                      {"layer": args.layer, "rate": None if args.checkpoint else args.rate})
     print(f"[features] {what}: {frames} frames -> {prefix}.npy/.len", file=sys.stderr)
     return 0

@@ -241,6 +241,7 @@ def run(args):
     from omegaconf import OmegaConf
 
     import speechlm  # noqa: F401  (registers models/tasks, safe checkpoint loading)
+    from speechlm.atomic import atomic_write, ensure_dir
     from speechlm.decoding.ctc import decode_dataset, error_rates
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(message)s")
@@ -262,7 +263,7 @@ def run(args):
     decoders = build_decoders(cfgs, tgt_dict, blank, post)
     out_dir = cfg.common_eval.results_path
     if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
+        ensure_dir(out_dir, "common_eval.results_path")
     table = []
     for subset in cfg.dataset.gen_subset.split(","):
         task.load_dataset(subset, task_cfg=saved.task)
@@ -283,11 +284,11 @@ def run(args):
                           len(cfgs) > 1 and k == best))
         if out_dir:
             for kind, j in (("hypo", 0), ("ref", 1)):
-                with open(os.path.join(out_dir, f"{subset}.{kind}.wrd"), "w", encoding="utf-8") as f:
+                with atomic_write(os.path.join(out_dir, f"{subset}.{kind}.wrd"), what="decoding output") as f:
                     for sid in sorted(results[best]):
                         f.write(f"{results[best][sid][j] or ''} ({ids[sid]})\n")
             if len(cfgs) > 1:
-                with open(os.path.join(out_dir, f"{subset}.sweep.tsv"), "w", encoding="utf-8") as f:
+                with atomic_write(os.path.join(out_dir, f"{subset}.sweep.tsv"), what="sweep table") as f:
                     f.write("\t".join(swept + ["wer", "cer"]) + "\n")
                     for c, r in zip(cfgs, rates):
                         vals = [str(OmegaConf.select(c, "decoding." + k)) for k in swept]

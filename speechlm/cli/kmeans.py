@@ -8,6 +8,7 @@
 With ``--nshard 1`` apply writes ``LAB/SPLIT.km`` and ``LAB/dict.km.txt`` directly.
 """
 import json
+import os
 import sys
 
 
@@ -64,8 +65,12 @@ def run(args):
             sys.exit(f"speechlm kmeans learn: {e}")
         print(f"[kmeans] {args.n_clusters} centroids from {n} frames -> {args.km_path}", file=sys.stderr)
     elif args.action == "apply":
-        out, n_utts, n_frames = K.apply_to_shard(args.feat_dir, args.split, args.km_path, args.lab_dir,
-                                                 args.nshard, args.rank)
+        from speechlm.tokenizers.shards import shard_lock
+
+        name = args.split if args.nshard == 1 else f"{args.split}_{args.rank}_{args.nshard}"
+        with shard_lock(os.path.join(args.lab_dir, name)):
+            out, n_utts, n_frames = K.apply_to_shard(args.feat_dir, args.split, args.km_path, args.lab_dir,
+                                                     args.nshard, args.rank)
         print(f"[kmeans] {n_utts} utterances, {n_frames} frames -> {out}", file=sys.stderr)
     elif args.action == "merge":
         try:

@@ -57,7 +57,7 @@ def main(argv=None):
     module.add_args(parser)
     args = parser.parse_args(rest)
     from speechlm import logs
-    from speechlm.errors import UserError, debug, format_error
+    from speechlm.errors import debug, format_error, message, user_facing
 
     logs.route(console_format=f"[{verb}] %(message)s")  # $SPEECHLM_LOG_FILE: chatter to that file
     try:
@@ -66,10 +66,12 @@ def main(argv=None):
 
             speechlm.register()
         return module.run(args) or 0
-    except UserError as e:  # bad input: the message says where and what to do; no traceback
-        if debug():
+    except (ValueError, OSError) as e:
+        # bad input (UserError) or a disk the user must fix (read-only, full, a file in the way: OSError):
+        # the message says where and what to do; no traceback. Other errors are bugs: traceback.
+        if debug() or not user_facing(e):
             raise
-        print(format_error(e, f"speechlm {verb}"), file=sys.stderr)
+        print(format_error(message(e), f"speechlm {verb}"), file=sys.stderr)
         return 1
 
 

@@ -170,20 +170,23 @@ def run(args):
         lexicon = Lexicon.load(args.lexicon, args.inventory) if args.transcripts else None
         if args.inventory == "kaldi" and not args.transcripts:
             sys.exit("speechlm phone-units label: --inventory kaldi needs --transcripts (word boundaries)")
-        try:
-            rep = label_split(args.corpus, args.split, args.model, args.out_dir, args.transcripts, lexicon,
-                              args.strict, args.phone_lm, args.lm_weight, args.insertion, args.beam,
-                              args.nshard, args.rank, args.blank_penalty)
-        except LabellingError as e:
-            sys.exit(f"speechlm phone-units label: {e}")
-        if args.nshard > 1:
-            from speechlm.tokenizers.shards import write_sidecar
+        from speechlm.tokenizers.shards import shard_lock, write_sidecar
 
-            write_sidecar(rep.out[: -len(".phn")], "phone-units label", args.rank, args.nshard,
-                          {"manifest": os.path.join(args.corpus, f"{args.split}.tsv"), "model": args.model,
-                           "lexicon": args.lexicon, "phone_lm": args.phone_lm},
-                          {"inventory": args.inventory, "transcripts": args.transcripts, "strict": args.strict, "lm_weight": args.lm_weight,
-                           "insertion": args.insertion, "beam": args.beam, "blank_penalty": args.blank_penalty})
+        name = args.split if args.nshard == 1 else f"{args.split}_{args.rank}_{args.nshard}"
+        with shard_lock(os.path.join(args.out_dir, name)):
+            try:
+                rep = label_split(args.corpus, args.split, args.model, args.out_dir, args.transcripts, lexicon,
+                                  args.strict, args.phone_lm, args.lm_weight, args.insertion, args.beam,
+                                  args.nshard, args.rank, args.blank_penalty)
+            except LabellingError as e:
+                sys.exit(f"speechlm phone-units label: {e}")
+            if args.nshard > 1:
+                write_sidecar(rep.out[: -len(".phn")], "phone-units label", args.rank, args.nshard,
+                              {"manifest": os.path.join(args.corpus, f"{args.split}.tsv"), "model": args.model,
+                               "lexicon": args.lexicon, "phone_lm": args.phone_lm},
+                              {"inventory": args.inventory, "transcripts": args.transcripts, "strict": args.strict,
+                               "lm_weight": args.lm_weight, "insertion": args.insertion, "beam": args.beam,
+                               "blank_penalty": args.blank_penalty})
         print(f"[phone-units] {rep.utterances} utterances -> {rep.out} (forced alignment {rep.aligned}, "
               f"phone LM {rep.phone_lm}, posteriors only {rep.posteriors})", file=sys.stderr)
         if rep.too_short:

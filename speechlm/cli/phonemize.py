@@ -63,16 +63,17 @@ def run(args):
     phonemizer = Phonemizer(lexicon, table, args.sil_prob, args.max_len)
     if args.inventory == "kaldi":
         _write_kaldi_dict(args.out_prefix)
-    stats = phonemize_file(args.input, args.out_prefix, phonemizer, args.seed, args.nshard, args.rank)
-    if args.nshard > 1:
-        from speechlm.tokenizers.phonemizer import shard_prefix
-        from speechlm.tokenizers.shards import write_sidecar
+    from speechlm.tokenizers.phonemizer import shard_prefix
+    from speechlm.tokenizers.shards import shard_lock, write_sidecar
 
-        write_sidecar(shard_prefix(args.out_prefix, args.rank, args.nshard), "phonemize", args.rank, args.nshard,
-                      {"input": args.input, "lexicon": args.lexicon, "duration_table": args.duration_table},
-                      {"inventory": args.inventory, "sil_prob": args.sil_prob, "seed": args.seed, "max_len": args.max_len,
-                       "phone_duration": list(args.phone_duration), "sil_duration": list(args.sil_duration),
-                       "unk_duration": list(args.unk_duration)})
+    with shard_lock(shard_prefix(args.out_prefix, args.rank, args.nshard)):
+        stats = phonemize_file(args.input, args.out_prefix, phonemizer, args.seed, args.nshard, args.rank)
+        if args.nshard > 1:
+            write_sidecar(shard_prefix(args.out_prefix, args.rank, args.nshard), "phonemize", args.rank, args.nshard,
+                          {"input": args.input, "lexicon": args.lexicon, "duration_table": args.duration_table},
+                          {"inventory": args.inventory, "sil_prob": args.sil_prob, "seed": args.seed,
+                           "max_len": args.max_len, "phone_duration": list(args.phone_duration),
+                           "sil_duration": list(args.sil_duration), "unk_duration": list(args.unk_duration)})
     print(f"[phonemize] {args.input} shard {args.rank}/{args.nshard} (lexicon {phonemizer.lexicon.source})",
           file=sys.stderr)
     print(stats.report(), file=sys.stderr)

@@ -62,14 +62,15 @@ def run(args):
     model, task = load_model(args.checkpoint, args.data, args.device)
     start, end = shard_range(n_phones, args.nshard, args.rank)
     prefix = args.out_prefix if args.nshard == 1 else f"{args.out_prefix}_{args.rank}_{args.nshard}"
-    n_lines, n_unk_lines = generate_file(model, task, args.units, args.letters, prefix, start, end,
-                                         args.max_frames, args.predicted_durations, args.device)
-    if args.nshard > 1:  # what `t2u merge` checks: the same input, model and options in every shard
-        from speechlm.tokenizers.shards import write_sidecar
+    from speechlm.tokenizers.shards import shard_lock, write_sidecar
 
-        write_sidecar(prefix, "t2u generate", args.rank, args.nshard,
-                      {"units": args.units, "letters": args.letters, "checkpoint": args.checkpoint},
-                      {"predicted_durations": args.predicted_durations, "data": args.data})
+    with shard_lock(prefix):
+        n_lines, n_unk_lines = generate_file(model, task, args.units, args.letters, prefix, start, end,
+                                             args.max_frames, args.predicted_durations, args.device)
+        if args.nshard > 1:  # what `t2u merge` checks: the same input, model and options in every shard
+            write_sidecar(prefix, "t2u generate", args.rank, args.nshard,
+                          {"units": args.units, "letters": args.letters, "checkpoint": args.checkpoint},
+                          {"predicted_durations": args.predicted_durations, "data": args.data})
     phone_dict = task.source_dictionary
     print(f"[t2u] {n_lines} lines -> {prefix}.km/.ltr ({n_unk_lines} lines hold a phone outside "
           f"dict.{task.cfg.phone_label}.txt, read as {phone_dict.unk_word}, e.g. the phonemizer's SPN)", file=sys.stderr)

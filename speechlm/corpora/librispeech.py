@@ -19,6 +19,7 @@ import shutil
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from speechlm.atomic import atomic_write
 from speechlm.tokenizers.lexicon import letters
 
 WORD_SEP = "|"
@@ -123,10 +124,8 @@ def read_letter_dict(path: str) -> List[str]:
 def write_dict(path: str, symbols: Sequence[str], counts: Counter) -> None:
     """fairseq dictionary: ``symbol count`` per line, most frequent first; every symbol listed."""
     order = sorted(symbols, key=lambda s: (-counts.get(s, 0), s))
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path, what="letter dictionary") as f:
         f.writelines(f"{s} {counts.get(s, 0)}\n" for s in order)
-    os.replace(tmp, path)
 
 
 def write_labels(tsv_path: str, transcripts: str, letter_dict: Optional[str] = None) -> dict:
@@ -180,9 +179,8 @@ def write_labels(tsv_path: str, transcripts: str, letter_dict: Optional[str] = N
         counts.update(ltr.split())
     stem = os.path.splitext(tsv_path)[0]
     for ext, lines in (("wrd", wrd_lines), ("ltr", ltr_lines)):
-        with open(f"{stem}.{ext}.tmp", "w", encoding="utf-8") as f:
+        with atomic_write(f"{stem}.{ext}", what="label file") as f:
             f.writelines(line + "\n" for line in lines)
-        os.replace(f"{stem}.{ext}.tmp", f"{stem}.{ext}")
     dict_path = os.path.join(os.path.dirname(tsv_path), "dict.ltr.txt")
     if letter_dict:
         if not os.path.exists(dict_path):

@@ -76,7 +76,9 @@ def _write_wav(path: str, wav: np.ndarray):
 
 
 def _write_lines(path: str, lines: Sequence[str]):
-    with open(path, "w", encoding="utf-8") as f:
+    from speechlm.atomic import atomic_write
+
+    with atomic_write(path, what="label file") as f:
         f.write("".join(f"{x}\n" for x in lines))
 
 

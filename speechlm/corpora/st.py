@@ -128,7 +128,9 @@ def pack_audio_zip(rows: List[Dict[str, str]], zip_path: str) -> None:
 
 def write_tsv(path: str, rows: List[Dict[str, str]]) -> None:
     """fairseq's speech_to_text TSV (tab-separated, header line, no quoting)."""
-    with open(path, "w", encoding="utf-8", newline="") as f:
+    from speechlm.atomic import atomic_write
+
+    with atomic_write(path, what="speech_to_text TSV") as f:
         w = csv.DictWriter(
             f, fieldnames=TSV_COLUMNS, delimiter="\t", quotechar=None, quoting=csv.QUOTE_NONE,
             lineterminator="\n", escapechar="\\",
@@ -166,7 +168,9 @@ def train_char_spm(texts: Sequence[str], out_dir: str) -> str:
         **SPM_SPECIAL_IDS,
     )
     sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
-    with open(prefix + ".txt", "w", encoding="utf-8") as f:
+    from speechlm.atomic import atomic_write
+
+    with atomic_write(prefix + ".txt", what="SentencePiece dictionary") as f:
         for i in range(sp.get_piece_size()):
             piece = sp.id_to_piece(i)
             if piece not in SPECIAL_PIECES:
@@ -176,8 +180,10 @@ def train_char_spm(texts: Sequence[str], out_dir: str) -> str:
 
 def write_config(out_dir: str, spm_model: str) -> str:
     """``config.yaml`` for ``--task speech_to_text`` with raw 16 kHz audio input."""
+    from speechlm.atomic import atomic_write
+
     path = os.path.join(out_dir, "config.yaml")
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_write(path, what="speech_to_text config") as f:
         f.write(
             "# written by `speechlm st prepare`: raw 16 kHz audio input, character SentencePiece\n"
             "input_channels: 1\n"

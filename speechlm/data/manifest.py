@@ -48,7 +48,9 @@ def frame_centres_100hz(n_samples: int) -> np.ndarray:
 
 def write_manifest(tsv_path: str, root: str, rows) -> None:
     """Write ``rows`` (iterable of ``(relative_path, num_samples)``) under ``root``."""
-    with open(tsv_path, "w", encoding="utf-8") as f:
+    from speechlm.atomic import atomic_write
+
+    with atomic_write(tsv_path, what="manifest") as f:
         f.write(os.path.abspath(root) + "\n")
         for rel, n in rows:
             f.write(f"{rel}\t{n}\n")

@@ -307,6 +307,10 @@ def read_audio(path: str, expected_sr: int = SAMPLE_RATE) -> np.ndarray:
             f"{path}: has {wav.shape[1]} channels; speechlm expects {expected_sr} Hz mono: "
             f"{RESAMPLE_HINT}"
         )
+    if not np.isfinite(wav).all():  # a float WAV can hold NaN/Inf: it would train or decode to nonsense
+        k = int(np.flatnonzero(~np.isfinite(wav[:, 0]))[0])
+        raise UserError(f"{path}: holds NaN or infinite samples (the first at sample {k}, {k / sr:.3f} s); "
+                        "re-create the file from its source, or drop the row from the manifest")
     return wav[:, 0]
 
 

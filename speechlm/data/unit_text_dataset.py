@@ -23,6 +23,9 @@ def text_paths(text_dir: str, split: str, unit: str):
 
 def load_text_dataset(text_dir, split, unit, unit_dict, letter_dict, shuffle=True, unit_eos=False):
     """Open a split as a ``UnitTextDataset``; ``FileNotFoundError`` names the missing files."""
+    from speechlm.tokenizers.binarize import check_binarized
+
+    check_binarized(text_dir, split, unit)  # a killed or concurrent binarize: refused, naming the file
     unit_prefix, ltr_prefix = text_paths(text_dir, split, unit)
     datasets = []
     for prefix, d in ((unit_prefix, unit_dict), (ltr_prefix, letter_dict)):

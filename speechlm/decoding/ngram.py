@@ -10,9 +10,10 @@ phone LM on a sample of the LM text). For the 800M-word LibriSpeech LM corpus us
 (or the official 4-gram ARPA); the files are interchangeable.
 """
 import math
-import os
 from collections import defaultdict
 from typing import Dict, Iterable, List, Sequence, Tuple
+
+from speechlm.atomic import atomic_write
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 UNK_LOG10 = -100.0  # what KenLM's lmplz writes for <unk> when the vocabulary is closed
@@ -96,8 +97,7 @@ def write_arpa(sentences: Iterable[Sequence[str]], path: str, order: int = 4) ->
         tables.append(table)
     tables[0].setdefault((BOS,), (-99.0, None))
     tables[0][(UNK,)] = (UNK_LOG10, None)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path, what="ARPA language model") as f:
         f.write("\n\\data\\\n")
         for n, t in enumerate(tables, start=1):
             f.write(f"ngram {n}={len(t)}\n")
@@ -107,5 +107,4 @@ def write_arpa(sentences: Iterable[Sequence[str]], path: str, order: int = 4) ->
                 lp, bo = t[g]
                 f.write(f"{lp:.6f}\t{' '.join(g)}" + (f"\t{bo:.6f}" if bo is not None else "") + "\n")
         f.write("\n\\end\\\n")
-    os.replace(tmp, path)
     return {"order": order, "ngrams": [len(t) for t in tables]}

@@ -186,7 +186,9 @@ def build_tiny_bert(out_dir: str, texts: Sequence[str], hidden: int = 32, layers
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
     os.makedirs(out_dir, exist_ok=True)
     vocab_file = os.path.join(out_dir, "vocab.txt")
-    with open(vocab_file, "w", encoding="utf-8") as f:
+    from speechlm.atomic import atomic_write
+
+    with atomic_write(vocab_file, what="BERT vocabulary") as f:
         f.write("".join(f"{w}\n" for w in vocab))
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,

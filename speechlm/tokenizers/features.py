@@ -8,11 +8,13 @@ label convention. The 50 Hz frame ``i`` is centred at sample ``320 i + 200``, ex
 Dumps follow fairseq's HuBERT ``simple_kmeans`` layout: ``{feat_dir}/{split}_{rank}_{nshard}.npy``
 (all frames of the shard, float32, shape (frames, dim)) and ``.len`` (frames per utterance, one a line).
 """
+import errno
 import os
 from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
+from speechlm.atomic import AtomicGroup
 from speechlm.data.manifest import SAMPLE_RATE, num_frames_50hz
 from speechlm.data.readers import Manifest
 from speechlm.errors import UserError, UserFileNotFoundError
@@ -134,6 +136,18 @@ class CheckpointFeatureReader:
         return feat
 
 
+def _allocate(path: str) -> None:
+    """Reserve a memory-mapped output's blocks now: on a full disk writing into a sparse map kills the process
+    with SIGBUS (no message); ``posix_fallocate`` fails with ENOSPC instead, which is reported cleanly."""
+    with open(path, "rb+") as fh:
+        try:
+            os.posix_fallocate(fh.fileno(), 0, os.path.getsize(path))
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, getattr(errno, "ENOTSUP", -1)):
+                return  # a file system without fallocate: nothing to reserve with
+            raise
+
+
 def dump_features(
     manifest: str,
     feat_dir: str,
@@ -151,7 +165,6 @@ def dump_features(
     man = Manifest.load(manifest)
     start, end = shard_range(len(man), nshard, rank)
     rows = man.rows[start:end]
-    os.makedirs(feat_dir, exist_ok=True)
     prefix = os.path.join(feat_dir, f"{split}_{rank}_{nshard}")
     lens: List[int] = []
     out = None
@@ -159,27 +172,31 @@ def dump_features(
     if expected_frames is not None:
         total = sum(expected_frames(n) for _, n in rows)
     offset = 0
-    for i, (rel, n) in enumerate(rows, start=start):
-        f = extractor(man.audio(i))
-        if expected_frames is not None and f.shape[0] != expected_frames(n):
-            raise UserError(f"{man.where(i)}: {f.shape[0]} feature frames, expected {expected_frames(n)}")
-        if out is None:
-            if total is None:
-                raise ValueError("expected_frames is needed to preallocate the dump")
-            out = np.lib.format.open_memmap(prefix + ".npy.tmp", mode="w+", dtype=np.float32,
-                                            shape=(total, f.shape[1]))
-        out[offset : offset + len(f)] = f
-        offset += len(f)
-        lens.append(len(f))
-    if out is None:  # empty shard
-        np.save(prefix + ".npy.tmp", np.zeros((0, 0), np.float32))
-        os.replace(prefix + ".npy.tmp.npy", prefix + ".npy")
-    else:
-        out.flush()
-        del out
-        os.replace(prefix + ".npy.tmp", prefix + ".npy")
-    with open(prefix + ".len", "w") as fl:
-        fl.write("".join(f"{n}\n" for n in lens))
+    with AtomicGroup(marker=prefix + ".len", what="feature dump") as g:
+        npy_tmp = g.path(prefix + ".npy")
+        for i, (rel, n) in enumerate(rows, start=start):
+            f = extractor(man.audio(i))
+            if expected_frames is not None and f.shape[0] != expected_frames(n):
+                raise UserError(f"{man.where(i)}: {f.shape[0]} feature frames, expected {expected_frames(n)}")
+            if not np.isfinite(f).all():
+                raise UserError(f"{man.where(i)}: its features hold NaN or infinite values (the model or the "
+                                "audio is broken: a diverged checkpoint, or NaN samples); nothing was written")
+            if out is None:
+                if total is None:
+                    raise ValueError("expected_frames is needed to preallocate the dump")
+                out = np.lib.format.open_memmap(npy_tmp, mode="w+", dtype=np.float32, shape=(total, f.shape[1]))
+                _allocate(npy_tmp)
+            out[offset : offset + len(f)] = f
+            offset += len(f)
+            lens.append(len(f))
+        if out is None:  # empty shard
+            with open(npy_tmp, "wb") as fh:
+                np.save(fh, np.zeros((0, 0), np.float32))
+        else:
+            out.flush()
+            del out
+        with open(g.path(prefix + ".len"), "w") as fl:
+            fl.write("".join(f"{n}\n" for n in lens))
     return prefix, offset
 
 

@@ -16,6 +16,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from speechlm.atomic import atomic_write
+
 logger = logging.getLogger(__name__)
 
 APPLY_CHUNK_FRAMES = 1024  # frames per matrix product: a (1024 x 500) float32 block (2 MB) stays in cache
@@ -115,7 +117,7 @@ class KMeansApplier:
 
 def write_dict(path: str, counts: Dict[int, int], n_clusters: int) -> None:
     """``dict.km.txt``: ``0 .. K-1`` with their frame counts (all K listed, so ids are stable)."""
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_write(path, what="k-means dictionary") as f:
         for k in range(n_clusters):
             f.write(f"{k} {counts.get(k, 0)}\n")
 
@@ -169,8 +171,7 @@ def learn_from_shards(feat_dir: str, split: str, nshard: int, km_path: str, n_cl
     shards = [load_feature_shard(feat_dir, split, r, nshard)[0] for r in range(nshard)]
     feats = sample_frames(shards, percent, seed)
     centroids = learn_kmeans(feats, n_clusters, seed, **kmeans_args)
-    os.makedirs(os.path.dirname(os.path.abspath(km_path)), exist_ok=True)
-    with open(km_path, "wb") as f:
+    with atomic_write(km_path, "wb", what="k-means model") as f:
         np.save(f, centroids)
     return len(feats)
 
@@ -188,10 +189,9 @@ def apply_to_shard(feat_dir: str, split: str, km_path: str, lab_dir: str, nshard
     name = split if nshard == 1 else f"{split}_{rank}_{nshard}"
     out = os.path.join(lab_dir, f"{name}.km")
     offsets = np.concatenate([[0], np.cumsum(lens)])
-    with open(out + ".tmp", "w", encoding="utf-8") as f:
+    with atomic_write(out, what="k-means labels") as f:
         for a, b in zip(offsets[:-1], offsets[1:]):
             f.write(" ".join(map(str, labels[a:b].tolist())) + "\n")
-    os.replace(out + ".tmp", out)
     if nshard == 1:
         write_dict(os.path.join(lab_dir, "dict.km.txt"), Counter(labels.tolist()), applier.n_clusters)
     else:  # what the merge checks: the same centroids, K and features (input, options) in every shard
@@ -232,7 +232,7 @@ def merge_label_shards(lab_dir: str, split: str, nshard: int, km_path: str) -> s
         if json.load(f)["inputs"]["centroids"] != fingerprint(km_path):
             raise UserError(f"cannot merge: the shards were labelled with other centroids than --km-path "
                             f"{km_path}; give the k-means model the shards were applied with")
-    with open(out + ".tmp", "w", encoding="utf-8") as fo:
+    with atomic_write(out, what="merged k-means labels") as fo:
         for p in parts:
             with open(p, encoding="utf-8") as f:
                 for lineno, line in enumerate(f, start=1):
@@ -242,6 +242,5 @@ def merge_label_shards(lab_dir: str, split: str, nshard: int, km_path: str) -> s
                                         "shard came from another k-means model: re-run its rank")
                     counts.update(ids)
                     fo.write(line)
-    os.replace(out + ".tmp", out)
     write_dict(os.path.join(lab_dir, "dict.km.txt"), counts, n_clusters)
     return out

@@ -81,9 +81,10 @@ def word_position_phones(phones: Sequence[str]) -> List[str]:
 
 def write_phone_dict(path: str, symbols: Sequence[str] = KALDI_SYMBOLS) -> None:
     """Write a Kaldi ``phones.txt``-style dictionary, one ``SYMBOL INDEX`` per line (the released format)."""
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
+    from speechlm.atomic import atomic_write
+
+    with atomic_write(path, what="phone dictionary") as f:
         f.writelines(f"{s} {i}\n" for i, s in enumerate(symbols))
-    os.replace(path + ".tmp", path)
 
 
 def ensure_kaldi_dict(directory: str) -> Optional[str]:

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
+from speechlm.atomic import atomic_write
 from speechlm.tokenizers.lexicon import Lexicon
 
 
@@ -79,7 +80,7 @@ def label_split(corpus: str, split: str, model_path: str, out_dir: str, transcri
             raise LabellingError(str(e)) from None
     name = split if nshard == 1 else f"{split}_{rank}_{nshard}"
     report = LabellingReport(out=os.path.join(out_dir, f"{name}.phn"))
-    with open(report.out + ".tmp", "w", encoding="utf-8") as f:
+    with atomic_write(report.out, what="phone labels") as f:
         for i in range(start, end):
             lp = R.posteriors(model, manifest.audio(i))
             labels = None
@@ -113,5 +114,4 @@ def label_split(corpus: str, split: str, model_path: str, out_dir: str, transcri
                 report.posteriors += 1
             f.write(" ".join(labels) + "\n")
             report.utterances += 1
-    os.replace(report.out + ".tmp", report.out)
     return report

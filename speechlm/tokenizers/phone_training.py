@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from speechlm.atomic import atomic_write
 from speechlm.tokenizers.phone_recognizer import (
     BLANK,
     PHONE_UNITS,
@@ -101,9 +102,8 @@ class PhoneCtcDataset:
         path = os.path.join(self.cache_dir, f"{row}.npy")
         if not os.path.exists(path):
             f = self.featurize(self.manifest.audio(row))
-            with open(path + ".tmp", "wb") as fh:
+            with atomic_write(path, "wb", what="feature cache") as fh:
                 np.save(fh, f)
-            os.replace(path + ".tmp", path)
         return np.array(np.load(path, mmap_mode="r"))
 
     def __getitem__(self, i: int) -> Tuple[np.ndarray, List[int]]:

@@ -24,6 +24,7 @@ from typing import Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from speechlm.atomic import AtomicGroup, atomic_write
 from speechlm.tokenizers.lexicon import Lexicon, letters, normalize_text
 from speechlm.tokenizers.shards import concat_shards
 from speechlm.tokenizers.upsample import DurationTable, sample_repeats
@@ -229,18 +230,17 @@ def phonemize_file(
     start, end = shard_block_range(num_lines, nshard, rank)
     prefix = shard_prefix(out_prefix, rank, nshard)
     stats = PhonemizeStats()
-    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    with open(prefix + ".phn.tmp", "w", encoding="utf-8") as fp, open(
-        prefix + ".ltr.tmp", "w", encoding="utf-8"
-    ) as fl:
+    with AtomicGroup(marker=prefix + ".stats.json", what="phonemize output") as g, \
+            open(g.path(prefix + ".phn"), "w", encoding="utf-8") as fp, \
+            open(g.path(prefix + ".ltr"), "w", encoding="utf-8") as fl:
         for b, lines in iter_blocks(input_path, start, end):
             for phn, ltr in phonemizer.phonemize_block(lines, b, seed, stats):
                 fp.write(phn + "\n")
                 fl.write(ltr + "\n")
-    os.replace(prefix + ".phn.tmp", prefix + ".phn")
-    os.replace(prefix + ".ltr.tmp", prefix + ".ltr")
-    with open(prefix + ".stats.json", "w", encoding="utf-8") as f:
-        json.dump(stats.to_json(), f, indent=1, sort_keys=True)
+        fp.flush()
+        fl.flush()
+        with open(g.path(prefix + ".stats.json"), "w", encoding="utf-8") as f:
+            json.dump(stats.to_json(), f, indent=1, sort_keys=True)
     return stats
 
 
@@ -258,6 +258,6 @@ def merge_shards(out_prefix: str, nshard: int, exts: Iterable[str] = ("phn", "lt
     for p in prefixes:
         with open(p + ".stats.json", encoding="utf-8") as f:
             stats.merge(PhonemizeStats.from_json(json.load(f)))
-    with open(out_prefix + ".stats.json", "w", encoding="utf-8") as f:
+    with atomic_write(out_prefix + ".stats.json", what="phonemize statistics") as f:
         json.dump(stats.to_json(), f, indent=1, sort_keys=True)
     return stats

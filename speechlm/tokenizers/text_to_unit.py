@@ -62,10 +62,12 @@ def generate_file(model, task, units_path: str, letters_path: str, prefix: str, 
     Returns ``(lines written, lines holding a phone outside the model's phone dictionary)``."""
     phone_dict = task.source_dictionary
     n_lines = n_unk_lines = 0
-    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    with open(units_path, encoding="utf-8") as fin_p, open(letters_path, encoding="utf-8") as fin_l, \
-            open(prefix + ".km.tmp", "w", encoding="utf-8") as fk, \
-            open(prefix + ".ltr.tmp", "w", encoding="utf-8") as fl:
+    from speechlm.atomic import AtomicGroup
+
+    with AtomicGroup(what="t2u output") as g, \
+            open(units_path, encoding="utf-8") as fin_p, open(letters_path, encoding="utf-8") as fin_l, \
+            open(g.path(prefix + ".km"), "w", encoding="utf-8") as fk, \
+            open(g.path(prefix + ".ltr"), "w", encoding="utf-8") as fl:
         chunk_p, chunk_l = [], []
 
         def flush():
@@ -88,6 +90,4 @@ def generate_file(model, task, units_path: str, letters_path: str, prefix: str, 
             if len(chunk_p) == GENERATE_CHUNK_LINES:
                 flush()
         flush()
-    os.replace(prefix + ".km.tmp", prefix + ".km")
-    os.replace(prefix + ".ltr.tmp", prefix + ".ltr")
     return n_lines, n_unk_lines
