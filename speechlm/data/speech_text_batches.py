@@ -7,6 +7,13 @@ batches shuffled per epoch with ``seed + epoch`` and cycled when there are fewer
 "batch" fairseq sees is one key ``(speech indices, text indices)``, so its ``EpochBatchIterator``
 shuffles, shards across ranks (every rank gets different pairs), counts updates and resumes from
 a checkpoint exactly as for any fairseq dataset. The epoch is defined by the speech.
+
+``speech_batches_per_update=2`` builds the batches of the published sampler (microsoft/unilm
+``speechlm/data/multimodal_corpus_dataset.py``, whose corpus loop appends the speech batch list a
+second time, reshuffled, and joins ``S1[i] + text[i] + S2[i]``): every update gets the speech of two
+length buckets, ``S1[i]`` and ``S2[i]`` from a second, independently shuffled copy of the epoch's
+speech batches, collated together (so with ``pad_audio: false`` all of them are cropped to the
+shortest clip of the two buckets, as there), and one text batch; each utterance is seen twice per epoch.
 """
 import logging
 from typing import Optional
@@ -31,8 +38,11 @@ class SpeechTextBatchDataset(FairseqDataset):
     """
 
     def __init__(self, speech, text=None, text_max_tokens_ratio: float = 1.0,
-                 text_max_tokens: Optional[int] = None, seed: int = 1):
+                 text_max_tokens: Optional[int] = None, seed: int = 1, speech_batches_per_update: int = 1):
+        if speech_batches_per_update not in (1, 2):
+            raise ValueError(f"speech_batches_per_update={speech_batches_per_update}: must be 1 or 2")
         self.speech, self.text = speech, text
+        self.speech_batches_per_update = speech_batches_per_update
         self.text_max_tokens_ratio, self.text_max_tokens = text_max_tokens_ratio, text_max_tokens
         self.seed, self.epoch = seed, 1
         self.sizes = speech.sizes
@@ -74,6 +84,11 @@ class SpeechTextBatchDataset(FairseqDataset):
                 f"batches by dataset.required_batch_size_multiple={required_batch_size_multiple}; set it to 1 "
                 "to use every utterance"
             )
+        rng = np.random.RandomState((self.seed + self.epoch) % 2**32)
+        # seeded here, not by fairseq's numpy_seed: the pairing must be the same after a resume
+        if self.speech_batches_per_update == 2:
+            second = rng.permutation(len(speech_batches))
+            speech_batches = [np.concatenate([b, speech_batches[j]]) for b, j in zip(speech_batches, second)]
         if self.text is None:
             return [[(tuple(int(i) for i in b), ())] for b in speech_batches]
         budget = self.text_max_tokens or (
@@ -82,8 +97,6 @@ class SpeechTextBatchDataset(FairseqDataset):
         if budget is not None and self.text.sizes.max() > budget:
             # a sentence longer than the budget still gets a batch of its own
             budget = int(self.text.sizes.max())
-        rng = np.random.RandomState((self.seed + self.epoch) % 2**32)
-        # seeded here, not by fairseq's numpy_seed: the pairing must be the same after a resume
         text_indices = np.lexsort([rng.permutation(len(self.text)), self.text.sizes])
         text_batches = self.text.batch_by_size(text_indices, max_tokens=budget, max_sentences=max_sentences)
         order = rng.permutation(len(text_batches))

@@ -3,7 +3,8 @@
 Pre-training (``fine_tuning: false``): ``data/{split}.tsv`` with frame units ``data/{split}.{label}``
 (``labels: [phn]`` or ``[km]``) and ``data/dict.{label}.txt``; optional unpaired text in
 ``text_data`` (``{text_split}.{label}-ltr.{label}/.ltr.{bin,idx}``, ``dict.ltr.txt``). Every update
-gets exactly one speech batch and one text batch (``speechlm.data.speech_text_batches``); the text
+gets one speech batch (``speech_batches_per_update: 2``: two, as the published LibriSpeech runs) and one
+text batch (``speechlm.data.speech_text_batches``); the text
 budget is ``max_tokens / 320 * text_max_tokens_ratio`` unit frames. ``text_data`` empty = speech only.
 
 Fine-tuning (``fine_tuning: true``): ``data/{split}.ltr`` letters and ``data/dict.ltr.txt``;
@@ -64,6 +65,12 @@ class SpeechLMPretrainingConfig(FairseqDataclass):
     allow_unk_labels: bool = field(
         default=False,
         metadata={"help": "map label symbols outside the dictionary to <unk> (default: an error naming the line)"},
+    )
+    speech_batches_per_update: int = field(
+        default=1,
+        metadata={"help": "speech batches per update in training: 1, or 2 as the published sampler builds them "
+                          "for LibriSpeech (two length buckets joined with one text batch; each utterance twice "
+                          "per epoch; with pad_audio=false both cropped to their shortest clip)"},
     )
     rebuild_batches: bool = field(
         default=True, metadata={"help": "re-pair speech and text batches every epoch"}
@@ -172,7 +179,12 @@ class SpeechLMPretrainingTask(FairseqTask):
                 self.cfg.text_data, text_split, self.cfg.labels[0], self.unit_dictionary,
                 self.letter_dictionary, shuffle=train, unit_eos=True,
             )
+        per_update = getattr(self.cfg, "speech_batches_per_update", 1)
+        if per_update not in (1, 2):
+            raise UserError(f"task.speech_batches_per_update={per_update}: use 1, or 2 (the published "
+                            "LibriSpeech batches)")
         self.datasets[split] = SpeechTextBatchDataset(
-            speech, text, text_max_tokens_ratio=self.cfg.text_max_tokens_ratio, seed=self.cfg.seed
+            speech, text, text_max_tokens_ratio=self.cfg.text_max_tokens_ratio, seed=self.cfg.seed,
+            speech_batches_per_update=per_update if train else 1,  # validation sees each utterance once
         )
         logger.info(f"{split}: {len(speech)} utterances, {len(text) if text is not None else 0} text sentences")
