@@ -75,3 +75,43 @@ def test_layer_results_with_padding_match_each_utterance_alone(pretrained):
         (_, alone), _ = model.extract_features(wavs[1][None], None, output_layer=4, ret_layer_results=True)
     for a, b in zip(res, alone):
         assert F.l1_loss(a[:T1, 1], b[:, 0]).item() < 1e-5
+
+
+def test_features_dump_writes_a_chosen_layer_or_all_of_them(pretrained, tmp_path):
+    """`speechlm features dump --layer all`: FEAT_DIR/layer{k}/ holds layer_results[k-1] of each utterance
+    (the Large layout: the checkpoint's normalize applied); `--layer 3` is output_layer=3 (the final output)."""
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    from speechlm.cli.main import main
+    from speechlm.tokenizers.features import load_feature_shard
+
+    exp = torch.load(FIX / "expected_pretrained_large.pt", weights_only=True)
+    wav = exp["wav"].numpy()
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    sf.write(audio / "a.wav", wav, 16000, subtype="PCM_16")
+    sf.write(audio / "b.wav", wav[:9000], 16000, subtype="PCM_16")
+    (tmp_path / "valid.tsv").write_text(f"{audio}\na.wav\t{len(wav)}\nb.wav\t9000\n")
+    ckpt = str(pretrained["large"])
+    assert main(["features", "dump", str(tmp_path), "valid", str(tmp_path / "all"), "--checkpoint", ckpt,
+                 "--layer", "all"]) == 0
+    assert main(["features", "dump", str(tmp_path), "valid", str(tmp_path / "l3"), "--checkpoint", ckpt,
+                 "--layer", "3"]) == 0
+    model = SpeechLMModel.from_checkpoint(ckpt).eval()
+    x = F.layer_norm(torch.from_numpy(wav).float() / 32768, (len(wav),))[None]
+    with torch.no_grad():
+        (final, results), _ = model.extract_features(x, None, output_layer=4, ret_layer_results=True)
+    for k in range(1, 5):
+        feats, lens = load_feature_shard(str(tmp_path / "all" / f"layer{k}"), "valid", 0, 1)
+        assert lens == [179, 27] and feats.shape == (206, 16)
+        assert np.abs(feats[:179] - results[k - 1][:, 0].numpy()).max() < 1e-4
+        side = json.loads((tmp_path / "all" / f"layer{k}" / "valid_0_1.shard.json").read_text())
+        assert side["options"]["layer"] == k
+    feats, _ = load_feature_shard(str(tmp_path / "l3"), "valid", 0, 1)
+    assert np.abs(feats[:179] - final[0].numpy()).max() < 1e-4  # output_layer=3 > L/2: the final output
+    assert np.abs(feats[:179] - exp["features"]["final"][0].numpy()).max() < TOL
+    with pytest.raises(SystemExit):
+        main(["features", "dump", str(tmp_path), "valid", str(tmp_path / "x"), "--checkpoint", ckpt, "--layer", "top"])

@@ -2,12 +2,25 @@
 
     speechlm features dump TSV_DIR SPLIT FEAT_DIR [--nshard N --rank R]                 # 39-d MFCC
     speechlm features dump TSV_DIR SPLIT FEAT_DIR --checkpoint CKPT --layer 6 [...]    # hubert/speechlm
+    speechlm features dump TSV_DIR SPLIT FEAT_DIR --checkpoint CKPT --layer all [...]  # speechlm, every layer
 
 writes ``FEAT_DIR/{SPLIT}_{R}_{N}.npy`` (frames x dim, float32) and ``.len`` (fairseq HuBERT layout),
-50 Hz by default (one row per ``.km`` label frame).
+50 Hz by default (one row per ``.km`` label frame). ``--layer N`` is ``extract_features(output_layer=N)``,
+with the published semantics (N > L/2: the final output); ``--layer all`` writes the output of every
+layer k = 1..L (its ``layer_results`` entries, before any final norm) to ``FEAT_DIR/layer{k}/``.
 """
+import argparse
 import os
 import sys
+
+
+def _layer(value: str):
+    if value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--layer {value!r}: a layer number (1-based) or 'all'") from None
 
 
 def add_args(parser):
@@ -17,7 +30,8 @@ def add_args(parser):
     p.add_argument("split")
     p.add_argument("feat_dir")
     p.add_argument("--checkpoint", help="fairseq hubert or speechlm checkpoint (default: MFCC)")
-    p.add_argument("--layer", type=int, help="Transformer layer to dump (1-based), with --checkpoint")
+    p.add_argument("--layer", type=_layer, help="Transformer layer to dump (1-based; beyond L/2: the final output, "
+                   "as the published extract_features) or 'all' (every layer into FEAT_DIR/layer{k}), with --checkpoint")
     p.add_argument("--rate", type=int, default=50, choices=(50, 100), help="MFCC frame rate (Hz)")
     p.add_argument("--device", default="cpu", help="torch device for --checkpoint")
     p.add_argument("--nshard", type=int, default=1)
@@ -33,7 +47,7 @@ def run(args):
         sys.exit(f"speechlm features: {manifest}: no such manifest")
     if args.checkpoint:
         if args.layer is None:
-            sys.exit("speechlm features: --checkpoint needs --layer N (1-based Transformer layer)")
+            sys.exit("speechlm features: --checkpoint needs --layer N (1-based Transformer layer) or --layer all")
         extractor, expected, what = (F.CheckpointFeatureReader(args.checkpoint, args.layer, args.device),
                                      num_frames_50hz, f"{args.checkpoint} layer {args.layer}")
     else:
@@ -47,8 +61,16 @@ def run(args):
     with shard_lock(os.path.join(args.feat_dir, f"{args.split}_{args.rank}_{args.nshard}")):
         prefix, frames = F.dump_features(manifest, args.feat_dir, args.split, extractor, args.nshard,
                                          args.rank, expected)
-        write_sidecar(prefix, "features dump", args.rank, args.nshard,
-                      {"manifest": manifest, "checkpoint": args.checkpoint or None},
-                      {"layer": args.layer, "rate": None if args.checkpoint else args.rate})
-    print(f"[features] {what}: {frames} frames -> {prefix}.npy/.len", file=sys.stderr)
+        if args.layer == "all":  # FEAT_DIR/layer{k}/SPLIT_R_N for every layer the dump wrote
+            name = os.path.basename(prefix)
+            n = len(extractor.model.speech_encoder.layers) + len(extractor.model.shared_encoder.layers)
+            layers = [(k, os.path.join(args.feat_dir, f"layer{k}", name)) for k in range(1, n + 1)]
+        else:
+            layers = [(args.layer, prefix)]
+        for layer, p in layers:
+            write_sidecar(p, "features dump", args.rank, args.nshard,
+                          {"manifest": manifest, "checkpoint": args.checkpoint or None},
+                          {"layer": layer, "rate": None if args.checkpoint else args.rate})
+    where = f"{args.feat_dir}/layer1..{len(layers)}/" if args.layer == "all" else f"{prefix}.npy/.len"
+    print(f"[features] {what}: {frames} frames -> {where}", file=sys.stderr)
     return 0

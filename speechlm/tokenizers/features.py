@@ -120,6 +120,8 @@ class CheckpointFeatureReader:
         return model
 
     def __call__(self, wav: np.ndarray) -> np.ndarray:
+        """``wav`` -> ``(frames, dim)``; with ``layer="all"``: ``(L, frames, dim)``, the output of each of the
+        L layers (``extract_features(..., ret_layer_results=True)``'s entries: before any final norm)."""
         torch = self.torch
         import torch.nn.functional as F
 
@@ -127,12 +129,19 @@ class CheckpointFeatureReader:
             x = torch.from_numpy(wav.astype(np.float32)).to(self.device).view(1, -1)
             if self.normalize:
                 x = F.layer_norm(x, x.shape)
-            out = self.model.extract_features(source=x, padding_mask=None, output_layer=self.layer)
-            feat = out[0] if isinstance(out, (tuple, list)) else out["x"]
-            feat = feat.squeeze(0).float().cpu().numpy()
+            if self.layer == "all":
+                if not hasattr(self.model, "layer_states"):
+                    raise UserError(f"--layer all needs a speechlm checkpoint; {type(self.model).__name__} "
+                                    "lists no layer results: give one layer with --layer N")
+                states, _ = self.model.layer_states(x)
+                feat = torch.stack([s[0] for s in states[1:]]).float().cpu().numpy()
+            else:
+                out = self.model.extract_features(source=x, padding_mask=None, output_layer=self.layer)
+                feat = out[0] if isinstance(out, (tuple, list)) else out["x"]
+                feat = feat.squeeze(0).float().cpu().numpy()
         n = num_frames_50hz(len(wav))
-        if feat.shape[0] != n:
-            raise RuntimeError(f"model produced {feat.shape[0]} frames for {len(wav)} samples, expected {n}")
+        if feat.shape[-2] != n:
+            raise RuntimeError(f"model produced {feat.shape[-2]} frames for {len(wav)} samples, expected {n}")
         return feat
 
 
@@ -159,45 +168,59 @@ def dump_features(
 ) -> Tuple[str, int]:
     """Dump the features of shard ``rank`` of ``manifest`` to ``{feat_dir}/{split}_{rank}_{nshard}.{npy,len}``.
 
-    Returns ``(prefix, total_frames)``. Raises ``ValueError`` naming the utterance when its frame count
-    disagrees with ``expected_frames(num_samples)``.
+    An ``extractor`` that returns ``(L, frames, dim)`` (``CheckpointFeatureReader(..., "all")``) gets one
+    dump per layer, ``{feat_dir}/layer{k}/{split}_{rank}_{nshard}.*`` for k = 1..L, written as one unit.
+    Returns ``(prefix, total_frames)`` (the first layer's prefix). Raises ``UserError`` naming the utterance
+    when its frame count disagrees with ``expected_frames(num_samples)``.
     """
     man = Manifest.load(manifest)
     start, end = shard_range(len(man), nshard, rank)
     rows = man.rows[start:end]
-    prefix = os.path.join(feat_dir, f"{split}_{rank}_{nshard}")
+    name = f"{split}_{rank}_{nshard}"
+    prefixes = [os.path.join(feat_dir, name)]
     lens: List[int] = []
-    out = None
+    outs = None
     total = None
     if expected_frames is not None:
         total = sum(expected_frames(n) for _, n in rows)
     offset = 0
-    with AtomicGroup(marker=prefix + ".len", what="feature dump") as g:
-        npy_tmp = g.path(prefix + ".npy")
+    group = AtomicGroup(what="feature dump")
+    with group as g:
         for i, (rel, n) in enumerate(rows, start=start):
             f = extractor(man.audio(i))
-            if expected_frames is not None and f.shape[0] != expected_frames(n):
-                raise UserError(f"{man.where(i)}: {f.shape[0]} feature frames, expected {expected_frames(n)}")
+            frames = f.shape[-2]
+            if expected_frames is not None and frames != expected_frames(n):
+                raise UserError(f"{man.where(i)}: {frames} feature frames, expected {expected_frames(n)}")
             if not np.isfinite(f).all():
                 raise UserError(f"{man.where(i)}: its features hold NaN or infinite values (the model or the "
                                 "audio is broken: a diverged checkpoint, or NaN samples); nothing was written")
-            if out is None:
+            layers = f if f.ndim == 3 else f[None]
+            if outs is None:
                 if total is None:
                     raise ValueError("expected_frames is needed to preallocate the dump")
-                out = np.lib.format.open_memmap(npy_tmp, mode="w+", dtype=np.float32, shape=(total, f.shape[1]))
-                _allocate(npy_tmp)
-            out[offset : offset + len(f)] = f
-            offset += len(f)
-            lens.append(len(f))
-        if out is None:  # empty shard
-            with open(npy_tmp, "wb") as fh:
+                if f.ndim == 3:
+                    prefixes = [os.path.join(feat_dir, f"layer{k}", name) for k in range(1, len(layers) + 1)]
+                outs = []
+                for p in prefixes:
+                    outs.append(np.lib.format.open_memmap(g.path(p + ".npy"), mode="w+", dtype=np.float32,
+                                                          shape=(total, f.shape[-1])))
+                    _allocate(g.path(p + ".npy"))
+            for out, x in zip(outs, layers):
+                out[offset : offset + frames] = x
+            offset += frames
+            lens.append(frames)
+        if outs is None:  # empty shard
+            with open(g.path(prefixes[0] + ".npy"), "wb") as fh:
                 np.save(fh, np.zeros((0, 0), np.float32))
         else:
-            out.flush()
-            del out
-        with open(g.path(prefix + ".len"), "w") as fl:
-            fl.write("".join(f"{n}\n" for n in lens))
-    return prefix, offset
+            for out in outs:
+                out.flush()
+            del outs
+        for p in prefixes:
+            with open(g.path(p + ".len"), "w") as fl:
+                fl.write("".join(f"{n}\n" for n in lens))
+        g.marker = prefixes[-1] + ".len"  # renamed last: every layer's files are in place before it
+    return prefixes[0], offset
 
 
 def load_feature_shard(feat_dir: str, split: str, rank: int, nshard: int) -> Tuple[np.ndarray, List[int]]:
