@@ -117,6 +117,14 @@ def load_model_and_task(path: str, task_overrides=None, model_overrides=None, us
         with open_dict(cfg):
             cfg.task = OmegaConf.merge(cfg.task, task_overrides)
     task = tasks.setup_task(cfg.task)
+    from speechlm.dictionaries import dictionary_path, require_same_symbols
+
+    stored = (cfg.get("model") or {}).get("target_symbols")
+    if stored is None:
+        logging.getLogger(__name__).warning(
+            "%s was written before models saved their dictionary: cannot check that %s is the one it was "
+            "trained with", path, dictionary_path(task))
+    require_same_symbols(stored, task.target_dictionary, dictionary_path(task), path)
     try:
         models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
             [path], task=task, state=state

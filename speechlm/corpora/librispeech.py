@@ -49,13 +49,15 @@ def utterance_id(rel_path: str) -> str:
 
 
 def _read_transcript_file(path: str, out: Dict[str, Tuple[str, str]]) -> None:
-    """Add ``utt-id -> (text, 'path:line')`` from one ``utt-id text`` file (a ``.trans.txt``)."""
+    """Add ``utt-id -> (text, 'path:line')`` from one ``utt-id text`` file (a ``.trans.txt``); the id ends at
+    the first space or tab (Kaldi ``text`` files and spreadsheets' TSV exports use a tab)."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             line = line.strip()
             if not line:
                 continue
-            uid, _, text = line.partition(" ")
+            parts = line.split(None, 1)
+            uid, text = parts[0], parts[1] if len(parts) > 1 else ""
             where = f"{path}:{lineno}"
             if uid in out:
                 raise TranscriptError(
@@ -128,13 +130,17 @@ def write_dict(path: str, symbols: Sequence[str], counts: Counter) -> None:
         f.writelines(f"{s} {counts.get(s, 0)}\n" for s in order)
 
 
-def write_labels(tsv_path: str, transcripts: str, letter_dict: Optional[str] = None) -> dict:
+def write_labels(tsv_path: str, transcripts: str, letter_dict: Optional[str] = None,
+                 dict_out: Optional[str] = None) -> dict:
     """Write ``SPLIT.wrd``, ``SPLIT.ltr`` (and ``dict.ltr.txt``) beside ``tsv_path``.
 
     ``transcripts``: a folder searched for LibriSpeech ``*.trans.txt`` or one ``utt-id text`` file.
     ``letter_dict``: a ``dict.ltr.txt`` whose letters every transcript must use (copied beside the
-    manifest when none is there); without it the LibriSpeech alphabet (A-Z, ', |) is the dictionary and
-    ``dict.ltr.txt`` is written with this split's counts.
+    manifest when none is there). An existing ``dict.ltr.txt`` beside the manifest is never rewritten:
+    without ``letter_dict`` it is the dictionary (a model trained with it decodes with it; its ids must
+    not move), and a ``letter_dict`` that differs from it is refused. With neither, the LibriSpeech
+    alphabet (A-Z, ', |) is the dictionary and ``dict.ltr.txt`` is written with this split's counts;
+    ``dict_out`` writes that dictionary to another path instead (e.g. to compare counts).
     Text is upper-cased and its whitespace collapsed. Nothing is written when any row fails: raises
     ``TranscriptError`` naming the manifest row, the utterance and where it looked (missing transcript),
     or the transcript's file and line (empty, or a character outside the dictionary).
@@ -144,6 +150,16 @@ def write_labels(tsv_path: str, transcripts: str, letter_dict: Optional[str] = N
 
     tsv_path = os.path.abspath(tsv_path)
     _, rows = load_manifest(tsv_path)
+    dict_path = os.path.join(os.path.dirname(tsv_path), "dict.ltr.txt")
+    if dict_out is None and os.path.isfile(dict_path):
+        if letter_dict is None:
+            letter_dict = dict_path  # reuse it: rewriting it would renumber the letters of trained models
+        elif read_letter_dict(letter_dict) != read_letter_dict(dict_path):
+            raise TranscriptError(
+                f"{dict_path}: already there and lists other letters (or another order) than --dict "
+                f"{letter_dict}; models trained on this directory use it, so it is not replaced. Remove it "
+                "first if it is stale, or give --dict-out PATH to write the dictionary elsewhere"
+            )
     source = TranscriptSource(transcripts)
     alphabet = list(read_letter_dict(letter_dict)) if letter_dict else list(LIBRISPEECH_LETTERS)
     if WORD_SEP not in alphabet:
@@ -181,10 +197,17 @@ def write_labels(tsv_path: str, transcripts: str, letter_dict: Optional[str] = N
     for ext, lines in (("wrd", wrd_lines), ("ltr", ltr_lines)):
         with atomic_write(f"{stem}.{ext}", what="label file") as f:
             f.writelines(line + "\n" for line in lines)
-    dict_path = os.path.join(os.path.dirname(tsv_path), "dict.ltr.txt")
-    if letter_dict:
+    if dict_out is not None:
+        dict_path = dict_out
+        if letter_dict:
+            with atomic_write(dict_out, what="letter dictionary") as f, open(letter_dict, encoding="utf-8") as src:
+                shutil.copyfileobj(src, f)
+        else:
+            write_dict(dict_out, alphabet, counts)
+    elif letter_dict:
         if not os.path.exists(dict_path):
-            shutil.copyfile(letter_dict, dict_path)
+            with atomic_write(dict_path, what="letter dictionary") as f, open(letter_dict, encoding="utf-8") as src:
+                shutil.copyfileobj(src, f)
     else:
         write_dict(dict_path, alphabet, counts)
     return {"utterances": len(rows), "words": sum(len(w.split()) for w in wrd_lines),

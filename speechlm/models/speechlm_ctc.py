@@ -52,6 +52,12 @@ class SpeechLMEncoderConfig(FairseqDataclass):
                           "config and vocabulary sizes) and saved with the fine-tuned model; "
                           "leave empty"},
     )
+    target_symbols: Any = field(
+        default=None,
+        metadata={"help": "filled in when the model is first built (the symbols of the task's target "
+                          "dictionary, in id order) and saved with the model; a checkpoint loaded with "
+                          "another dictionary is refused (speechlm.dictionaries); leave empty"},
+    )
     no_pretrained_weights: bool = field(
         default=False,
         metadata={"help": "build the architecture of w2v_path but start from random weights "
@@ -234,6 +240,21 @@ class SpeechLMEncoder(FairseqEncoder):
         return None
 
 
+def bind_target_symbols(cfg: SpeechLMEncoderConfig, task) -> None:
+    """First build (training): save the target dictionary's symbols with the model. A build from a
+    checkpoint (decoding, ``fairseq-generate``): refuse a task whose dictionary lists other symbols."""
+    from speechlm.checkpoint import store_in_saved_config
+    from speechlm.dictionaries import dictionary_path, require_same_symbols
+
+    tgt = task.target_dictionary
+    if cfg.target_symbols is None:
+        cfg.target_symbols = list(tgt.symbols)
+        store_in_saved_config(cfg, "target_symbols", cfg.target_symbols)
+        return
+    name = cfg.get("_name") if hasattr(cfg, "get") else getattr(cfg, "_name", None)
+    require_same_symbols(list(cfg.target_symbols), tgt, dictionary_path(task), f"the checkpoint's {name} model")
+
+
 @dataclass
 class SpeechLMCtcConfig(SpeechLMEncoderConfig):
     init_head_from_uctc: bool = field(
@@ -276,6 +297,7 @@ class SpeechLMCtc(Wav2VecCtc):
     @classmethod
     def build_model(cls, cfg: SpeechLMCtcConfig, task):
         tgt = task.target_dictionary
+        bind_target_symbols(cfg, task)
         return cls(cfg, SpeechLMEncoder(cfg), len(tgt), list(tgt.symbols))
 
     def forward(self, source, padding_mask=None, **kwargs):

@@ -138,6 +138,9 @@ def decoder_args(cfg: SpeechLMSTConfig, encoder_dim: int) -> argparse.Namespace:
 class SpeechLMST(FairseqEncoderDecoderModel):
     @classmethod
     def build_model(cls, cfg: SpeechLMSTConfig, task):
+        from speechlm.models.speechlm_ctc import bind_target_symbols
+
+        bind_target_symbols(cfg, task)
         encoder = SpeechLMSTEncoder(cfg)
         tgt = task.target_dictionary
         args = decoder_args(cfg, encoder.embed_dim)
