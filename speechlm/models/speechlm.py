@@ -13,7 +13,8 @@ transformers (l = 0, 1), W_l: D -> ``final_dim`` (256) and e_l one label-embeddi
 Random swapping: spans (``random_swap_prob`` 0.4, ``random_swap_length`` 5 frames) are drawn as span
 masks are, and their *unmasked* frames' Speech-Transformer outputs become the unit embedding of
 their unit before the Shared Transformer. Masks and swaps draw from generators seeded from torch's
-RNG, which fairseq's trainer seeds with ``common.seed + update`` at every step: same seed, same run.
+RNG (as layerdrop and dropout do), which the ``speechlm_pretraining`` task seeds with (``common.seed``,
+update, rank, micro-batch) at every training step: ranks draw differently, a rerun draws the same.
 """
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
@@ -237,8 +238,8 @@ class SpeechLMModel(BaseFairseqModel):
                    stream: int, device) -> torch.Tensor:
         """``(B,T)`` bool spans (fairseq's compute_mask_indices), seeded from torch's RNG.
 
-        fairseq's trainer seeds torch with ``common.seed + update`` before each step, so the spans
-        depend only on the seed, the update and ``stream`` (mask, swap, text mask).
+        The task seeds torch with (``common.seed``, update, rank, micro-batch) for each training step, so
+        the spans depend only on those and ``stream`` (mask, swap, text mask).
         """
         seed = int(torch.randint(1, 2 ** 31 - 1, ()).item())
         mask = compute_mask_indices(

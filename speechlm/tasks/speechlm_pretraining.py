@@ -10,11 +10,15 @@ budget is ``max_tokens / 320 * text_max_tokens_ratio`` unit frames. ``text_data`
 Fine-tuning (``fine_tuning: true``): ``data/{split}.ltr`` letters and ``data/dict.ltr.txt``;
 ``target_dictionary`` is the letters and batches are plain padded speech batches.
 """
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+import numpy as np
+import torch
+import torch.distributed as dist
 from fairseq.data import Dictionary
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
@@ -77,6 +81,20 @@ class SpeechLMPretrainingConfig(FairseqDataclass):
     )
 
 
+@contextlib.contextmanager
+def step_seed(*keys: int):
+    """torch's RNG (the CPU's and the current GPU's) seeded from ``keys`` inside the block, restored after."""
+    seed = int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def data_parallel_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 @register_task("speechlm_pretraining", dataclass=SpeechLMPretrainingConfig)
 class SpeechLMPretrainingTask(FairseqTask):
     cfg: SpeechLMPretrainingConfig
@@ -84,6 +102,18 @@ class SpeechLMPretrainingTask(FairseqTask):
     def __init__(self, cfg: SpeechLMPretrainingConfig, unit_dictionary, letter_dictionary):
         super().__init__(cfg)
         self.unit_dictionary, self.letter_dictionary = unit_dictionary, letter_dictionary
+        self._step = (-1, -1)  # (update, micro-batch) of the last train_step
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
+        """fairseq's step with torch's RNG seeded by (seed, update, rank, micro-batch): the masks, swap spans,
+        layerdrop and dropout differ across ranks and across the micro-batches of an update (fairseq seeds
+        every rank with seed + update alone, so ranks drew the same for same-shaped batches), and a rerun
+        or a resume from a checkpoint draws the same again."""
+        update, micro = self._step
+        self._step = (update_num, micro + 1 if update == update_num else 0)
+        seed = self.cfg.seed if self.cfg.seed is not None else 1
+        with step_seed(seed, update_num, data_parallel_rank(), self._step[1]):
+            return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
 
     @staticmethod
     def _load_dict(path: str, what: str) -> Dictionary:
