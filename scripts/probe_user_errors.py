@@ -215,10 +215,10 @@ s["cfg"]["model"]["conv_feature_layers"] = ESC
 torch.save(s, WORK / "hostile.pt")
 hp = str(WORK / "hostile.pt")
 from speechlm.models.speechlm import SpeechLMModel  # noqa: E402
-from speechlm.models.speechlm_ctc import pretrained_args  # noqa: E402
+from speechlm.models.speechlm_ctc import read_pretrained  # noqa: E402
 
 case(H, "SpeechLMModel.from_checkpoint", lambda: SpeechLMModel.from_checkpoint(hp))
-case(H, "model.w2v_path (ctc/st loader)", lambda: pretrained_args(hp))
+case(H, "model.w2v_path (ctc/st loader)", lambda: read_pretrained(hp))
 case(H, "speechlm infer", lambda: cli(["infer", *DEC, f"common_eval.path={hp}", "dataset.gen_subset=valid"]))
 case(H, "features dump", lambda: cli(["features", "dump", str(CORPUS), "valid", str(WORK / "fh"),
                                       "--checkpoint", hp, "--layer", "1"]))
@@ -231,8 +231,8 @@ K = "kills / damage"
 data = CKPT.read_bytes()
 (WORK / "empty.pt").write_bytes(b"")
 (WORK / "cut.pt").write_bytes(data[: len(data) // 2])
-case(K, "0-byte w2v_path", lambda: pretrained_args(str(WORK / "empty.pt")))
-case(K, "truncated w2v_path", lambda: pretrained_args(str(WORK / "cut.pt")))
+case(K, "0-byte w2v_path", lambda: read_pretrained(str(WORK / "empty.pt")))
+case(K, "truncated w2v_path", lambda: read_pretrained(str(WORK / "cut.pt")))
 case(K, "truncated checkpoint in infer", lambda: cli(["infer", *DEC, f"common_eval.path={WORK / 'cut.pt'}"]))
 case(K, "truncated checkpoint in features", lambda: cli(["features", "dump", str(CORPUS), "valid", str(WORK / "fc"),
                                                          "--checkpoint", str(WORK / "cut.pt"), "--layer", "1"]))

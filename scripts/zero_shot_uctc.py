@@ -27,20 +27,21 @@ def build_zero_shot_model(checkpoint: str, task):
     """
     from omegaconf import OmegaConf
 
+    from speechlm.models.pretrained import PretrainedSpec
     from speechlm.models.speechlm_ctc import SpeechLMCtc, SpeechLMCtcConfig, SpeechLMEncoder
 
     cfg = OmegaConf.merge(OmegaConf.structured(SpeechLMCtcConfig), {
         "w2v_path": os.path.abspath(checkpoint), "apply_mask": False, "encoder_layerdrop": 0.0,
     })
     encoder = SpeechLMEncoder(cfg)
-    pre = cfg.w2v_args
+    pre = PretrainedSpec.from_dict(cfg.pretrained_spec)
     tgt = task.target_dictionary
     letters = list(tgt.symbols)
     if encoder.uctc is None:
         raise SystemExit(f"{checkpoint}: pre-trained without text (no UCTC head): nothing to decode zero-shot")
-    if pre["num_letters"] != len(tgt) or (pre.get("letters") is not None and list(pre["letters"]) != letters):
+    if pre.num_letters != len(tgt) or (pre.letters is not None and list(pre.letters) != letters):
         raise SystemExit(
-            f"{checkpoint}: its UCTC head predicts {pre['num_letters']} letters, {task.cfg.data}/dict.ltr.txt "
+            f"{checkpoint}: its UCTC head predicts {pre.num_letters} letters, {task.cfg.data}/dict.ltr.txt "
             f"has {len(tgt)} (or other symbols); decode with the letter dictionary used in pre-training"
         )
     model = SpeechLMCtc(cfg, encoder, len(tgt), letters)

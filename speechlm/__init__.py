@@ -26,7 +26,7 @@ def register() -> None:
     logs.quiet_known_warnings()
     if os.environ.get(logs.LOG_FILE_ENV):
         logs.route()  # inside fairseq-hydra-train: chatter to the file, progress to the console
-    checkpoint.install()  # also speechlm.checkpoint_io: atomic saves, resume, safe config strings
+    checkpoint.install()  # allow-listed loading, atomic saves, resume, safe config strings
     from speechlm import errors
 
     errors.install()  # user errors print without a traceback (SPEECHLM_DEBUG=1 shows it)

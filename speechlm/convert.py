@@ -23,7 +23,10 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from speechlm.checkpoint import atomic_torch_save, checkpoint_model_name, config_value, read_checkpoint
 from speechlm.errors import UserError
+from speechlm.models.pretrained import PretrainedSpec
+from speechlm.models.speechlm import SpeechLMModel
 from speechlm.modules.relpos_transformer import MAX_SHARED_POSITIONS, POSITION_PAD, REL_POS_CLIP
 
 logger = logging.getLogger(__name__)
@@ -151,18 +154,8 @@ def map_state(src: str, sd: Dict[str, torch.Tensor], key_fn) -> Dict[str, torch.
 
 
 # ----------------------------------------------------------------------------------- configs
-def _get(node, key, default=None):
-    if node is None:
-        return default
-    if isinstance(node, dict) or hasattr(node, "get"):
-        value = node.get(key, default)
-    else:
-        value = getattr(node, key, default)
-    return default if value is None else value
-
-
 def _require(src: str, cfg, key: str, want, what: str):
-    got = _get(cfg, key)
+    got = config_value(cfg, key)
     if got != want:
         raise ConvertError(f"{src}: model.{key}={got!r}, but this plugin's SpeechLM implements {what} "
                            f"({key}={want!r}); cannot convert")
@@ -170,58 +163,58 @@ def _require(src: str, cfg, key: str, want, what: str):
 
 def speechlm_config(src: str, m) -> dict:
     """Official ``speechlm`` model config -> this plugin's ``SpeechLMConfig`` fields (checked)."""
-    tt = _get(m, "text_transformer", {})
-    enc = _get(tt, "encoder", {})
+    tt = config_value(m, "text_transformer", {})
+    enc = config_value(tt, "encoder", {})
     _require(src, m, "use_rel_pos_enc", True, "relative position keys")
     _require(src, m, "add_unit_encoder", True, "the Shared Transformer")
     _require(src, m, "use_pred_unit", False, "swapping with the frame's own unit")
     _require(src, m, "l2_embedding", False, "no embedding L2 loss")
     _require(src, m, "target_glu", False, "no target GLU")
-    if _get(m, "text_ctc_conv_kernel", 2) != 2:
-        raise ConvertError(f"{src}: model.text_ctc_conv_kernel={_get(m, 'text_ctc_conv_kernel')}: "
+    if config_value(m, "text_ctc_conv_kernel", 2) != 2:
+        raise ConvertError(f"{src}: model.text_ctc_conv_kernel={config_value(m, 'text_ctc_conv_kernel')}: "
                            "the UCTC head here has the published kernel 2")
-    D = int(_get(m, "encoder_embed_dim", 768))
-    for key, want in (("embed_dim", D), ("ffn_embed_dim", int(_get(m, "encoder_ffn_embed_dim", 3072))),
-                      ("attention_heads", int(_get(m, "encoder_attention_heads", 12))),
-                      ("normalize_before", bool(_get(m, "layer_norm_first", False))), ("learned_pos", True)):
-        if _get(enc, key) != want:
-            raise ConvertError(f"{src}: model.text_transformer.encoder.{key}={_get(enc, key)!r} differs from the "
+    D = int(config_value(m, "encoder_embed_dim", 768))
+    for key, want in (("embed_dim", D), ("ffn_embed_dim", int(config_value(m, "encoder_ffn_embed_dim", 3072))),
+                      ("attention_heads", int(config_value(m, "encoder_attention_heads", 12))),
+                      ("normalize_before", bool(config_value(m, "layer_norm_first", False))), ("learned_pos", True)):
+        if config_value(enc, key) != want:
+            raise ConvertError(f"{src}: model.text_transformer.encoder.{key}={config_value(enc, key)!r} differs from the "
                                f"speech side ({want!r}); this plugin's Shared Transformer matches it")
     for key, want in (("max_source_positions", MAX_SHARED_POSITIONS), ("no_scale_embedding", True),
                       ("layernorm_embedding", True), ("no_token_positional_embeddings", False)):
-        if _get(tt, key) != want:
-            raise ConvertError(f"{src}: model.text_transformer.{key}={_get(tt, key)!r}; this plugin implements "
+        if config_value(tt, key) != want:
+            raise ConvertError(f"{src}: model.text_transformer.{key}={config_value(tt, key)!r}; this plugin implements "
                                f"{key}={want!r} (the released models' value)")
-    mix = bool(_get(m, "mix_with_unit", True))
-    mask_prob, mask_length = float(_get(m, "mask_prob", 0.8)), int(_get(m, "mask_length", 10))
+    mix = bool(config_value(m, "mix_with_unit", True))
+    mask_prob, mask_length = float(config_value(m, "mask_prob", 0.8)), int(config_value(m, "mask_length", 10))
     # scaling_for_att (Large: 32) only rescales the logits for fp16 range: the softmax is the same
     return {
-        "extractor_mode": str(_get(m, "extractor_mode", "default")),
-        "conv_feature_layers": str(_get(m, "conv_feature_layers")),
-        "conv_bias": bool(_get(m, "conv_bias", False)),
+        "extractor_mode": str(config_value(m, "extractor_mode", "default")),
+        "conv_feature_layers": str(config_value(m, "conv_feature_layers")),
+        "conv_bias": bool(config_value(m, "conv_bias", False)),
         "encoder_embed_dim": D,
-        "encoder_ffn_embed_dim": int(_get(m, "encoder_ffn_embed_dim", 3072)),
-        "encoder_attention_heads": int(_get(m, "encoder_attention_heads", 12)),
-        "speech_encoder_layers": int(_get(m, "encoder_layers", 12)),
-        "shared_encoder_layers": int(_get(enc, "layers", 6)),
-        "activation_fn": str(_get(m, "activation_fn", "gelu")),
-        "layer_norm_first": bool(_get(m, "layer_norm_first", False)),
-        "dropout": float(_get(m, "dropout", 0.1)),
-        "attention_dropout": float(_get(m, "attention_dropout", 0.1)),
-        "activation_dropout": float(_get(m, "activation_dropout", 0.0)),
-        "encoder_layerdrop": float(_get(m, "encoder_layerdrop", 0.0)),
-        "dropout_input": float(_get(m, "dropout_input", 0.0)),
-        "feature_grad_mult": float(_get(m, "feature_grad_mult", 1.0)),
-        "conv_pos": int(_get(m, "conv_pos", 128)),
-        "conv_pos_groups": int(_get(m, "conv_pos_groups", 16)),
-        "final_dim": int(_get(m, "final_dim", 256)) or D,
+        "encoder_ffn_embed_dim": int(config_value(m, "encoder_ffn_embed_dim", 3072)),
+        "encoder_attention_heads": int(config_value(m, "encoder_attention_heads", 12)),
+        "speech_encoder_layers": int(config_value(m, "encoder_layers", 12)),
+        "shared_encoder_layers": int(config_value(enc, "layers", 6)),
+        "activation_fn": str(config_value(m, "activation_fn", "gelu")),
+        "layer_norm_first": bool(config_value(m, "layer_norm_first", False)),
+        "dropout": float(config_value(m, "dropout", 0.1)),
+        "attention_dropout": float(config_value(m, "attention_dropout", 0.1)),
+        "activation_dropout": float(config_value(m, "activation_dropout", 0.0)),
+        "encoder_layerdrop": float(config_value(m, "encoder_layerdrop", 0.0)),
+        "dropout_input": float(config_value(m, "dropout_input", 0.0)),
+        "feature_grad_mult": float(config_value(m, "feature_grad_mult", 1.0)),
+        "conv_pos": int(config_value(m, "conv_pos", 128)),
+        "conv_pos_groups": int(config_value(m, "conv_pos_groups", 16)),
+        "final_dim": int(config_value(m, "final_dim", 256)) or D,
         "mask_prob": mask_prob,
         "mask_length": mask_length,
-        "mask_selection": str(_get(m, "mask_selection", "static")),
-        "mask_other": float(_get(m, "mask_other", 0.0)),
-        "no_mask_overlap": bool(_get(m, "no_mask_overlap", False)),
-        "mask_min_space": int(_get(m, "mask_min_space", 1)),
-        "logit_temp": float(_get(m, "logit_temp", 0.1)),
+        "mask_selection": str(config_value(m, "mask_selection", "static")),
+        "mask_other": float(config_value(m, "mask_other", 0.0)),
+        "no_mask_overlap": bool(config_value(m, "no_mask_overlap", False)),
+        "mask_min_space": int(config_value(m, "mask_min_space", 1)),
+        "logit_temp": float(config_value(m, "logit_temp", 0.1)),
         "random_swap_prob": mask_prob / 2 if mix else 0.0,  # the published swap spans
         "random_swap_length": max(1, mask_length // 2),
     }
@@ -249,8 +242,6 @@ def read_dictionary(path: Optional[str], flag: str, what: str, expected: int, sr
 
 # ----------------------------------------------------------------------------------- detection
 def detect_layout(src: str, state: dict) -> str:
-    from speechlm.checkpoint import checkpoint_model_name
-
     keys = state["model"].keys()
     name = checkpoint_model_name(state)
     if any(k.startswith("w2v_encoder.w2v_model.unit_encoder.") for k in keys):
@@ -267,11 +258,11 @@ def detect_layout(src: str, state: dict) -> str:
 
 
 def _model_cfg_of_finetune(src, state):
-    m = _get(state["cfg"], "model")
-    w2v = _get(m, "w2v_args")
-    if w2v is None or _get(w2v, "model") is None:
+    m = config_value(state["cfg"], "model")
+    w2v = config_value(m, "w2v_args")
+    if w2v is None or config_value(w2v, "model") is None:
         raise ConvertError(f"{src}: the fine-tuned checkpoint holds no model.w2v_args (the pre-trained config)")
-    return m, _get(w2v, "model"), _get(w2v, "task", {})
+    return m, config_value(w2v, "model"), config_value(w2v, "task", {})
 
 
 def _checkpoint(cfg: dict, sd: dict, src: str, criterion: str) -> dict:
@@ -294,12 +285,12 @@ def _common():
 
 
 def convert_pretrained(src, state, dict_ltr, dict_units):
-    m = _get(state["cfg"], "model")
-    task = _get(state["cfg"], "task", {})
-    pre_ln = bool(_get(m, "layer_norm_first", False))
+    m = config_value(state["cfg"], "model")
+    task = config_value(state["cfg"], "task", {})
+    pre_ln = bool(config_value(m, "layer_norm_first", False))
     cfg = speechlm_config(src, m)
     sd = map_state(src, state["model"], lambda k: pretrained_key(k, pre_ln))
-    labels = list(_get(task, "labels", ["phn"]))
+    labels = list(config_value(task, "labels", ["phn"]))
     flag = "--dict-km" if labels and labels[0] == "km" else "--dict-phn"
     num_units = int(sd["unit_embed.weight"].shape[0])
     units = read_dictionary(dict_units, flag, "the unit dictionary (dict.phn.txt / dict.km.txt)", num_units, src,
@@ -309,10 +300,10 @@ def convert_pretrained(src, state, dict_ltr, dict_units):
     cfg["uctc_letters"] = list(letters.symbols)
     cfg["_name"] = "speechlm"
     _check_shapes(src, sd)
-    task_cfg = {"_name": "speechlm_pretraining", "data": str(_get(task, "data", "???")), "labels": labels[:1],
-                "label_rate": int(_get(task, "label_rate", _get(m, "label_rate", 50))),
-                "normalize": bool(_get(task, "normalize", False)), "sample_rate": 16000,
-                "text_data": _get(_get(task, "text_cfg", {}), "text_data")}
+    task_cfg = {"_name": "speechlm_pretraining", "data": str(config_value(task, "data", "???")), "labels": labels[:1],
+                "label_rate": int(config_value(task, "label_rate", config_value(m, "label_rate", 50))),
+                "normalize": bool(config_value(task, "normalize", False)), "sample_rate": 16000,
+                "text_data": config_value(config_value(task, "text_cfg", {}), "text_data")}
     if task_cfg["label_rate"] != 50:
         raise ConvertError(f"{src}: label_rate={task_cfg['label_rate']}; this plugin's units are 50 Hz")
     out = _checkpoint({**_common(), "task": task_cfg, "model": cfg, "criterion": {"_name": "speechlm"}},
@@ -320,38 +311,42 @@ def convert_pretrained(src, state, dict_ltr, dict_units):
     return out, {"units": units, "letters": letters}
 
 
-def _spec(cfg, sd_prefix, sd, letters):
-    return {"model": {**cfg, "_name": "speechlm", "uctc_letters": list(letters.symbols)},
-            "num_units": int(sd[sd_prefix + "label_embs_list.0"].shape[0]),
-            "num_letters": len(letters), "letters": list(letters.symbols)}
+def _finetune_spec(cfg: dict, num_units: int, num_letters: int, letters=None) -> dict:
+    """The pre-trained model's spec that the fine-tuned model's config keeps (``model.pretrained_spec``)."""
+    model_cfg = {**cfg, "_name": "speechlm"}
+    if letters is not None:
+        model_cfg["uctc_letters"] = list(letters.symbols)
+    return PretrainedSpec(model_cfg, num_units, num_letters,
+                          None if letters is None else tuple(letters.symbols)).to_dict()
 
 
 def convert_asr(src, state, dict_ltr):
     ft, pre, pre_task = _model_cfg_of_finetune(src, state)
-    pre_ln = bool(_get(pre, "layer_norm_first", False))
+    pre_ln = bool(config_value(pre, "layer_norm_first", False))
     cfg = speechlm_config(src, pre)
     sd = map_state(src, state["model"], lambda k: ctc_key(k, pre_ln))
     letters = read_dictionary(dict_ltr, "--dict-ltr", "the letter dictionary (dict.ltr.txt)",
                               int(sd["ctc_head.proj.weight"].shape[0]), src, "the CTC head's output layer")
-    spec = _spec(cfg, "w2v_encoder.w2v_model.", state["model"], letters)
+    spec = _finetune_spec(cfg, int(state["model"]["w2v_encoder.w2v_model.label_embs_list.0"].shape[0]),
+                          len(letters), letters)
     model_cfg = {
-        "_name": "speechlm_ctc", "w2v_path": str(_get(ft, "w2v_path", src)), "w2v_args": spec,
+        "_name": "speechlm_ctc", "w2v_path": str(config_value(ft, "w2v_path", src)), "pretrained_spec": spec,
         "no_pretrained_weights": False, "init_head_from_uctc": True,
-        "dropout": float(_get(ft, "dropout", 0.0)), "attention_dropout": float(_get(ft, "attention_dropout", 0.0)),
-        "activation_dropout": float(_get(ft, "activation_dropout", 0.1)),
-        "encoder_layerdrop": float(_get(ft, "layerdrop", 0.1)),
-        "dropout_input": float(_get(ft, "dropout_input", 0.0)),
-        "feature_grad_mult": float(_get(ft, "feature_grad_mult", 0.0)),
-        "final_dropout": float(_get(ft, "final_dropout", 0.0)),
-        "freeze_finetune_updates": int(_get(ft, "freeze_finetune_updates", 0)),
-        "apply_mask": bool(_get(ft, "apply_mask", True)), "mask_prob": float(_get(ft, "mask_prob", 0.65)),
-        "mask_length": int(_get(ft, "mask_length", 10)),
-        "mask_channel_prob": float(_get(ft, "mask_channel_prob", 0.0)),
-        "mask_channel_length": int(_get(ft, "mask_channel_length", 64)),
+        "dropout": float(config_value(ft, "dropout", 0.0)), "attention_dropout": float(config_value(ft, "attention_dropout", 0.0)),
+        "activation_dropout": float(config_value(ft, "activation_dropout", 0.1)),
+        "encoder_layerdrop": float(config_value(ft, "layerdrop", 0.1)),
+        "dropout_input": float(config_value(ft, "dropout_input", 0.0)),
+        "feature_grad_mult": float(config_value(ft, "feature_grad_mult", 0.0)),
+        "final_dropout": float(config_value(ft, "final_dropout", 0.0)),
+        "freeze_finetune_updates": int(config_value(ft, "freeze_finetune_updates", 0)),
+        "apply_mask": bool(config_value(ft, "apply_mask", True)), "mask_prob": float(config_value(ft, "mask_prob", 0.65)),
+        "mask_length": int(config_value(ft, "mask_length", 10)),
+        "mask_channel_prob": float(config_value(ft, "mask_channel_prob", 0.0)),
+        "mask_channel_length": int(config_value(ft, "mask_channel_length", 64)),
     }
-    task = _get(state["cfg"], "task", {})
-    task_cfg = {"_name": "speechlm_pretraining", "data": str(_get(task, "data", "???")), "fine_tuning": True,
-                "labels": ["ltr"], "normalize": bool(_get(task, "normalize", False)), "sample_rate": 16000}
+    task = config_value(state["cfg"], "task", {})
+    task_cfg = {"_name": "speechlm_pretraining", "data": str(config_value(task, "data", "???")), "fine_tuning": True,
+                "labels": ["ltr"], "normalize": bool(config_value(task, "normalize", False)), "sample_rate": 16000}
     out = _checkpoint({**_common(), "task": task_cfg, "model": model_cfg,
                        "criterion": {"_name": "ctc", "zero_infinity": True}}, sd, src, "CtcCriterion")
     return out, {"letters": letters}
@@ -359,9 +354,9 @@ def convert_asr(src, state, dict_ltr):
 
 def convert_st(src, state, dict_st):
     ft, pre, pre_task = _model_cfg_of_finetune(src, state)
-    pre_ln = bool(_get(pre, "layer_norm_first", False))
-    dec_pre_ln = bool(_get(ft, "decoder_normalize_before", False))
-    if not _get(ft, "use_rel_pos_enc", True):
+    pre_ln = bool(config_value(pre, "layer_norm_first", False))
+    dec_pre_ln = bool(config_value(ft, "decoder_normalize_before", False))
+    if not config_value(ft, "use_rel_pos_enc", True):
         raise ConvertError(f"{src}: model.use_rel_pos_enc=false: this plugin's ST decoder has relative keys")
     cfg = speechlm_config(src, pre)
     sd = map_state(src, state["model"], lambda k: st_key(k, pre_ln, dec_pre_ln))
@@ -370,35 +365,33 @@ def convert_st(src, state, dict_st):
                           vocab, src, "decoder.embed_tokens.weight")
     letters_rows = int(state["model"]["encoder.w2v_model.unit_encoder_ctc_head.5.weight"].shape[0]) \
         if "encoder.w2v_model.unit_encoder_ctc_head.5.weight" in state["model"] else 0
-    spec = {"model": {**cfg, "_name": "speechlm"},
-            "num_units": int(state["model"]["encoder.w2v_model.label_embs_list.0"].shape[0]),
-            "num_letters": letters_rows, "letters": None}
-    shared = bool(_get(ft, "share_decoder_input_output_embed", False))
+    spec = _finetune_spec(cfg, int(state["model"]["encoder.w2v_model.label_embs_list.0"].shape[0]), letters_rows)
+    shared = bool(config_value(ft, "share_decoder_input_output_embed", False))
     if shared:
         sd.pop("decoder.output_projection.weight", None)
     model_cfg = {
-        "_name": "speechlm_st", "w2v_path": str(_get(ft, "w2v_path", src)), "w2v_args": spec,
-        "dropout": float(_get(ft, "dropout", 0.0)), "attention_dropout": float(_get(ft, "attention_dropout", 0.0)),
-        "activation_dropout": float(_get(ft, "activation_dropout", 0.0)),
-        "encoder_layerdrop": float(_get(ft, "layerdrop", 0.0)),
-        "feature_grad_mult": float(_get(ft, "feature_grad_mult", 0.0)),
-        "apply_mask": bool(_get(ft, "apply_mask", False)), "mask_prob": float(_get(ft, "mask_prob", 0.5)),
-        "decoder_layers": int(_get(ft, "decoder_layers", 6)),
-        "decoder_embed_dim": int(_get(ft, "decoder_embed_dim", 768)),
-        "decoder_ffn_embed_dim": int(_get(ft, "decoder_ffn_embed_dim", 3072)),
-        "decoder_attention_heads": int(_get(ft, "decoder_attention_heads", 12)),
+        "_name": "speechlm_st", "w2v_path": str(config_value(ft, "w2v_path", src)), "pretrained_spec": spec,
+        "dropout": float(config_value(ft, "dropout", 0.0)), "attention_dropout": float(config_value(ft, "attention_dropout", 0.0)),
+        "activation_dropout": float(config_value(ft, "activation_dropout", 0.0)),
+        "encoder_layerdrop": float(config_value(ft, "layerdrop", 0.0)),
+        "feature_grad_mult": float(config_value(ft, "feature_grad_mult", 0.0)),
+        "apply_mask": bool(config_value(ft, "apply_mask", False)), "mask_prob": float(config_value(ft, "mask_prob", 0.5)),
+        "decoder_layers": int(config_value(ft, "decoder_layers", 6)),
+        "decoder_embed_dim": int(config_value(ft, "decoder_embed_dim", 768)),
+        "decoder_ffn_embed_dim": int(config_value(ft, "decoder_ffn_embed_dim", 3072)),
+        "decoder_attention_heads": int(config_value(ft, "decoder_attention_heads", 12)),
         "decoder_normalize_before": dec_pre_ln,
-        "decoder_learned_pos": bool(_get(ft, "decoder_learned_pos", False)),
-        "decoder_dropout": float(_get(ft, "decoder_dropout", 0.0)),
-        "decoder_attention_dropout": float(_get(ft, "decoder_attention_dropout", 0.0)),
-        "decoder_activation_dropout": float(_get(ft, "decoder_activation_dropout", 0.0)),
-        "decoder_layerdrop": float(_get(ft, "decoder_layerdrop", 0.0)),
-        "decoder_activation_fn": str(_get(ft, "activation_fn", "gelu")),
+        "decoder_learned_pos": bool(config_value(ft, "decoder_learned_pos", False)),
+        "decoder_dropout": float(config_value(ft, "decoder_dropout", 0.0)),
+        "decoder_attention_dropout": float(config_value(ft, "decoder_attention_dropout", 0.0)),
+        "decoder_activation_dropout": float(config_value(ft, "decoder_activation_dropout", 0.0)),
+        "decoder_layerdrop": float(config_value(ft, "decoder_layerdrop", 0.0)),
+        "decoder_activation_fn": str(config_value(ft, "activation_fn", "gelu")),
         "share_decoder_input_output_embed": shared,
     }
-    task = _get(state["cfg"], "task", {})
-    task_cfg = {"_name": "speech_to_text", "data": str(_get(task, "data", "???")),
-                "config_yaml": str(_get(task, "config_yaml", "config.yaml"))}
+    task = config_value(state["cfg"], "task", {})
+    task_cfg = {"_name": "speech_to_text", "data": str(config_value(task, "data", "???")),
+                "config_yaml": str(config_value(task, "config_yaml", "config.yaml"))}
     out = _checkpoint({**_common(), "task": task_cfg, "model": model_cfg,
                        "criterion": {"_name": "label_smoothed_cross_entropy"}}, sd, src, "LabelSmoothedCrossEntropy")
     return out, {"target": tgt}
@@ -421,8 +414,6 @@ def convert(src: str, dst: str, dict_ltr: Optional[str] = None, dict_phn: Option
 
     The result is checked by building this plugin's model from it and loading the weights strictly.
     """
-    from speechlm.checkpoint import read_checkpoint
-
     state = read_checkpoint(src)
     found = detect_layout(src, state)
     if layout and layout != found:
@@ -434,24 +425,18 @@ def convert(src: str, dst: str, dict_ltr: Optional[str] = None, dict_phn: Option
     else:
         out, _ = convert_st(src, state, dict_st)
     os.makedirs(os.path.dirname(os.path.abspath(dst)) or ".", exist_ok=True)
-    tmp = dst + ".tmp"
-    torch.save(out, tmp)
-    os.replace(tmp, dst)
+    atomic_torch_save(out, dst)
     verify(dst, found)
     return found
 
 
 def verify(path: str, layout: str) -> None:
     """Build this plugin's model from the converted file and load its weights strictly."""
-    from speechlm.checkpoint import build_from_spec, pretrained_spec, read_checkpoint
-
     state = read_checkpoint(path)
     if layout == "pretrained":
-        model = build_from_spec(pretrained_spec(path, state))
-        model.load_state_dict(state["model"], strict=True)
+        SpeechLMModel.from_checkpoint(path, state=state)
         return
-    spec = state["cfg"]["model"]["w2v_args"]
-    model = build_from_spec(spec)
+    model = SpeechLMModel.from_spec(PretrainedSpec.from_dict(state["cfg"]["model"]["pretrained_spec"]))
     model.remove_pretraining_modules()
     prefix = "w2v_encoder.w2v_model." if layout == "asr" else "encoder.speech.w2v_model."
     inner = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}

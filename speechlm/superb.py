@@ -96,14 +96,15 @@ def random_model(path: str):
     yaml with a ``model:`` section), with random weights (torch's current seed)."""
     from omegaconf import OmegaConf
 
-    from speechlm.checkpoint import build_from_spec, pretrained_spec, read_checkpoint
+    from speechlm.models.pretrained import PretrainedSpec
+    from speechlm.models.speechlm import SpeechLMModel
 
     if path.endswith((".yaml", ".yml")):
         model_cfg = OmegaConf.to_container(OmegaConf.load(path).model, resolve=True)
-        spec = {"model": model_cfg, "num_units": 8, "num_letters": 0}
+        spec = PretrainedSpec(model_cfg, num_units=8, num_letters=0)
     else:
-        spec = pretrained_spec(path, read_checkpoint(path))
-    return build_from_spec(spec).eval()
+        spec, _ = PretrainedSpec.read(path)
+    return SpeechLMModel.from_spec(spec).eval()
 
 
 # ----------------------------------------------------------------------------------- data

@@ -145,3 +145,29 @@ def test_malicious_checkpoint_is_refused_and_not_run(tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, map_location="cpu")
     assert not marker.exists()
+
+
+def test_renamed_config_key_of_an_older_finetuned_checkpoint_is_upgraded(tmp_path):
+    """A ``speechlm_ctc`` checkpoint saved when the pre-trained spec was called ``w2v_args`` loads under the
+    new name; a checkpoint of the published code (same model name, ``w2v_args`` = its pre-training args)
+    keeps ``w2v_args`` for ``speechlm convert``."""
+    from omegaconf import OmegaConf
+
+    import speechlm  # noqa: F401  (installs the reader's wrappers)
+    from speechlm.checkpoint import read_checkpoint
+    from speechlm.models.pretrained import PretrainedSpec
+
+    spec = PretrainedSpec({"_name": "speechlm", "encoder_embed_dim": 32}, 12, 0).to_dict()
+    official_args = {"model": {"_name": "speechlm"}, "task": {"_name": "joint_sc2t_pretraining"}}
+    for name, w2v_args, want_key in (("speechlm_ctc", spec, "pretrained_spec"),
+                                     ("speechlm_st", spec, "pretrained_spec"),
+                                     ("speechlm_ctc", official_args, "w2v_args")):
+        path = tmp_path / f"{name}_{want_key}.pt"
+        torch.save({"args": None, "cfg": {"model": {"_name": name, "w2v_path": "pre.pt", "w2v_args": w2v_args}},
+                    "model": {"w": torch.zeros(1)}, "extra_state": {}, "last_optimizer_state": None,
+                    "optimizer_history": [{"criterion_name": "ctc", "optimizer_name": "adam",
+                                           "lr_scheduler_state": {}, "num_updates": 0}]}, path)
+        model_cfg = read_checkpoint(str(path))["cfg"]["model"]
+        assert want_key in model_cfg and ({"w2v_args", "pretrained_spec"} - {want_key}).isdisjoint(model_cfg)
+        assert OmegaConf.to_container(model_cfg[want_key]) == w2v_args
+    assert PretrainedSpec.from_dict(spec) == PretrainedSpec({"_name": "speechlm", "encoder_embed_dim": 32}, 12, 0)

@@ -89,7 +89,7 @@ def test_finetune_trains_from_the_uctc_head_and_validates_wer(finetuned):
     assert len(valid) >= 2, "fairseq's ctc criterion reported no validation WER"
     assert ckpt.is_file()
     saved = torch.load(ckpt, weights_only=True)["cfg"]["model"]
-    assert saved["_name"] == "speechlm_ctc" and saved["w2v_args"]["model"]["_name"] == "speechlm"
+    assert saved["_name"] == "speechlm_ctc" and saved["pretrained_spec"]["model"]["_name"] == "speechlm"
 
 
 @pytest.mark.slow

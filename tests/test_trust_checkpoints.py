@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 import speechlm  # noqa: F401  (registers the components; installs the wrappers)
-from speechlm.checkpoint_io import check_config_strings, checkpoint_damage, literal_spec
+from speechlm.checkpoint import check_config_strings, checkpoint_damage, literal_spec
 from speechlm.cli.main import main as cli_main
 from speechlm.errors import UserError
 
@@ -153,12 +153,12 @@ def test_checkpoint_copies_are_atomic(run4, tmp_path, monkeypatch):
 @pytest.mark.parametrize("damage", ["empty", "truncated"])
 def test_a_damaged_pretrained_checkpoint_is_named(run4, mini_corpus, tmp_path, damage):
     from speechlm.models.speechlm import SpeechLMModel
-    from speechlm.models.speechlm_ctc import pretrained_args
+    from speechlm.models.speechlm_ctc import read_pretrained
 
     bad = tmp_path / "pretrained.pt"
     data = (run4 / "checkpoint_last.pt").read_bytes()
     bad.write_bytes(b"" if damage == "empty" else data[: len(data) // 3])
-    for load in (SpeechLMModel.from_checkpoint, pretrained_args):
+    for load in (SpeechLMModel.from_checkpoint, read_pretrained):
         with pytest.raises(UserError, match=rf"{bad}: damaged checkpoint: it is (empty|truncated)"):
             load(str(bad))
 
@@ -187,7 +187,7 @@ def hostile(run4, tmp_path_factory):
     state["cfg"]["model"]["conv_feature_layers"] = escape(marker, spec)
     torch.save(state, d / "speechlm.pt")
     state = torch.load(run4 / "checkpoint_last.pt", weights_only=True)
-    state["cfg"]["model"]["w2v_args"] = {"model": {"_name": "speechlm", "conv_feature_layers": escape(marker, spec)}}
+    state["cfg"]["model"]["pretrained_spec"] = {"model": {"_name": "speechlm", "conv_feature_layers": escape(marker, spec)}}
     torch.save(state, d / "nested.pt")
 
     torch.manual_seed(0)

@@ -243,12 +243,14 @@ def load_model(checkpoint: str, random_init: bool = False, seed: int = 1):
     "random weights" row starts. ``normalize``: the pre-training task's waveform normalisation."""
     import torch
 
-    from speechlm.checkpoint import build_from_spec, pretrained_spec, read_checkpoint
+    from speechlm.checkpoint import read_checkpoint
+    from speechlm.models.pretrained import PretrainedSpec
+    from speechlm.models.speechlm import SpeechLMModel
 
     state = read_checkpoint(checkpoint)
-    spec = pretrained_spec(checkpoint, state)
+    spec = PretrainedSpec.from_checkpoint(checkpoint, state)
     torch.manual_seed(seed)
-    model = build_from_spec(spec)
+    model = SpeechLMModel.from_spec(spec)
     if not random_init:
         model.load_state_dict(state["model"], strict=True)
     task = state["cfg"].get("task") or {}

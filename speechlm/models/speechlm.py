@@ -27,6 +27,8 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
 from fairseq.modules import GradMultiply, LayerNorm
 
+from speechlm.checkpoint import read_checkpoint, store_in_saved_config
+from speechlm.models.pretrained import PretrainedSpec
 from speechlm.modules.conv_frontend import MaskedConvFeatureExtractor, parse_conv_layers
 from speechlm.modules.logmel_frontend import LogMelFrontEnd
 from speechlm.modules.relpos_transformer import RelPosTransformer
@@ -174,8 +176,6 @@ class SpeechLMModel(BaseFairseqModel):
 
     @classmethod
     def build_model(cls, cfg: SpeechLMConfig, task):
-        from speechlm.checkpoint import store_in_saved_config
-
         units = task.unit_dictionary
         letters = getattr(task, "letter_dictionary", None)
         if letters is not None:  # saved with the checkpoint: the letters the UCTC head predicts
@@ -184,16 +184,33 @@ class SpeechLMModel(BaseFairseqModel):
         return cls(cfg, len(units), units.pad(), len(letters) if letters is not None else 0)
 
     @classmethod
-    def from_checkpoint(cls, path: str, arg_overrides: Optional[Dict] = None) -> "SpeechLMModel":
+    def from_spec(cls, spec: PretrainedSpec, overrides: Optional[Dict] = None) -> "SpeechLMModel":
+        """An untrained model of the architecture ``spec`` describes (fields in ``overrides`` win)."""
+        from fairseq.data import Dictionary
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.merge(
+            OmegaConf.structured(SpeechLMConfig),
+            {k: v for k, v in spec.model_cfg.items() if k != "_name"},
+            overrides or {},
+        )
+        return cls(cfg, spec.num_units, Dictionary().pad(), spec.num_letters)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, arg_overrides: Optional[Dict] = None,
+                        state: Optional[Dict] = None) -> "SpeechLMModel":
         """The pre-trained model saved in a ``speechlm`` checkpoint, without the task's data on disk.
 
-        One loader for every entry point (see ``speechlm.checkpoint.load_pretrained``); raises
-        ``ValueError`` naming the file if it is not a ``speechlm`` pre-training checkpoint.
+        ``state``: the checkpoint already read from ``path`` (else it is read with the one reader,
+        ``speechlm.checkpoint.read_checkpoint``). Raises ``UserError`` naming the file if it is not a
+        ``speechlm`` pre-training checkpoint.
         """
-        from speechlm.checkpoint import load_pretrained
-
-        model, state = load_pretrained(path, arg_overrides)
-        model.load_state_dict(state, strict=True)
+        if state is None:
+            state = read_checkpoint(path)
+        spec = PretrainedSpec.from_checkpoint(path, state)
+        overrides = {k: v for k, v in (arg_overrides or {}).items() if k in spec.model_cfg or k == "uctc_letters"}
+        model = cls.from_spec(spec, overrides)
+        model.load_state_dict(state["model"], strict=True)
         return model
 
     def set_num_updates(self, num_updates):

@@ -4,7 +4,8 @@
              -> CTC head (the published UCTC head, one output per 20 ms frame) -> letters
 
 The pre-trained ``speechlm`` checkpoint is read from ``model.w2v_path`` once, when fine-tuning starts;
-its model config and vocabulary sizes are then kept in ``model.w2v_args`` and so saved inside every
+its :class:`~speechlm.models.pretrained.PretrainedSpec` (model config, vocabulary sizes, UCTC letters) is
+then kept in ``model.pretrained_spec`` and so saved inside every
 fine-tuned checkpoint, which therefore loads (``speechlm infer``, resuming) without the pre-trained
 file and without editing ``w2v_path``. When the pre-trained UCTC head predicts the same letter
 dictionary as the fine-tuning task, it initialises the CTC head; otherwise the head starts random.
@@ -18,7 +19,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -28,8 +29,10 @@ from fairseq.models import FairseqEncoder, register_model
 from fairseq.models.wav2vec.wav2vec2_asr import Wav2VecCtc
 from omegaconf import MISSING
 
+from speechlm.checkpoint import read_checkpoint, store_in_saved_config
 from speechlm.errors import UserError, UserFileNotFoundError
-from speechlm.models.speechlm import MASK_TYPE_CHOICES
+from speechlm.models.pretrained import PretrainedSpec
+from speechlm.models.speechlm import MASK_TYPE_CHOICES, SpeechLMModel
 from speechlm.modules.uctc_head import UCTCHead
 
 logger = logging.getLogger(__name__)
@@ -46,11 +49,11 @@ class SpeechLMEncoderConfig(FairseqDataclass):
     w2v_path: str = field(
         default=MISSING, metadata={"help": "pre-trained `speechlm` checkpoint to fine-tune"}
     )
-    w2v_args: Any = field(
+    pretrained_spec: Any = field(
         default=None,
-        metadata={"help": "filled in from w2v_path when fine-tuning starts (pre-trained model "
-                          "config and vocabulary sizes) and saved with the fine-tuned model; "
-                          "leave empty"},
+        metadata={"help": "filled in from w2v_path when fine-tuning starts (the pre-trained model's "
+                          "config and vocabularies, PretrainedSpec.to_dict()) and saved with the "
+                          "fine-tuned model; leave empty"},
     )
     target_symbols: Any = field(
         default=None,
@@ -119,47 +122,39 @@ class SpeechLMEncoderConfig(FairseqDataclass):
     )
 
 
-def pretrained_args(path: str):
-    """``(spec, state dict)`` of the pre-trained ``speechlm`` checkpoint ``path`` (``model.w2v_path``).
-
-    ``spec`` = ``{"model": model cfg, "num_units", "num_letters", "letters"}`` through the one loader
-    (``speechlm.checkpoint``); errors are ``UserError`` naming ``model.w2v_path`` and the file.
-    """
-    from speechlm.checkpoint import pretrained_spec, read_checkpoint
-
-    if not os.path.isfile(str(path)):
+def read_pretrained(w2v_path: str) -> Tuple[PretrainedSpec, Dict]:
+    """``(spec, weights)`` of the pre-trained ``speechlm`` checkpoint ``model.w2v_path``, through the one
+    reader; a missing file is a ``UserError`` naming ``model.w2v_path``."""
+    if not os.path.isfile(str(w2v_path)):
         raise UserFileNotFoundError(
-            f"model.w2v_path={path!r}: pre-trained checkpoint not found (pre-train first, or give "
+            f"model.w2v_path={w2v_path!r}: pre-trained checkpoint not found (pre-train first, or give "
             "the path of a `speechlm` checkpoint; convert a released one with `speechlm convert`)"
         )
-    full = read_checkpoint(str(path))
+    state = read_checkpoint(str(w2v_path))
     try:
-        return pretrained_spec(str(path), full), full["model"]
-    except ValueError as e:
+        return PretrainedSpec.from_checkpoint(str(w2v_path), state), state["model"]
+    except UserError as e:
         raise UserError(f"model.w2v_path={e}") from None
 
 
-def build_pretrained(cfg: SpeechLMEncoderConfig):
-    """-> (SpeechLMModel, pre-trained state dict or None). Fills ``cfg.w2v_args`` on first use.
+def build_pretrained(cfg: SpeechLMEncoderConfig) -> Tuple[SpeechLMModel, Optional[Dict]]:
+    """-> (SpeechLMModel, pre-trained weights or None). Fills ``cfg.pretrained_spec`` on first use.
 
-    The pre-trained model config, vocabulary sizes and UCTC letters are kept in ``w2v_args`` (saved
-    with the fine-tuned model, which then loads without the pre-trained file).
+    The spec is saved with the fine-tuned model, which then loads without the pre-trained file.
     """
-    from speechlm.checkpoint import build_from_spec, store_in_saved_config
-
-    state = None
-    if cfg.w2v_args is None:
-        args, state = pretrained_args(cfg.w2v_path)
-        cfg.w2v_args = args
-        store_in_saved_config(cfg, "w2v_args", args)
-    args = cfg.w2v_args
-    model = build_from_spec(args, {k: getattr(cfg, k) for k in OVERRIDABLE})
-    if state is not None and not cfg.no_pretrained_weights:
-        model.load_state_dict(state, strict=True)
+    weights = None
+    if cfg.pretrained_spec is None:
+        spec, weights = read_pretrained(cfg.w2v_path)
+        cfg.pretrained_spec = spec.to_dict()
+        store_in_saved_config(cfg, "pretrained_spec", cfg.pretrained_spec)
+    spec = PretrainedSpec.from_dict(cfg.pretrained_spec)
+    model = SpeechLMModel.from_spec(spec, {k: getattr(cfg, k) for k in OVERRIDABLE})
+    if weights is not None and not cfg.no_pretrained_weights:
+        model.load_state_dict(weights, strict=True)
         logger.info("initialised from the pre-trained model %s", cfg.w2v_path)
-    elif state is not None:
+    elif weights is not None:
         logger.info("no_pretrained_weights: architecture of %s, random weights", cfg.w2v_path)
-    return model, state
+    return model, weights
 
 
 class SpeechLMEncoder(FairseqEncoder):
@@ -278,10 +273,10 @@ class SpeechLMCtc(Wav2VecCtc):
                  letters=None):
         super().__init__(cfg, encoder)
         self.ctc_head = UCTCHead(encoder.embed_dim, num_letters)
-        uctc, pre = encoder.uctc, cfg.w2v_args
+        uctc, pre = encoder.uctc, PretrainedSpec.from_dict(cfg.pretrained_spec)
         if encoder.pretrained_state is not None and uctc is not None and cfg.init_head_from_uctc:
-            same = pre["num_letters"] == num_letters and (
-                pre.get("letters") is None or letters is None or list(pre["letters"]) == list(letters)
+            same = pre.num_letters == num_letters and (
+                pre.letters is None or letters is None or list(pre.letters) == list(letters)
             )
             if same and not cfg.no_pretrained_weights:
                 self.ctc_head.load_state_dict(uctc.state_dict())
@@ -290,7 +285,7 @@ class SpeechLMCtc(Wav2VecCtc):
                 logger.warning(
                     "the pre-trained UCTC head predicts %d letters, the task's dictionary has %d "
                     "(or other symbols): the CTC head starts from random weights",
-                    pre["num_letters"], num_letters,
+                    pre.num_letters, num_letters,
                 )
         encoder.uctc = encoder.pretrained_state = None
 

@@ -13,7 +13,7 @@ Trained and decoded on fairseq's own ``speech_to_text`` task with raw audio inpu
         --gen-subset test --beam 5 --max-tokens 20000 --scoring sacrebleu
 
 As with ``speechlm_ctc``, the pre-trained model's config is saved in the fine-tuned checkpoint
-(``w2v_args``), so ``fairseq-generate`` needs only the fine-tuned file.
+(``pretrained_spec``), so ``fairseq-generate`` needs only the fine-tuned file.
 """
 import argparse
 from dataclasses import dataclass, field

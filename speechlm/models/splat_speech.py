@@ -11,9 +11,11 @@ module's space for alignment.
 speech module (classifier, spoken QA) subclass ``SplatSpeechConfig`` and build it with
 ``build_speech_module``.
 """
+import functools
 import logging
+import os
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -21,6 +23,9 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
 from fairseq.modules import SinusoidalPositionalEmbedding, TransformerSentenceEncoderLayer
 from omegaconf import open_dict
+
+from speechlm.checkpoint import checkpoint_model_name, read_checkpoint
+from speechlm.errors import UserError, UserFileNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -136,24 +141,43 @@ class SplatSpeechEncoder(nn.Module):
         return self.text_proj(x) if self.text_proj is not None else x
 
 
-def _speech_state_from_checkpoint(path: str):
-    """(architecture dict, speech-module state dict) from any checkpoint holding a speech module."""
-    from fairseq import checkpoint_utils
+def _file_identity(path: str) -> Tuple[str, int, int]:
+    st = os.stat(path)
+    return os.path.abspath(path), st.st_mtime_ns, st.st_size
 
-    state = checkpoint_utils.load_checkpoint_to_cpu(path)
+
+@functools.lru_cache(maxsize=1)
+def _read_speech_module(path: str, identity: Tuple[str, int, int]) -> Tuple[Dict, Dict]:
+    state = read_checkpoint(path)
     model_cfg = state["cfg"]["model"]
     weights = state["model"]
     prefix = "speech." if any(k.startswith("speech.") for k in weights) else ""
     if prefix == "" and not any(k.startswith("encoder.") for k in weights):
-        raise ValueError(
-            f"{path}: holds no SPLAT speech module (model {model_cfg.get('_name')!r}); give a "
+        raise UserError(
+            f"{path}: holds no SPLAT speech module (model {checkpoint_model_name(state)!r}); give a "
             "checkpoint of splat_speech, splat_classifier or splat_spoken_qa"
         )
     if prefix == "":
         prefix = "encoder."
+    missing = [f for f in ARCH_FIELDS if f not in model_cfg]
+    if missing:
+        raise UserError(f"{path}: its model config lacks {missing}: not a checkpoint of a SPLAT speech module")
     sub = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
     arch = {f: model_cfg[f] for f in ARCH_FIELDS}
     return arch, sub
+
+
+def read_speech_module(path: str) -> Tuple[Dict, Dict]:
+    """``(architecture, speech-module weights)`` of any checkpoint holding a SPLAT speech module
+    (``splat_speech``, ``splat_classifier``, ``splat_spoken_qa``), through the one reader.
+
+    The last file read is kept (until it changes on disk) so that the task resolving the architecture and
+    the model build that follows read it once. Raises ``UserError`` naming ``path``.
+    """
+    if not os.path.isfile(path):
+        raise UserFileNotFoundError(f"{path}: checkpoint with a SPLAT speech module not found (init_from)")
+    arch, weights = _read_speech_module(path, _file_identity(path))
+    return dict(arch), dict(weights)
 
 
 def resolve_speech_architecture(cfg) -> None:
@@ -163,7 +187,7 @@ def resolve_speech_architecture(cfg) -> None:
     a merged copy), so that the config saved in every checkpoint describes the model it holds.
     """
     if getattr(cfg, "init_from", ""):
-        arch, _ = _speech_state_from_checkpoint(cfg.init_from)
+        arch, _ = read_speech_module(cfg.init_from)
         with open_dict(cfg):
             for k, v in arch.items():
                 setattr(cfg, k, v)
@@ -174,7 +198,8 @@ def build_speech_module(cfg: SplatSpeechConfig) -> SplatSpeechEncoder:
     that checkpoint (written back into ``cfg`` so the saved config describes the model)."""
     if not cfg.init_from:
         return SplatSpeechEncoder(cfg)
-    arch, weights = _speech_state_from_checkpoint(cfg.init_from)
+    arch, weights = read_speech_module(cfg.init_from)
+    _read_speech_module.cache_clear()  # built: the weights need not stay in memory
     with open_dict(cfg):
         for k, v in arch.items():
             setattr(cfg, k, v)
@@ -185,12 +210,23 @@ def build_speech_module(cfg: SplatSpeechConfig) -> SplatSpeechEncoder:
     missing, unexpected = enc.load_state_dict(weights, strict=False)
     missing = [k for k in missing if not k.startswith("text_proj.")]
     if missing or unexpected:
-        raise ValueError(f"{cfg.init_from}: speech module keys do not match: missing {missing}, "
-                         f"unexpected {unexpected}")
+        raise UserError(f"{cfg.init_from}: speech module keys do not match: missing {missing}, "
+                        f"unexpected {unexpected}")
     if enc.text_proj is not None and proj and proj["text_proj.weight"].shape == enc.text_proj.weight.shape:
         enc.text_proj.load_state_dict({k[len("text_proj."):]: v for k, v in proj.items()})
     logger.info(f"speech module initialised from {cfg.init_from}")
     return enc
+
+
+def load_speech_module(path: str) -> SplatSpeechEncoder:
+    """The speech module of any checkpoint that holds one, in eval mode (with its text projection)."""
+    arch, weights = read_speech_module(path)
+    _read_speech_module.cache_clear()
+    proj = weights.get("text_proj.weight")
+    cfg = SplatSpeechConfig(**arch, text_embed_dim=0 if proj is None else proj.shape[0])
+    enc = SplatSpeechEncoder(cfg)
+    enc.load_state_dict(weights)
+    return enc.eval()
 
 
 @register_model("splat_speech", dataclass=SplatSpeechConfig)

@@ -18,7 +18,7 @@ from typing import List, Optional, Tuple
 import torch
 from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
 
-from speechlm.checkpoint_io import literal_spec
+from speechlm.checkpoint import literal_spec
 
 
 def conv_output_lengths(lengths: torch.Tensor, conv_layers: List[Tuple[int, int, int]]) -> torch.Tensor:
@@ -79,7 +79,7 @@ class MaskedConvFeatureExtractor(ConvFeatureExtractionModel):
 def parse_conv_layers(spec: str) -> List[Tuple[int, int, int]]:
     """``"[(512,10,5)] + [(512,3,2)] * 4"`` -> list of (dim, kernel, stride); the fairseq notation.
 
-    Parsed by the one literal grammar of checkpoint config strings (:func:`speechlm.checkpoint_io.literal_spec`:
+    Parsed by the one literal grammar of checkpoint config strings (:func:`speechlm.checkpoint.literal_spec`:
     lists, tuples, numbers, ``+``, ``*``), never ``eval``.
     """
     try:

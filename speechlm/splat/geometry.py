@@ -18,17 +18,7 @@ import torch.nn.functional as F
 
 from speechlm.data.fbank import SpeakerFeatures
 from speechlm.data.splat_text import read_transcripts
-from speechlm.models.splat_speech import SplatSpeechConfig, SplatSpeechEncoder, _speech_state_from_checkpoint
-
-
-def load_speech_module(path: str) -> SplatSpeechEncoder:
-    """The speech module of any checkpoint that holds one, in eval mode (with its text projection)."""
-    arch, weights = _speech_state_from_checkpoint(path)
-    proj = weights.get("text_proj.weight")
-    cfg = SplatSpeechConfig(**arch, text_embed_dim=0 if proj is None else proj.shape[0])
-    enc = SplatSpeechEncoder(cfg)
-    enc.load_state_dict(weights)
-    return enc.eval()
+from speechlm.models.splat_speech import SplatSpeechEncoder, load_speech_module
 
 
 @torch.no_grad()

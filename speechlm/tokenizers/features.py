@@ -70,15 +70,12 @@ class CheckpointFeatureReader:
         import torch
         from fairseq import checkpoint_utils
 
-        from speechlm import checkpoint as safe_loading
+        from speechlm.checkpoint import read_checkpoint
 
-        safe_loading.install()  # fairseq checkpoints under torch >= 2.6, without registering the plugin
         self.layer = layer
         self.device = device
-        state = checkpoint_utils.load_checkpoint_to_cpu(checkpoint)
-        cfg = state.get("cfg")
-        if cfg is None:
-            raise UserError(f"{checkpoint}: no 'cfg' in the checkpoint; is it a fairseq (hydra) checkpoint?")
+        state = read_checkpoint(checkpoint)  # the one reader: allow-listed, validated, read once
+        cfg = state["cfg"]
         name = cfg.model.get("_name", None)
         if str(name).endswith(("_ctc", "_st", "_seq2seq")):
             raise UserError(
@@ -91,12 +88,12 @@ class CheckpointFeatureReader:
         elif name == "speechlm":
             from speechlm.models.speechlm import SpeechLMModel
 
-            self.model = SpeechLMModel.from_checkpoint(checkpoint)
+            self.model = SpeechLMModel.from_checkpoint(checkpoint, state=state)
         else:
             import speechlm
 
             speechlm.register()  # any registered model: fairseq needs its task and model classes
-            models, _, _ = checkpoint_utils.load_model_ensemble_and_task([checkpoint])
+            models, _, _ = checkpoint_utils.load_model_ensemble_and_task([checkpoint], state=state)
             self.model = models[0]
         if not hasattr(self.model, "extract_features"):
             raise UserError(f"{checkpoint}: model {name!r} has no extract_features(); cannot dump a layer")

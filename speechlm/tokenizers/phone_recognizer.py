@@ -142,7 +142,7 @@ def ctc_targets(word_phones: List[List[str]]) -> List[int]:
 
 def save_recognizer(model: PhoneRecognizer, path: str) -> None:
     """The model alone (config, unit inventory, weights), written atomically."""
-    from speechlm.checkpoint_io import atomic_torch_save
+    from speechlm.checkpoint import atomic_torch_save
 
     atomic_torch_save({"config": asdict(model.cfg), "units": list(PHONE_UNITS), "model": model.state_dict()}, path)
 

@@ -203,7 +203,7 @@ def _targets_of(data, i):
 
 
 def _resume_state(path: str, cfg: PhoneRecognizerConfig, tcfg: TrainingConfig, digest: str):
-    from speechlm.checkpoint_io import checkpoint_damage
+    from speechlm.checkpoint import checkpoint_damage
 
     damage = checkpoint_damage(path)
     if damage:
@@ -236,7 +236,7 @@ def train_recognizer(
 
     With ``train_dir``, every finished epoch is saved to ``train_dir/checkpoint_last.pt`` and a run that
     finds one resumes from it (same settings required). ``on_epoch_end(record)`` runs after each save."""
-    from speechlm.checkpoint_io import atomic_torch_save
+    from speechlm.checkpoint import atomic_torch_save
 
     cfg = cfg or PhoneRecognizerConfig()
     tcfg = tcfg or TrainingConfig()
