@@ -142,6 +142,8 @@ def main(argv=None):
 
 def old_batching(model, task, ds, max_tokens, emissions):
     """The forward passes of the previous infer loop: fairseq's iterator, ``max_tokens`` samples."""
+    from speechlm.data.manifest import SAMPLE_RATE
+
     itr = task.get_batch_iterator(
         dataset=ds, max_tokens=max_tokens, max_sentences=None, max_positions=None,
         ignore_invalid_inputs=False, required_batch_size_multiple=1, num_workers=0,
@@ -152,7 +154,7 @@ def old_batching(model, task, ds, max_tokens, emissions):
         for sample in itr:
             lprobs, lengths = emissions(model, sample)
             n += len(sample["id"])
-    return n, sum(ds.size(i) for i in range(len(ds))) / 16000
+    return n, sum(ds.size(i) for i in range(len(ds))) / SAMPLE_RATE
 
 
 if __name__ == "__main__":

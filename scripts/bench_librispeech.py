@@ -53,7 +53,7 @@ def main(argv=None):
 
     torch.set_num_threads(1)
     from speechlm.corpora.librispeech import write_labels
-    from speechlm.data.manifest import write_manifests
+    from speechlm.data.manifest import SAMPLE_RATE, write_manifests
     from speechlm.data.readers import load_labels, load_manifest, read_audio
     from speechlm.tokenizers import phone_recognizer as R
     from speechlm.tokenizers.features import mfcc_39
@@ -87,7 +87,7 @@ def main(argv=None):
     root, rows = load_manifest(os.path.join(args.corpus, "valid.tsv"))
     rows = rows[: args.utts]
     words = load_labels(os.path.join(args.corpus, "valid.wrd"), len(load_manifest(os.path.join(args.corpus, "valid.tsv"))[1]))
-    audio_s = sum(n for _, n in rows) / 16000
+    audio_s = sum(n for _, n in rows) / SAMPLE_RATE
     c = time.process_time()
     wavs = [read_audio(os.path.join(root, rel)) for rel, _ in rows]
     report("   FLAC/WAV decoding", time.process_time() - c, audio_s, "audio s", FULL_AUDIO_S)
@@ -231,6 +231,7 @@ def bench_kenlm(corpus, report):
     import torch
     from fairseq.data import Dictionary
 
+    from speechlm.data.manifest import SAMPLE_RATE
     from speechlm.data.readers import load_labels, load_manifest
     from speechlm.decoding.ctc import KenLMDecoder, ViterbiDecoder, error_rates, load_kenlm
     from speechlm.decoding.ngram import write_arpa
@@ -255,7 +256,7 @@ def bench_kenlm(corpus, report):
         logits[np.arange(T), target] += 8.0
         emis.append(torch.from_numpy(logits).log_softmax(-1))
         refs.append(" ".join(ltr.replace(" ", "").replace("|", " ").split()))
-    audio_s = sum(n for _, n in rows) / 16000
+    audio_s = sum(n for _, n in rows) / SAMPLE_RATE
     with tempfile.TemporaryDirectory() as tmp:
         arpa = os.path.join(tmp, "lm4.arpa")
         with open(os.path.join(corpus, "unpaired.wrd"), encoding="utf-8") as f:

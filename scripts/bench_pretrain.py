@@ -46,10 +46,10 @@ SHARED_KEYS = (  # SpeechLMConfig fields with the same meaning in HubertConfig
 
 def load_batch(args, num_units):
     """``(source (B,S), target (B,T))``: ``--batch`` utterances cropped to ``--seconds`` each."""
-    from speechlm.data.manifest import num_frames_50hz
+    from speechlm.data.manifest import SAMPLE_RATE, num_frames_50hz
     from speechlm.data.readers import load_labels, load_manifest, read_audio
 
-    S = int(args.seconds * 16000)
+    S = int(args.seconds * SAMPLE_RATE)
     T = num_frames_50hz(S)
     if not args.corpus:
         g = torch.Generator().manual_seed(0)
@@ -170,11 +170,12 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
 
     import speechlm  # noqa: F401
+    from speechlm.data.manifest import SAMPLE_RATE
     from speechlm.data.speech_text_batches import default_text_max_tokens
 
     num_units, num_letters = 45, 32
     source, target = load_batch(args, num_units)
-    speech_seconds = source.numel() / 16000
+    speech_seconds = source.numel() / SAMPLE_RATE
     # text batch: the default budget, max_tokens / 320 unit frames, for this speech batch's size
     frames = default_text_max_tokens(source.numel())
     text_len = 200

@@ -44,8 +44,9 @@ def batches(ds, order, frames):
 
 def main(argv=None):
     import speechlm  # noqa: F401  (registers the model)
-    from speechlm.criterions.speechlm import greedy_ctc, uctc_loss
+    from speechlm.criterions.speechlm import uctc_loss
     from speechlm.data.unit_text_dataset import load_text_dataset
+    from speechlm.decoding.ctc import greedy_ctc
     from speechlm.models.speechlm import SpeechLMConfig, SpeechLMModel
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

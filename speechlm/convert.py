@@ -24,6 +24,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from speechlm.checkpoint import atomic_torch_save, checkpoint_model_name, config_value, read_checkpoint
+from speechlm.data.manifest import SAMPLE_RATE
 from speechlm.errors import UserError
 from speechlm.models.pretrained import PretrainedSpec
 from speechlm.models.speechlm import SpeechLMModel
@@ -302,7 +303,7 @@ def convert_pretrained(src, state, dict_ltr, dict_units):
     _check_shapes(src, sd)
     task_cfg = {"_name": "speechlm_pretraining", "data": str(config_value(task, "data", "???")), "labels": labels[:1],
                 "label_rate": int(config_value(task, "label_rate", config_value(m, "label_rate", 50))),
-                "normalize": bool(config_value(task, "normalize", False)), "sample_rate": 16000,
+                "normalize": bool(config_value(task, "normalize", False)), "sample_rate": SAMPLE_RATE,
                 "text_data": config_value(config_value(task, "text_cfg", {}), "text_data")}
     if task_cfg["label_rate"] != 50:
         raise ConvertError(f"{src}: label_rate={task_cfg['label_rate']}; this plugin's units are 50 Hz")
@@ -346,7 +347,7 @@ def convert_asr(src, state, dict_ltr):
     }
     task = config_value(state["cfg"], "task", {})
     task_cfg = {"_name": "speechlm_pretraining", "data": str(config_value(task, "data", "???")), "fine_tuning": True,
-                "labels": ["ltr"], "normalize": bool(config_value(task, "normalize", False)), "sample_rate": 16000}
+                "labels": ["ltr"], "normalize": bool(config_value(task, "normalize", False)), "sample_rate": SAMPLE_RATE}
     out = _checkpoint({**_common(), "task": task_cfg, "model": model_cfg,
                        "criterion": {"_name": "ctc", "zero_infinity": True}}, sd, src, "CtcCriterion")
     return out, {"letters": letters}

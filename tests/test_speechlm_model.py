@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import speechlm  # noqa: F401  (registers the components)
-from speechlm.criterions.speechlm import greedy_ctc, uctc_loss
+from speechlm.criterions.speechlm import uctc_loss
+from speechlm.decoding.ctc import greedy_ctc
 from speechlm.models.speechlm import SpeechLMConfig, SpeechLMModel
 from speechlm.modules.conv_frontend import MaskedConvFeatureExtractor, parse_conv_layers
 from speechlm.modules.relpos_transformer import REL_POS_CLIP, RelPosEncoderLayer, relative_index, shared_positions

@@ -232,6 +232,7 @@ def write_librispeech_tree(corpus_dir: str, out_dir: str, verbose: bool = True) 
     import soundfile as sf
 
     from speechlm.corpora.synth import VOICES
+    from speechlm.data.manifest import SAMPLE_RATE
     from speechlm.data.readers import load_labels, load_manifest, read_audio
 
     log = print if verbose else (lambda *a, **k: None)
@@ -270,7 +271,7 @@ def write_librispeech_tree(corpus_dir: str, out_dir: str, verbose: bool = True) 
             uid = f"{speaker}-{chapter}-{len(lines):04d}"
             folder = os.path.join(root_ls, subset, str(speaker), str(chapter))
             os.makedirs(folder, exist_ok=True)
-            sf.write(os.path.join(folder, uid + ".flac"), read_audio(os.path.join(root, rel)), 16000,
+            sf.write(os.path.join(folder, uid + ".flac"), read_audio(os.path.join(root, rel)), SAMPLE_RATE,
                      format="FLAC", subtype="PCM_16")
             lines.append(f"{uid} {text}")
             words_seen.update(text.split())

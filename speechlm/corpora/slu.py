@@ -17,7 +17,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from speechlm.data.fbank import extract_features
-from speechlm.data.manifest import write_manifest
+from speechlm.data.manifest import SAMPLE_RATE, write_manifest
 
 # ---------------------------------------------------------------------------------------------
 # intents
@@ -72,7 +72,7 @@ def _write_wav(path: str, wav: np.ndarray):
     import soundfile as sf
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    sf.write(path, wav, 16000, subtype="PCM_16")
+    sf.write(path, wav, SAMPLE_RATE, subtype="PCM_16")
 
 
 def _write_lines(path: str, lines: Sequence[str]):

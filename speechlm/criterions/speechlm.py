@@ -23,6 +23,8 @@ from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
+from speechlm.decoding.ctc import greedy_ctc
+
 UMLM_LAYERS = (0, 1)  # 0: Speech Transformer output, 1: Shared Transformer output
 
 
@@ -44,16 +46,6 @@ def uctc_loss(logits, input_lengths, targets, target_lengths, blank: int, reduct
     flat = targets[mask]
     return F.ctc_loss(lprobs, flat, input_lengths, target_lengths, blank=blank,
                       reduction=reduction, zero_infinity=True)
-
-
-def greedy_ctc(logits, input_lengths, blank: int) -> List[List[int]]:
-    """Best path, repeats collapsed, blanks removed: one id list per utterance."""
-    best = logits.argmax(-1).cpu()
-    out = []
-    for b in range(best.size(0)):
-        ids = torch.unique_consecutive(best[b, : int(input_lengths[b])]).tolist()
-        out.append([i for i in ids if i != blank])
-    return out
 
 
 @register_criterion("speechlm", dataclass=SpeechLMCriterionConfig)

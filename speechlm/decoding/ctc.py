@@ -16,26 +16,37 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from speechlm.data.manifest import SAMPLE_RATE
+
 KENLM_MISSING = (
     "decoding.type=kenlm needs a CTC beam-search decoder with KenLM support, and none is installed: "
     "`pip install pyctcdecode kenlm` (scripts/setup.sh does). Without them use --config-name infer_viterbi."
 )
-SAMPLE_RATE = 16000
 
 
 # ----------------------------------------------------------------------------------------------
 # decoders: (T, V) log-probs of ONE utterance (its real frames only) -> words
 
 
+def greedy_ctc(scores: torch.Tensor, lengths: Sequence[int], blank: int) -> List[List[int]]:
+    """Greedy (best-path) CTC decoding, the one implementation: argmax per frame, repeats merged, blanks
+    dropped. ``scores`` (B,T,V) logits or log-probs, ``lengths`` (B,) real frames -> one id list per row."""
+    best = scores.argmax(-1).cpu()
+    out = []
+    for b in range(best.size(0)):
+        ids = torch.unique_consecutive(best[b, : int(lengths[b])])
+        out.append(ids[ids != blank].tolist())
+    return out
+
+
 class ViterbiDecoder:
-    """Best path: argmax per frame, merge repeats, drop blanks; ``decode`` gives token ids."""
+    """Best path (:func:`greedy_ctc`); ``decode`` gives token ids."""
 
     def __init__(self, tgt_dict, blank: int, post_process: str = "letter"):
         self.tgt_dict, self.blank, self.post_process = tgt_dict, blank, post_process
 
     def decode(self, lprobs: torch.Tensor) -> List[int]:
-        toks = lprobs.argmax(dim=-1).unique_consecutive()
-        return toks[toks != self.blank].tolist()
+        return greedy_ctc(lprobs[None], [lprobs.size(0)], self.blank)[0]
 
     def decode_words(self, lprobs: torch.Tensor) -> str:
         from fairseq.data.data_utils import post_process

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from speechlm.atomic import atomic_write
+from speechlm.decoding.ctc import greedy_ctc
 from speechlm.tokenizers.phone_recognizer import (
     BLANK,
     PHONE_UNITS,
@@ -174,8 +175,7 @@ def evaluate(model: PhoneRecognizer, data: PhoneCtcDataset, batch_size: int = 16
         items = [data[i] for i in range(b, min(b + batch_size, len(data)))]
         per_utt, lp, out_len = _ctc_loss(model, ctc, *collate([f for f, _ in items]), [t for _, t in items])
         loss += sum(x.item() / len(t) for x, (_, t) in zip(per_utt, items))
-        for (_, t), row, n in zip(items, lp.argmax(-1), out_len):
-            hyp = [int(u) for j, u in enumerate(row[:n]) if u != BLANK and (j == 0 or u != row[j - 1])]
+        for (_, t), hyp in zip(items, greedy_ctc(lp, out_len, BLANK)):
             ref = [u for u in t if u != sil]
             errors += editdistance.eval([u for u in hyp if u != sil], ref)
             ref_len += len(ref)
