@@ -2,9 +2,10 @@
 from dataclasses import dataclass
 
 import torch.nn.functional as F
-from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
+
+from speechlm.criterions.reduce import log_means_per_sample
 
 
 @dataclass
@@ -30,10 +31,7 @@ class SluClassificationCriterion(FairseqCriterion):
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
-        s = lambda k: sum(log.get(k, 0) for log in logging_outputs)
-        n = max(s("sample_size"), 1)
-        metrics.log_scalar("loss", s("loss") / n, n, round=4)
-        metrics.log_scalar("accuracy", 100.0 * s("correct") / n, n, round=2)
+        log_means_per_sample(logging_outputs, ("loss",), percents={"accuracy": "correct"})
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+
+from speechlm.criterions.reduce import log_means_per_sample
 
 
 def sequence_alignment_loss(s1: torch.Tensor, t1: torch.Tensor) -> torch.Tensor:
@@ -107,10 +108,7 @@ class SplatAlignmentCriterion(FairseqCriterion):
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
-        s = lambda k: sum(log.get(k, 0) for log in logging_outputs)
-        n = max(s("sample_size"), 1)
-        metrics.log_scalar("loss", s("loss") / n, n, round=4)
-        metrics.log_scalar("cos_s1_cls", s("cos_s1_cls") / n, n, round=4)
+        log_means_per_sample(logging_outputs, ("loss", "cos_s1_cls"))
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

@@ -10,6 +10,7 @@ from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
+from speechlm.criterions.reduce import total
 from speechlm.modules.splat_masking import splat_mask
 
 
@@ -57,11 +58,9 @@ class SplatReconstructionCriterion(FairseqCriterion):
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
-        s = lambda k: sum(log.get(k, 0) for log in logging_outputs)
-        sample_size = s("sample_size")
-        metrics.log_scalar("loss", s("loss") / max(sample_size, 1), sample_size, round=4)
-        metrics.log_scalar("masked_l1", s("masked_l1") / max(s("masked_entries"), 1),
-                           s("masked_entries"), round=4)
+        sample_size, masked = total(logging_outputs, "sample_size"), total(logging_outputs, "masked_entries")
+        metrics.log_scalar("loss", total(logging_outputs, "loss") / max(sample_size, 1), sample_size, round=4)
+        metrics.log_scalar("masked_l1", total(logging_outputs, "masked_l1") / max(masked, 1), masked, round=4)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

@@ -11,9 +11,10 @@ from typing import Tuple
 
 import torch
 import torch.nn.functional as F
-from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
+
+from speechlm.criterions.reduce import log_means_per_sample
 
 
 def spans_to_frames(span_s: torch.Tensor, frame_rate: float, lengths: torch.Tensor) -> torch.Tensor:
@@ -84,11 +85,7 @@ class SpokenQaCriterion(FairseqCriterion):
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
-        s = lambda k: sum(log.get(k, 0) for log in logging_outputs)
-        n = max(s("sample_size"), 1)
-        metrics.log_scalar("loss", s("loss") / n, n, round=4)
-        metrics.log_scalar("aos", 100.0 * s("aos") / n, n, round=2)
-        metrics.log_scalar("f1", 100.0 * s("f1") / n, n, round=2)
+        log_means_per_sample(logging_outputs, ("loss",), percents={"aos": "aos", "f1": "f1"})
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
