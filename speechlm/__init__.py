@@ -30,6 +30,9 @@ def register() -> None:
     from speechlm import errors
 
     errors.install()  # user errors print without a traceback (SPEECHLM_DEBUG=1 shows it)
+    from speechlm import preemption
+
+    preemption.install()  # inside fairseq-hydra-train: SIGTERM/SIGUSR1 save checkpoint_last.pt; clean disk errors
     from speechlm import criterions, models, tasks  # noqa: F401  (registration side effects)
 
 
