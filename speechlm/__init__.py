@@ -33,6 +33,9 @@ def register() -> None:
     from speechlm import preemption
 
     preemption.install()  # inside fairseq-hydra-train: SIGTERM/SIGUSR1 save checkpoint_last.pt; clean disk errors
+    from speechlm import resume
+
+    resume.install()  # a resume with another config or dictionary names what differs
     from speechlm import criterions, models, tasks  # noqa: F401  (registration side effects)
 
 

@@ -400,7 +400,18 @@ def _fsync_replace(tmp: str, dst: str) -> None:
 
 
 def _tmp_name(dst: str) -> str:
-    return f"{dst}.tmp-{os.getpid()}"
+    from speechlm.atomic import temp_name
+
+    return temp_name(dst)  # unique per process and call: two writers never share a temporary file
+
+
+def stamp_version(obj) -> None:
+    """Record the plugin version that writes a checkpoint (``speechlm_version``), so a later version can
+    say so instead of failing on a config key it no longer knows (``speechlm.resume``)."""
+    if isinstance(obj, dict) and "model" in obj:
+        from speechlm import __version__
+
+        obj.setdefault("speechlm_version", __version__)
 
 
 def _disk_full(e: OSError, dst: str) -> None:
@@ -428,6 +439,7 @@ def atomic_torch_save(obj, path: str) -> None:
     """``torch.save(obj, path)`` through a temporary file renamed onto ``path``: a kill leaves the old file."""
     import torch
 
+    stamp_version(obj)
     with _atomic_target(path) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
 
@@ -460,6 +472,7 @@ def _wrap_persistent_save(save_fn):
             return save_fn(obj, filename, async_write=async_write)
         import torch
 
+        stamp_version(obj)
         with _atomic_target(filename) as tmp, open(tmp, "wb") as f:
             torch.save(obj, f)
 

@@ -31,6 +31,27 @@ def _plain(node) -> Any:
     return OmegaConf.to_container(node, resolve=True, enum_to_str=True) if OmegaConf.is_config(node) else node
 
 
+def _check_known_keys(path: str, state: dict, model_cfg: dict) -> None:
+    """A checkpoint whose model config holds a key this version's ``SpeechLMConfig`` lacks was written by
+    another version of the plugin: say so, instead of omegaconf's ``ConfigKeyError`` later."""
+    import dataclasses
+
+    from speechlm import __version__
+    from speechlm.models.speechlm import SpeechLMConfig
+
+    known = {f.name for f in dataclasses.fields(SpeechLMConfig)} | {"_name"}
+    unknown = sorted(k for k in model_cfg if k not in known)
+    if not unknown:
+        return
+    version = state.get("speechlm_version")
+    who = (f"speechlm {version}" if version else "an earlier version of speechlm (no version recorded in it)")
+    raise UserError(
+        f"{path}: written by {who}; this is speechlm {__version__}, whose SpeechLMConfig has no "
+        f"{', '.join(repr(k) for k in unknown[:5])} (renamed or removed since). Load it with the version that "
+        "wrote it, or re-create it with this one (pre-train again, or `speechlm convert` a released checkpoint)"
+    )
+
+
 @dataclass(frozen=True)
 class PretrainedSpec:
     """A pre-trained ``speechlm`` model's architecture and vocabularies (no weights).
@@ -77,6 +98,7 @@ class PretrainedSpec:
             raise UserError(f"{path}: is a checkpoint of model {name!r}, not 'speechlm' (a pre-trained SpeechLM)")
         weights = state["model"]
         model_cfg = _plain(state["cfg"]["model"])
+        _check_known_keys(path, state, model_cfg)
         if "unit_embed.weight" not in weights:
             raise UserError(f"{path}: no 'unit_embed.weight': not a pre-trained 'speechlm' state dict")
         letters = model_cfg.get("uctc_letters")
