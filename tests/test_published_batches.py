@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from test_pretrain import MAX_TOKENS, batches, make_task, write_text_dir
 
 from speechlm.data.manifest import num_frames_50hz
@@ -69,3 +70,39 @@ def test_validation_keeps_one_bucket_and_bad_values_are_refused(mini_corpus, tex
     with pytest.raises(UserError, match="speech_batches_per_update=3"):
         bad.load_dataset("train")
     assert np.all(task.dataset("valid").speech.sizes > 0)
+
+
+def test_100hz_labels_take_a_random_offset_per_training_batch(mini_corpus, tmp_path):
+    """The published forward_targets: every second 100 Hz label from offset 0 or 1, drawn per batch."""
+    import shutil
+
+    from fairseq.data import Dictionary
+
+    from speechlm.data.speech_label_dataset import SpeechLabelDataset
+
+    corpus = Path(mini_corpus)
+    units = Dictionary.load(str(corpus / "dict.phn.txt"))
+    # 100 Hz labels whose even frames are the 50 Hz phones and whose odd frames all say "odd" (one symbol)
+    odd = units.symbols[-1]
+    shutil.copy(corpus / "valid.tsv", tmp_path / "valid.tsv")
+    lines = (corpus / "valid.phn").read_text().splitlines()
+    (tmp_path / "valid.phn100").write_text("".join(" ".join(f"{p} {odd}" for p in ln.split()) + "\n" for ln in lines))
+    kw = dict(label_rate=100, length_tolerance=0, max_sample_size=None, pad_audio=True)
+    ds = SpeechLabelDataset(str(tmp_path / "valid.tsv"), str(tmp_path / "valid.phn100"), units,
+                            random_label_offset=True, **kw)
+    plain = SpeechLabelDataset(str(tmp_path / "valid.tsv"), str(tmp_path / "valid.phn100"), units, **kw)
+    offsets = []
+    for start in range(len(ds) - 1):
+        ids = [start, start + 1]
+        batch = ds.collater([ds[i] for i in ids])
+        rows = [batch["target"][b, : batch["target_lengths"][b]] for b in range(len(ids))]
+        even = [units.string(r).split() == lines[i].split() for r, i in zip(rows, ids)]
+        all_odd = [set(units.string(r).split()) == {odd} for r in rows]
+        assert all(even) or all(all_odd)  # one offset for the whole batch
+        offsets.append(0 if all(even) else 1)
+        assert batch["target_lengths"].tolist() == [len(ln.split()) for ln in (lines[i] for i in ids)]
+        again = ds.collater([ds[i] for i in ids])
+        assert torch.equal(again["target"], batch["target"])  # seeded: the same batch draws the same offset
+    assert len(offsets) >= 4 and set(offsets) == {0, 1}
+    # off (validation): always the even labels
+    assert "label_odd" not in plain[0] and units.string(plain.get_label(0)).split() == lines[0].split()

@@ -7,6 +7,10 @@ of n samples must then have ``num_frames_50hz(n)`` labels; up to ``length_tolera
 fewer are trimmed or padded with the last label (front ends round the final frame differently); a
 larger mismatch raises ``ValueError`` naming the label file, its line and the utterance.
 
+With ``random_label_offset`` (the training split, 100 Hz labels) each batch takes the odd 100 Hz labels
+instead with probability 1/2, as the published model's ``forward_targets`` does (``np.random.choice(2)``
+per batch): the labels of a batch then lag its frames by 10 ms.
+
 Crops start on a frame boundary (a multiple of 320 samples), so a cropped utterance keeps exactly
 its own labels. Sequence labels (``.ltr``) are encoded whole.
 """
@@ -41,6 +45,7 @@ class SpeechLabelDataset(FairseqDataset):
         label_rate: int = 50, length_tolerance: int = 2, max_sample_size: Optional[int] = None,
         min_sample_size: int = 0, pad_audio: bool = True, normalize: bool = False,
         random_crop: bool = True, shuffle: bool = True, seed: int = 1, allow_unk: bool = False,
+        random_label_offset: bool = False,
     ):
         if frame_labels and label_rate not in (50, 100):
             raise UserError(f"label_rate={label_rate}: frame labels must be 50 or 100 Hz")
@@ -52,6 +57,7 @@ class SpeechLabelDataset(FairseqDataset):
         self.length_tolerance = length_tolerance
         self.max_sample_size = max_sample_size or np.iinfo(np.int64).max
         self.pad_audio, self.normalize, self.random_crop, self.shuffle = pad_audio, normalize, random_crop, shuffle
+        self.random_label_offset = bool(random_label_offset and frame_labels and label_rate == 100)
         self.seed, self.epoch = seed, 1
 
         self.manifest = Manifest.load(manifest_path)
@@ -80,8 +86,13 @@ class SpeechLabelDataset(FairseqDataset):
             self._check_transcripts(counts)
 
     # -------------------------------------------------------------- labels
-    def _frame_tokens(self, i: int, tokens: List[str]) -> List[str]:
-        """Row ``i``'s labels at 50 Hz, exactly ``num_frames_50hz`` of them (or a ValueError)."""
+    def _frame_tokens(self, i: int, tokens: List[str], offset: int = 0) -> List[str]:
+        """Row ``i``'s labels at 50 Hz, exactly ``num_frames_50hz`` of them (or a ValueError); ``offset`` 1
+        takes the odd 100 Hz labels, fitted to the even ones' count (one more or fewer at the end)."""
+        if self.label_rate == 100 and offset:
+            want = len(self._frame_tokens(i, tokens))
+            odd = tokens[1::2] or tokens[:1]
+            return (odd + [odd[-1]] * want)[:want]
         if self.label_rate == 100:
             tokens = tokens[::2]
         want = num_frames_50hz(int(self.sizes[i]))
@@ -130,10 +141,10 @@ class SpeechLabelDataset(FairseqDataset):
             if abs(n50 - want) > self.length_tolerance or n50 == 0:
                 self._frame_tokens(i, self.labels.tokens(self.rows[i]))  # raises with the full message
 
-    def get_label(self, i: int) -> torch.Tensor:
+    def get_label(self, i: int, offset: int = 0) -> torch.Tensor:
         tokens = self.labels.tokens(self.rows[i])
         if self.frame_labels:
-            tokens = self._frame_tokens(i, tokens)
+            tokens = self._frame_tokens(i, tokens, offset)
         return torch.tensor(self.labels.encode(tokens, int(self.rows[i])), dtype=torch.long)
 
     # -------------------------------------------------------------- items
@@ -141,7 +152,10 @@ class SpeechLabelDataset(FairseqDataset):
         source = torch.from_numpy(self.manifest.audio(int(self.rows[i]))).float()
         if self.normalize:
             source = F.layer_norm(source, source.shape)
-        return {"id": i, "source": source, "label": self.get_label(i)}
+        item = {"id": i, "source": source, "label": self.get_label(i)}
+        if self.random_label_offset:
+            item["label_odd"] = self.get_label(i, offset=1)
+        return item
 
     def __len__(self):
         return len(self.sizes)
@@ -210,7 +224,10 @@ class SpeechLabelDataset(FairseqDataset):
         size = max(lengths) if self.pad_audio else min(lengths)
         ids = [s["id"] for s in samples]
         rng = np.random.default_rng([self.seed, self.epoch, min(ids), len(ids)])
-        cropped = [self._crop(s["source"], s["label"], size, rng) for s in samples]
+        key = "label"
+        if self.random_label_offset and np.random.default_rng([self.seed, self.epoch, min(ids), len(ids), 1]).integers(2):
+            key = "label_odd"
+        cropped = [self._crop(s["source"], s[key], size, rng) for s in samples]
         source = cropped[0][0].new_zeros(len(samples), size)
         padding_mask = torch.zeros(len(samples), size, dtype=torch.bool)
         for b, (wav, _) in enumerate(cropped):

@@ -194,6 +194,7 @@ class SpeechLMPretrainingTask(FairseqTask):
             shuffle=train,
             seed=self.cfg.seed,
             allow_unk=getattr(self.cfg, "allow_unk_labels", False),
+            random_label_offset=train,  # 100 Hz labels: the published per-batch offset 0 or 1 (training only)
         )
 
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
