@@ -4,6 +4,7 @@ The binarized unpaired text is written here with fairseq's mmap builder from the
 ``train_paired``/``valid`` true phone alignments and letters (the same file layout as
 ``speechlm binarize``), so these tests do not depend on the tokenizers.
 """
+import json
 import os
 import re
 import shutil
@@ -46,6 +47,11 @@ def write_text_dir(corpus: Path, dest: Path, unit: str = "phn", append_eos: bool
                     ids = dicts[name].encode_line(line, add_if_not_exist=False, append_eos=append_eos)
                     builder.add_item(ids.long())
             builder.finalize(prefix + ".idx")
+        # the completion marker `speechlm binarize` writes last (the loader refuses a split without it)
+        stem = f"{split}.{unit}-ltr"
+        files = {f"{stem}.{n}.{ext}": os.path.getsize(dest / f"{stem}.{n}.{ext}") for n in (unit, "ltr")
+                 for ext in ("bin", "idx")}
+        (dest / f"{stem}.summary.json").write_text(json.dumps({"unit": unit, "files": files}))
     return dest
 
 
