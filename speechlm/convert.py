@@ -409,13 +409,39 @@ def _check_shapes(src, sd):
                            f"{MAX_SHARED_POSITIONS + POSITION_PAD + 1}")
 
 
+def check_finite(src: str, sd: Dict[str, torch.Tensor]) -> None:
+    """Refuse weights holding NaN or Inf (a diverged run, a damaged file), naming the first tensors."""
+    bad = [(k, int((~torch.isfinite(v)).sum()), v.numel()) for k, v in sd.items()
+           if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        eg = ", ".join(f"{k} ({n} of {total})" for k, n, total in bad[:3])
+        raise ConvertError(f"{src}: {len(bad)} of {len(sd)} weight tensors hold NaN or Inf values, e.g. {eg}; "
+                           "the checkpoint is damaged or from a run that diverged: convert another one. Nothing "
+                           "was written")
+
+
+def check_destination(src: str, dst: str, overwrite: bool = False) -> None:
+    """``dst`` must not be ``src`` (the released file would be replaced) nor, unless ``overwrite``, exist."""
+    if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
+        raise ConvertError(f"{dst}: is the checkpoint being converted ({src}); writing there would replace the "
+                           "released checkpoint with the converted one: give another DST")
+    if os.path.isdir(dst):
+        raise ConvertError(f"{dst}: is a directory; give the file name to write (e.g. {dst}/converted.pt)")
+    if os.path.exists(dst) and not overwrite:
+        raise ConvertError(f"{dst}: already exists; give --overwrite to replace it, or another DST")
+
+
 def convert(src: str, dst: str, dict_ltr: Optional[str] = None, dict_phn: Optional[str] = None,
-            dict_km: Optional[str] = None, dict_st: Optional[str] = None, layout: Optional[str] = None) -> str:
+            dict_km: Optional[str] = None, dict_st: Optional[str] = None, layout: Optional[str] = None,
+            overwrite: bool = False) -> str:
     """Convert ``src`` (published layout) to ``dst`` (this plugin's); returns the layout converted.
 
-    The result is checked by building this plugin's model from it and loading the weights strictly.
+    ``dst`` may not be ``src``, nor an existing file unless ``overwrite``; weights holding NaN or Inf are
+    refused. The result is checked by building this plugin's model from it and loading the weights strictly.
     """
+    check_destination(src, dst, overwrite)
     state = read_checkpoint(src)
+    check_finite(src, state["model"])
     found = detect_layout(src, state)
     if layout and layout != found:
         raise ConvertError(f"{src}: --layout {layout} given, but the file is a '{found}' checkpoint")

@@ -18,22 +18,21 @@ def add_args(parser):
     parser.add_argument("--dict-phn", help="phone-unit dictionary (dict.phn.txt) of a SpeechLM-P model")
     parser.add_argument("--dict-km", help="hidden-unit dictionary (dict.km.txt) of a SpeechLM-H model")
     parser.add_argument("--dict-st", help="target vocabulary of an ST model (spm_char_st_en_*.txt)")
+    parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists (never SRC itself)")
     parser.add_argument("--layout", choices=["pretrained", "asr", "st"],
                         help="refuse unless the file has this layout (default: detect it)")
 
 
 def run(args):
     import speechlm  # noqa: F401  (registers models; safe checkpoint loading)
-    from speechlm.convert import ConvertError, convert
+    from speechlm.convert import convert
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s | %(message)s")
     logging.getLogger().setLevel(logging.WARNING)
     if args.dict_phn and args.dict_km:
         sys.exit("speechlm convert: give --dict-phn (SpeechLM-P) or --dict-km (SpeechLM-H), not both")
-    try:
-        layout = convert(args.src, args.dst, dict_ltr=args.dict_ltr, dict_phn=args.dict_phn,
-                         dict_km=args.dict_km, dict_st=args.dict_st, layout=args.layout)
-    except (ConvertError, FileNotFoundError) as e:
-        sys.exit(f"speechlm convert: {e}")
+    # ConvertError (a UserError) and OSErrors are printed by speechlm.cli.main, without a traceback
+    layout = convert(args.src, args.dst, dict_ltr=args.dict_ltr, dict_phn=args.dict_phn, dict_km=args.dict_km,
+                     dict_st=args.dict_st, layout=args.layout, overwrite=args.overwrite)
     print(f"{args.src}: {layout} checkpoint -> {args.dst} (verified: this plugin's model loads it strictly)")
     return 0
