@@ -15,6 +15,7 @@ naming the path and what to do (:func:`speechlm.errors.os_error`).
   ``marker`` (the file a reader checks for completeness) removed first and renamed last.
 """
 import contextlib
+import errno
 import os
 import secrets
 from typing import Dict, List, Optional
@@ -61,6 +62,8 @@ def ensure_dir(path: str, what: str = "output directory") -> None:
     """``os.makedirs(path, exist_ok=True)`` with a clean error (a file in the way, a read-only disk)."""
     try:
         os.makedirs(path or ".", exist_ok=True)
+    except FileExistsError:  # a file where the directory should be
+        raise os_error(NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path), path, what) from None
     except OSError as e:
         raise os_error(e, path, what) from None
 
@@ -124,7 +127,7 @@ class AtomicGroup:
     def __exit__(self, exc_type, exc, tb):
         try:
             if isinstance(exc, OSError):  # a write failed (full disk): name the output, not a bare errno
-                raise os_error(exc, next(iter(self.tmp), ""), self.what) from None
+                raise os_error(exc, next(iter(self.tmp), None) or self.marker or "", self.what) from None
             if exc_type is None:
                 self._commit()
         except OSError as e:

@@ -11,8 +11,9 @@ that module's functions, which ``main()`` looks up at call time:
   asked for under Slurm (``scontrol requeue $SLURM_JOB_ID``, as submitit's and Lightning's handlers do;
   ``SPEECHLM_NO_REQUEUE=1`` turns it off) and the process exits with status 128 + the signal number. With
   several ranks the flag is all-reduced every update, so every rank stops after the same update.
-- ``train``: an ``OSError`` the user can fix (disk full, read-only, not a directory) becomes the project's
-  ``UserError`` naming the path, printed without a traceback (:func:`speechlm.errors.os_error`).
+- ``train`` (and ``checkpoint_utils.verify_checkpoint_directory``, which ``main()`` calls first): an
+  ``OSError`` the user can fix (disk full, read-only, not a directory) becomes the project's ``UserError``
+  naming the path, printed without a traceback (:func:`speechlm.errors.os_error`).
 """
 import logging
 import os
@@ -102,6 +103,19 @@ def _wrap_train(original):
     return train
 
 
+def _wrap_verify(original):
+    def verify_checkpoint_directory(save_dir):
+        try:
+            return original(save_dir)
+        except OSError as e:
+            if isinstance(e, UserError) or not user_facing(e):
+                raise
+            raise os_error(e, save_dir, "checkpoint directory (checkpoint.save_dir)") from None
+
+    verify_checkpoint_directory.__wrapped__ = original
+    return verify_checkpoint_directory
+
+
 def install() -> bool:
     """Wrap ``fairseq_cli.train``'s loop functions and catch SIGTERM/SIGUSR1 (idempotent). Only inside
     training (``fairseq_cli.train`` imported); returns whether it did."""
@@ -110,6 +124,9 @@ def install() -> bool:
         return False
     mod.validate_and_save = _wrap_validate_and_save(mod.validate_and_save)
     mod.train = _wrap_train(mod.train)
+    from fairseq import checkpoint_utils
+
+    checkpoint_utils.verify_checkpoint_directory = _wrap_verify(checkpoint_utils.verify_checkpoint_directory)
     for s in SIGNALS:
         try:
             signal.signal(s, _handler)

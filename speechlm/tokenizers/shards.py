@@ -107,9 +107,11 @@ def shard_lock(shard_prefix: str):
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield path
-        with contextlib.suppress(OSError):
-            os.remove(path)  # before the lock is released: a waiter never locks a file about to vanish
+        try:
+            yield path
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(path)  # before the lock is released: a waiter never locks a file about to vanish
     finally:
         os.close(fd)
 
