@@ -8,6 +8,13 @@ Layouts (detected from the file):
   dictionary (``--dict-phn`` for SpeechLM-P, ``--dict-km`` for SpeechLM-H).
 - ``asr``: a LibriSpeech CTC fine-tune (model ``speechlm_ctc``) -> a ``speechlm_ctc`` checkpoint
   (``speechlm infer``). Needs ``--dict-ltr``.
+- ``cleaned``: the released feature-extraction checkpoints (the published README's "Extract features
+  using pre-trained models": SpeechLM-P Base, SpeechLM-H Base, SpeechLM-P Large; ``{"cfg": {"model",
+  "task": {"normalize"}}, "model"}`` with the keys of the published ``SpeechLM.py``: no label embeddings,
+  unit embedding or UCTC head) -> a ``speechlm`` checkpoint of the encoder alone
+  (``model.pretraining_heads: false``, ``task.normalize`` kept) that extracts features (every layer, the
+  s3prl upstream, ``features dump``) and fine-tunes (ASR and ST through ``model.w2v_path``); continued
+  pre-training from it is refused. Needs no dictionary.
 - ``st``: a CoVoST-2 fine-tune (model ``speechlm_st_legacy``) -> a ``speechlm_st`` checkpoint
   (``fairseq-generate --task speech_to_text``). Needs the target vocabulary (``--dict-st``, the
   ``spm_char_st_en_*.txt`` of the release).
@@ -32,7 +39,7 @@ from speechlm.modules.relpos_transformer import MAX_SHARED_POSITIONS, POSITION_P
 
 logger = logging.getLogger(__name__)
 
-LAYOUTS = ("pretrained", "asr", "st")
+LAYOUTS = ("pretrained", "cleaned", "asr", "st")
 
 
 class ConvertError(UserError):
@@ -251,10 +258,14 @@ def detect_layout(src: str, state: dict) -> str:
         return "st"
     if any(k.startswith("unit_encoder.") for k in keys) and "label_embs_list.0" in keys:
         return "pretrained"
+    if any(k.startswith("unit_encoder.layers.") for k in keys) and any(k.startswith("encoder.layers.") for k in keys) \
+            and not any(k.startswith(CLEANED_REMOVED) for k in keys):
+        return "cleaned"
     raise ConvertError(
         f"{src}: not a checkpoint of the published SpeechLM code (model {name!r}; expected the keys of a "
-        "pre-trained model (unit_encoder.*, label_embs_list.*), an ASR fine-tune (w2v_encoder.w2v_model.*) "
-        "or an ST fine-tune (encoder.w2v_model.*, decoder.*))"
+        "pre-trained model (unit_encoder.*, label_embs_list.*), a released cleaned one (encoder.*, "
+        "unit_encoder.*, no label embeddings), an ASR fine-tune (w2v_encoder.w2v_model.*) or an ST fine-tune "
+        "(encoder.w2v_model.*, decoder.*))"
     )
 
 
@@ -310,6 +321,49 @@ def convert_pretrained(src, state, dict_ltr, dict_units):
     out = _checkpoint({**_common(), "task": task_cfg, "model": cfg, "criterion": {"_name": "speechlm"}},
                       sd, src, "SpeechLMCriterion")
     return out, {"units": units, "letters": letters}
+
+
+# the published modules the cleaned release removed (pre-training only); with any of them the file is a
+# full pre-trained checkpoint
+CLEANED_REMOVED = ("label_embs_list.", "unit_embed_tokens.", "unit_encoder_ctc_head.", "unit_encoder.embed_tokens.")
+CLEANED_LACKS = ("the unit embedding (unit_embed_tokens)", "the UMLM label embeddings (label_embs_list)",
+                 "the UCTC head (unit_encoder_ctc_head)")
+
+
+def cleaned_key(key: str, pre_ln: bool) -> Tuple[Optional[str], str]:
+    """Released cleaned key -> (our key or None, reason): the pre-trained map, without the UMLM projections."""
+    if key.startswith("final_proj_list."):
+        return None, "UMLM projection (final_proj_list): of no use without the label embeddings the release removed"
+    return pretrained_key(key, pre_ln)
+
+
+def convert_cleaned(src, state):
+    """A released cleaned checkpoint -> the ``speechlm`` encoder alone (``pretraining_heads: false``).
+
+    Returns ``(checkpoint, report)``; ``report["lacks"]`` names what the release removed and
+    ``report["normalize"]`` the task's input normalisation (missing: False, said in ``report["notes"]``).
+    """
+    m = config_value(state["cfg"], "model")
+    if m is None:
+        raise ConvertError(f"{src}: no cfg.model (the published model config); is it a released SpeechLM checkpoint?")
+    task = config_value(state["cfg"], "task", {})
+    pre_ln = bool(config_value(m, "layer_norm_first", False))
+    cfg = speechlm_config(src, m)
+    sd = map_state(src, state["model"], lambda k: cleaned_key(k, pre_ln))
+    cfg["pretraining_heads"] = False
+    cfg["_name"] = "speechlm"
+    _check_shapes(src, sd)
+    notes = []
+    normalize = config_value(task, "normalize")
+    if normalize is None:
+        notes.append("cfg.task.normalize is missing: taken as false (the released Base models' value; Large "
+                     "models need true)")
+    normalize = bool(normalize)
+    task_cfg = {"_name": "speechlm_pretraining", "data": "???", "labels": ["phn"], "label_rate": 50,
+                "normalize": normalize, "sample_rate": SAMPLE_RATE}
+    out = _checkpoint({**_common(), "task": task_cfg, "model": cfg, "criterion": {"_name": "speechlm"}},
+                      sd, src, "none (released cleaned checkpoint)")
+    return out, {"lacks": list(CLEANED_LACKS), "normalize": normalize, "notes": notes}
 
 
 def _finetune_spec(cfg: dict, num_units: int, num_letters: int, letters=None) -> dict:
@@ -433,20 +487,25 @@ def check_destination(src: str, dst: str, overwrite: bool = False) -> None:
 
 def convert(src: str, dst: str, dict_ltr: Optional[str] = None, dict_phn: Optional[str] = None,
             dict_km: Optional[str] = None, dict_st: Optional[str] = None, layout: Optional[str] = None,
-            overwrite: bool = False) -> str:
+            overwrite: bool = False, report: Optional[Dict] = None) -> str:
     """Convert ``src`` (published layout) to ``dst`` (this plugin's); returns the layout converted.
 
     ``dst`` may not be ``src``, nor an existing file unless ``overwrite``; weights holding NaN or Inf are
     refused. The result is checked by building this plugin's model from it and loading the weights strictly.
+    ``report``, when given, receives what the converter found (a cleaned checkpoint: ``lacks``,
+    ``normalize``, ``notes``; see ``cleaned_report``).
     """
     check_destination(src, dst, overwrite)
-    state = read_checkpoint(src)
+    state = _read_source(src)
     check_finite(src, state["model"])
     found = detect_layout(src, state)
     if layout and layout != found:
         raise ConvertError(f"{src}: --layout {layout} given, but the file is a '{found}' checkpoint")
+    found_report = {}
     if found == "pretrained":
         out, _ = convert_pretrained(src, state, dict_ltr, dict_phn or dict_km)
+    elif found == "cleaned":
+        out, found_report = convert_cleaned(src, state)
     elif found == "asr":
         out, _ = convert_asr(src, state, dict_ltr)
     else:
@@ -454,13 +513,48 @@ def convert(src: str, dst: str, dict_ltr: Optional[str] = None, dict_phn: Option
     os.makedirs(os.path.dirname(os.path.abspath(dst)) or ".", exist_ok=True)
     atomic_torch_save(out, dst)
     verify(dst, found)
+    if found_report:
+        logger.info("%s: released cleaned checkpoint; it lacks %s", src, ", ".join(found_report["lacks"]))
+    if report is not None:
+        report.update(found_report)
     return found
+
+
+def cleaned_report(report: Dict) -> str:
+    """The converter's words on a cleaned checkpoint: what it lacks, what it can and cannot do."""
+    lines = [f"  it lacks {', '.join(report['lacks'])}: the release removed them (pre-training only);",
+             "  it extracts features (every layer; the s3prl upstream speechlm.s3prl.UpstreamExpert) and fine-tunes "
+             "(model.w2v_path=...); continued pre-training from it is refused",
+             f"  task.normalize={str(report['normalize']).lower()}"
+             + (" (waveforms are layer-normed before the model: features dump and the s3prl upstream do it)"
+                if report["normalize"] else "")]
+    lines += [f"  note: {n}" for n in report.get("notes", [])]
+    return "\n".join(lines)
+
+
+def _read_source(src: str) -> dict:
+    """The published file, loaded safely (``weights_only``, the allow-list). A released cleaned checkpoint
+    holds only ``{"cfg", "model"}``, which fairseq's loader refuses (its upgrade step wants the trainer's
+    ``optimizer_history``): it is taken as loaded; a trainer checkpoint goes through the one reader."""
+    from speechlm.checkpoint import check_config_strings, install, validate_state
+    from speechlm.errors import UserFileNotFoundError
+
+    if not os.path.isfile(src):
+        raise UserFileNotFoundError(f"{src}: checkpoint not found")
+    install()
+    raw = torch.load(src, map_location="cpu", weights_only=True)
+    if isinstance(raw, dict) and "optimizer_history" not in raw and "args" not in raw:
+        validate_state(src, raw)
+        check_config_strings(raw["cfg"], src)
+        return raw
+    del raw
+    return read_checkpoint(src)
 
 
 def verify(path: str, layout: str) -> None:
     """Build this plugin's model from the converted file and load its weights strictly."""
     state = read_checkpoint(path)
-    if layout == "pretrained":
+    if layout in ("pretrained", "cleaned"):
         SpeechLMModel.from_checkpoint(path, state=state)
         return
     model = SpeechLMModel.from_spec(PretrainedSpec.from_dict(state["cfg"]["model"]["pretrained_spec"]))

@@ -99,14 +99,15 @@ class PretrainedSpec:
         weights = state["model"]
         model_cfg = _plain(state["cfg"]["model"])
         _check_known_keys(path, state, model_cfg)
-        if "unit_embed.weight" not in weights:
+        cleaned = model_cfg.get("pretraining_heads") is False  # a released cleaned checkpoint, converted
+        if "unit_embed.weight" not in weights and not cleaned:
             raise UserError(f"{path}: no 'unit_embed.weight': not a pre-trained 'speechlm' state dict")
         letters = model_cfg.get("uctc_letters")
         num_letters = int(weights["uctc_head.proj.weight"].shape[0]) if "uctc_head.proj.weight" in weights else 0
         if letters is not None and len(letters) != num_letters:
             raise UserError(f"{path}: the UCTC head predicts {num_letters} letters but the checkpoint lists "
                             f"{len(letters)} letter symbols")
-        return cls(dict(model_cfg), int(weights["unit_embed.weight"].shape[0]), num_letters,
+        return cls(dict(model_cfg), 0 if cleaned else int(weights["unit_embed.weight"].shape[0]), num_letters,
                    None if letters is None else tuple(letters))
 
     @classmethod

@@ -28,6 +28,7 @@ from fairseq.models import BaseFairseqModel, register_model
 from fairseq.modules import GradMultiply, LayerNorm
 
 from speechlm.checkpoint import read_checkpoint, store_in_saved_config
+from speechlm.errors import UserError
 from speechlm.models.pretrained import PretrainedSpec
 from speechlm.modules.conv_frontend import MaskedConvFeatureExtractor, parse_conv_layers
 from speechlm.modules.logmel_frontend import LogMelFrontEnd
@@ -43,6 +44,10 @@ BASE_CONV_LAYERS = "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"
 MASK_STREAM, SWAP_STREAM, TEXT_MASK_STREAM = 0, 1, 2
 # Modules only pre-training needs; ``remove_pretraining_modules`` drops them (the UCTC head on request)
 PRETRAINING_MODULES = ("unit_embed", "umlm_proj", "umlm_label_embs")
+# What the released cleaned checkpoints (the published README's "Extract features") removed, in the
+# published code's names and ours: they cannot continue pre-training
+RELEASE_REMOVED = ("the unit embedding (unit_embed_tokens -> unit_embed), the UMLM label embeddings "
+                   "(label_embs_list -> umlm_label_embs) and the UCTC head (unit_encoder_ctc_head -> uctc_head)")
 
 
 @dataclass
@@ -93,6 +98,12 @@ class SpeechLMConfig(FairseqDataclass):
     )
     random_swap_length: int = field(
         default=5, metadata={"help": "span length of random swapping (published: mask_length // 2)"}
+    )
+    pretraining_heads: bool = field(
+        default=True,
+        metadata={"help": "False: the encoder alone (a released cleaned checkpoint after `speechlm convert`): no "
+                          "unit embedding, UMLM heads or UCTC head; it extracts features and fine-tunes (ASR, "
+                          "ST) but cannot continue pre-training"},
     )
     uctc_letters: Any = field(
         default=None,
@@ -161,6 +172,11 @@ class SpeechLMModel(BaseFairseqModel):
         self.shared_encoder = stack(cfg.shared_encoder_layers, absolute_positions=True)
 
         self.num_units, self.unit_pad = num_units, unit_pad
+        self.num_letters = num_letters
+        self.num_updates = 0
+        if not cfg.pretraining_heads:  # the encoder of a released cleaned checkpoint
+            self.unit_embed = self.umlm_proj = self.umlm_label_embs = self.uctc_head = None
+            return
         self.unit_embed = nn.Embedding(num_units, D, padding_idx=unit_pad)
         nn.init.normal_(self.unit_embed.weight, mean=0, std=D ** -0.5)
         with torch.no_grad():
@@ -170,9 +186,7 @@ class SpeechLMModel(BaseFairseqModel):
         self.umlm_label_embs = nn.ParameterList(
             nn.Parameter(torch.empty(num_units, cfg.final_dim).uniform_()) for _ in range(2)
         )
-        self.num_letters = num_letters
         self.uctc_head = UCTCHead(D, num_letters) if num_letters > 0 else None
-        self.num_updates = 0
 
     @classmethod
     def build_model(cls, cfg: SpeechLMConfig, task):
@@ -216,6 +230,24 @@ class SpeechLMModel(BaseFairseqModel):
     def set_num_updates(self, num_updates):
         super().set_num_updates(num_updates)
         self.num_updates = num_updates
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        """As ``nn.Module``'s; an encoder-only state (a converted released cleaned checkpoint) into a model
+        with pre-training heads (continued pre-training) is refused, naming what the release removed."""
+        if self.unit_embed is not None and "unit_embed.weight" not in state_dict \
+                and any(k.startswith("speech_encoder.") for k in state_dict):
+            raise UserError(
+                "cannot continue pre-training from this checkpoint: it is the encoder of a released cleaned "
+                f"checkpoint (model.pretraining_heads=false): the release removed {RELEASE_REMOVED}. Use it to "
+                "extract features or to fine-tune (model.w2v_path=...); pre-training needs the full checkpoint"
+            )
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+
+    def _require_pretraining_heads(self):
+        if not self.cfg.pretraining_heads:
+            raise UserError(f"this SpeechLM model is the encoder of a released cleaned checkpoint "
+                            f"(model.pretraining_heads=false): the release removed {RELEASE_REMOVED}; it "
+                            "extracts features and fine-tunes, it cannot be pre-trained further")
 
     def remove_pretraining_modules(self, keep_uctc_head: bool = False) -> None:
         """Drop what only pre-training needs: unit embedding, UMLM projections and label embeddings,
@@ -299,6 +331,7 @@ class SpeechLMModel(BaseFairseqModel):
         spans (used as given: swaps should avoid masked frames); for tests that replay another
         implementation's draws (tests/test_training_parity.py).
         """
+        self._require_pretraining_heads()
         x, frame_padding, penalty = self._speech_features(source, padding_mask)
         B, T, _ = x.shape
         if target is not None and target.size(1) != T:
@@ -399,6 +432,7 @@ class SpeechLMModel(BaseFairseqModel):
         Returns ``uctc_logits`` (B,T,letters) and ``uctc_lengths`` (B,): one output per unit frame.
         ``mask_indices`` (B,T bool), when given, replaces the drawn mask (tests that replay draws).
         """
+        self._require_pretraining_heads()
         if self.uctc_head is None:
             raise RuntimeError("this SpeechLM model has no UCTC head (built without a letter dictionary)")
         x = self.unit_embed(units)
@@ -428,6 +462,7 @@ class SpeechLMModel(BaseFairseqModel):
         """
         if output_layer is not None and not 1 <= output_layer <= len(self.shared_encoder.layers):
             raise ValueError(f"output_layer={output_layer} outside 1..{len(self.shared_encoder.layers)}")
+        self._require_pretraining_heads()
         return self.shared_encoder(self.unit_embed(units), padding_mask, output_layer), padding_mask
 
     def speech_encoder_parameters(self) -> int:
