@@ -2,6 +2,10 @@
 """The mini recipe's comparison: ``results.json``, a PNG of the curves and WER bars, a printed table.
 
     python scripts/mini_summary.py --exp exp/mini [--png exp/mini/results.png]
+    python scripts/mini_summary.py meta --exp exp/mini --run SpeechLM-P.s1 --name SpeechLM-P --seed 1 \\
+        --order 3 --pretrain-updates 300          # what run.sh records of a run before it starts
+    python scripts/mini_summary.py tokenizer --exp exp/mini            # stage 3's scores
+    python scripts/mini_summary.py hidden-units exp/mini/hidden         # what hidden_units.sh made
 
 Reads what ``examples/mini/run.sh`` leaves in ``EXP/runs/RUN/`` (one directory per row and seed):
 
@@ -243,6 +247,12 @@ def format_table(rows: List[dict], tokenizer: Dict[str, dict]) -> str:
                 cells = [f"{r['cer_by_voice'][s].get(v, float('nan')):.1f}" for r in by_voice]
                 lines.append(f"| {s}: {v} | " + " | ".join(cells) + " |")
         lines.append("")
+    return "\n".join(lines + format_tokenizer(tokenizer))
+
+
+def format_tokenizer(tokenizer: Dict[str, dict]) -> List[str]:
+    """The phone-units tokenizer's scores (``tokenizer_scores``), one line per split (+ PER per voice)."""
+    lines = []
     for split, s in tokenizer.items():
         acc, per = s.get("frame_accuracy"), s.get("phone_error_rate")
         lines.append(f"phone-units tokenizer (trained on train_paired) on `{split}` speech, against the true "
@@ -250,7 +260,7 @@ def format_table(rows: List[dict], tokenizer: Dict[str, dict]) -> str:
         if s.get("by_speaker"):
             lines.append("  PER per voice: " + ", ".join(f"{v} {_pct(x['phone_error_rate'])}"
                                                        for v, x in s["by_speaker"].items()))
-    return "\n".join(lines)
+    return lines
 
 
 def _pct(x: Optional[float]) -> str:
@@ -350,7 +360,109 @@ def plot(runs: List[dict], rows: List[dict], png: str) -> None:
     plt.close(fig)
 
 
+def write_meta(exp: str, run: str, name: str, seed: int, order: int, pretrain_updates: int,
+               time_from: Optional[str] = None) -> str:
+    """``EXP/runs/RUN/meta.json``, what ``collect`` reads about a run: its row name, seed, order in the table,
+    pre-training updates, TensorBoard dir (its own pre-training's; none for a run without pre-training or one
+    that re-uses another's, ``time_from``: that run's ``time.*`` file, relative to EXP) and decode dir."""
+    run_dir = os.path.join(exp, "runs", run)
+    os.makedirs(run_dir, exist_ok=True)
+    meta = {"name": name, "seed": seed, "order": order, "pretrain_updates": pretrain_updates,
+            "tensorboard": f"runs/{run}/tb/pretrain" if pretrain_updates > 0 and not time_from else None,
+            "decode": f"runs/{run}/decode", "time_from": [time_from] if time_from else []}
+    path = os.path.join(run_dir, "meta.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(json.dumps(meta) + "\n")
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def best_valid(log: str, key: str) -> Optional[float]:
+    """The highest ``key`` over the ``[valid]`` lines of a fairseq log (``... | INFO | valid | {json}``);
+    None when no validation reported it (or there is no log)."""
+    best = None
+    if not os.path.isfile(log):
+        return None
+    with open(log, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if "[valid]" not in line or "{" not in line:
+                continue
+            try:
+                value = json.loads(line[line.index("{"):]).get(key)
+            except ValueError:
+                continue  # a line cut short (the run was stopped)
+            if value is not None:
+                best = max(float(value), best if best is not None else float("-inf"))
+    return best
+
+
+def format_step_times(paths: List[str]) -> List[str]:
+    """``step wall s CPU s`` lines of ``time.STEP`` files (``examples/common/recipe.sh``'s ``timed``)."""
+    lines = [f"  {'step':24s} {'wall s':>8s} {'CPU s':>8s}"]
+    for path in paths:
+        t = read_time([path])
+        lines.append(f"  {os.path.basename(path)[len('time.'):]:24s} {t['wall']:8.1f} {t['cpu']:8.1f}")
+    return lines
+
+
+def hidden_units_summary(out: str) -> List[str]:
+    """What ``examples/mini/hidden_units.sh OUT`` made: k-means purity on valid, the t2u model's best unit
+    accuracy on valid (from its fairseq log) against the most frequent unit's share, and each step's seconds."""
+    from collections import Counter
+
+    lines = []
+    with open(os.path.join(out, "km", "score.valid.json"), encoding="utf-8") as f:
+        score = json.load(f)
+    lines.append("  k-means units on valid vs the true phones: "
+                 + ", ".join(f"{k} {v:.3f}" for k, v in score.items() if isinstance(v, float)))
+    acc = best_valid(os.path.join(out, "logs", "t2u_train.log"), "valid_unit_accuracy")
+    with open(os.path.join(out, "t2u_data", "valid.km"), encoding="utf-8") as f:
+        units = Counter(u for line in f for u in line.split())
+    if acc is not None and units:
+        top = 100 * units.most_common(1)[0][1] / sum(units.values())
+        lines.append(f"  t2u on valid: unit accuracy {acc:.1f} % (best validation; the most frequent unit: "
+                     f"{top:.1f} %)")
+    steps = sorted(glob.glob(os.path.join(out, "logs", "time.*")), key=os.path.getmtime)
+    return lines + format_step_times(steps)
+
+
+def _action_parser(action: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"mini_summary.py {action}")
+    if action == "meta":
+        p.add_argument("--exp", required=True)
+        p.add_argument("--run", required=True, help="run directory name under EXP/runs (row.sSEED)")
+        p.add_argument("--name", required=True, help="the row's name in the table")
+        p.add_argument("--seed", type=int, required=True)
+        p.add_argument("--order", type=int, required=True, help="position of the row in the table")
+        p.add_argument("--pretrain-updates", type=int, required=True, help="0: no pre-training")
+        p.add_argument("--time-from", help="another run's time file (relative to EXP) whose cost this run re-uses")
+    elif action == "tokenizer":
+        p.add_argument("--exp", required=True)
+    else:
+        p.add_argument("out", help="hidden_units.sh's OUT_DIR")
+    return p
+
+
+def run_action(action: str, argv: List[str]) -> int:
+    """``meta`` (write a run's meta.json), ``tokenizer`` (print stage 3's scores), ``hidden-units`` (print
+    what hidden_units.sh made): the recipe's small reads and writes, so that its shell holds none."""
+    args = _action_parser(action).parse_args(argv)
+    if action == "meta":
+        write_meta(args.exp, args.run, args.name, args.seed, args.order, args.pretrain_updates, args.time_from)
+    elif action == "tokenizer":
+        print("\n".join("  " + line for line in format_tokenizer(tokenizer_scores(args.exp))))
+    else:
+        print("\n".join(hidden_units_summary(args.out)))
+    return 0
+
+
+ACTIONS = ("meta", "tokenizer", "hidden-units")
+
+
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ACTIONS:
+        return run_action(argv[0], argv[1:])
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--exp", required=True, help="the recipe's output directory (with runs/)")
     p.add_argument("--json", help="default: EXP/results.json")

@@ -21,57 +21,40 @@
 # arrays of --nshard tasks through scripts/slurm/common.sh (SBATCH_OPTS for partition/time/memory), each stage
 # waiting for its arrays (sbatch --wait); locally, shard by shard, otherwise. Merged outputs equal unsharded ones.
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-stage=1; stop_stage=8; ls_root=""; lm_text=""; lexicon=""; exp=""; size=tiny; slurm=false; nshard=1; kenlm_arpa=""
-recognizer_subset=train_clean_100; recognizer_epochs=""; k=""; t2u_updates=""; pre_updates=""; ft_updates=""; lm_lines=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --stage) stage=$2; shift 2;; --stop-stage) stop_stage=$2; shift 2;;
-    --librispeech) ls_root=$2; shift 2;; --lm-text) lm_text=$2; shift 2;; --lexicon) lexicon=$2; shift 2;;
-    --exp) exp=$2; shift 2;; --size) size=$2; shift 2;; --slurm) slurm=true; shift;;
-    --nshard) nshard=$2; shift 2;; --kenlm-arpa) kenlm_arpa=$2; shift 2;;
-    --recognizer-epochs) recognizer_epochs=$2; shift 2;; --k) k=$2; shift 2;;
-    --recognizer-subset) recognizer_subset=$2; shift 2;;
-    --t2u-updates) t2u_updates=$2; shift 2;; --pretrain-updates) pre_updates=$2; shift 2;;
-    --finetune-updates) ft_updates=$2; shift 2;; --lm-lines) lm_lines=$2; shift 2;;
-    *) echo "unknown option $1" >&2; exit 2;;
-  esac
-done
-[ -n "$ls_root" ] && [ -n "$lm_text" ] && [ -n "$lexicon" ] && [ -n "$exp" ] || {
+source "$(dirname "${BASH_SOURCE[0]}")/../common/recipe.sh"
+stage=1; stop_stage=8; librispeech=""; lm_text=""; lexicon=""; exp=""; size=tiny; slurm=false; nshard=1
+kenlm_arpa=""; recognizer_subset=train_clean_100; recognizer_epochs=""; k=""; t2u_updates=""; pretrain_updates=""
+finetune_updates=""; lm_lines=""
+parse_options "$@"
+expect_positional 0
+[ -n "$librispeech" ] && [ -n "$lm_text" ] && [ -n "$lexicon" ] && [ -n "$exp" ] || {
   echo "usage: $0 --librispeech ROOT --lm-text FILE --lexicon FILE --exp DIR [--size tiny|base] [...]" >&2; exit 2; }
 case "$size" in
   tiny) pre_cfg=(examples/mini/config/pretrain speechlm_tiny); ft_cfg=(examples/mini/config/finetune speechlm_ctc_tiny)
         t2u_cfg=t2u_tiny; k=${k:-100}; recognizer_epochs=${recognizer_epochs:-30}; t2u_updates=${t2u_updates:-400}
-        pre_updates=${pre_updates:-300}; ft_updates=${ft_updates:-400}; decode_cfg=examples/mini/config/decode;;
+        pretrain_updates=${pretrain_updates:-300}; finetune_updates=${finetune_updates:-400}
+        decode_cfg=examples/mini/config/decode;;
   base) pre_cfg=(examples/librispeech/config/pretrain speechlm_p_base_librispeech)
         ft_cfg=(examples/librispeech/config/finetune speechlm_base_100h); t2u_cfg=t2u_base; k=${k:-500}
         recognizer_epochs=${recognizer_epochs:-30}; t2u_updates=${t2u_updates:-100000}
         decode_cfg=examples/librispeech/config/decode;;
   *) echo "--size must be tiny or base" >&2; exit 2;;
 esac
-ls_root="$(cd "$ls_root" && pwd)"; [ -d "$ls_root/LibriSpeech" ] && ls_root="$ls_root/LibriSpeech"
+ls_root="$(cd "$librispeech" && pwd)"; [ -d "$ls_root/LibriSpeech" ] && ls_root="$ls_root/LibriSpeech"
 lm_text="$(cd "$(dirname "$lm_text")" && pwd)/$(basename "$lm_text")"
 lexicon="$(cd "$(dirname "$lexicon")" && pwd)/$(basename "$lexicon")"
-PY="${PY:-$REPO/.venv/bin/python}"
-export PATH="$(dirname "$PY"):$PATH" PYTHONHASHSEED=0 HF_HUB_OFFLINE=1
-S=("$PY" -m speechlm)
 mkdir -p "$exp"
 exp="$(cd "$exp" && pwd)"
-log="$exp/log.$(date +%Y%m%d-%H%M%S)"
-exec > >(tee -a "$log") 2>&1
-say() { echo "[$(date +%H:%M:%S)] $*"; }
-run_stage() { [ "$1" -ge "$stage" ] && [ "$1" -le "$stop_stage" ]; }
-done_or() { if [ -e "$1" ]; then say "  $(basename "$1") exists: skipped"; return 1; fi; }
-# CPU time of every heavy step -> DIR/cpu_times.tsv (step, wall s, user s, sys s): the README's cost table
-timed() {
-  local name=$1; shift
-  if [ -x /usr/bin/time ]; then /usr/bin/time -f "$name	%e	%U	%S" -a -o "$exp/cpu_times.tsv" "$@"; else "$@"; fi
-}
+start_log "$exp"
+# the wall and CPU seconds of every heavy step -> DIR/cpu_times.tsv (step, wall s, user s, sys s): the README's
+# cost table; the steps' output stays on the console
+TIMES_TSV="$exp/cpu_times.tsv"
 # one sharded step: locally rank by rank, or with --slurm a job array through scripts/slurm/common.sh
 # (run_array: sbatch --wait, task logs in DIR/slurm/NAME-JOB_TASK.log; a failed task stops the recipe)
 if $slurm; then LOGDIR="$exp/slurm"; source "$REPO/scripts/slurm/common.sh"; fi
 sharded() {  # sharded NAME CMD... (CMD gets --nshard N --rank R appended)
   local name=$1; shift
+  [ "$1" = speechlm ] && { shift; set -- "$PY" -m speechlm "$@"; }  # a Slurm task runs a program, not a function
   if $slurm; then
     say "  $name: Slurm array of $nshard tasks (logs: $exp/slurm/$name-*.log)"
     run_array "$name" "$nshard" "$@" >/dev/null
@@ -89,7 +72,7 @@ if run_stage 1; then
   for s in $(subsets); do
     name=${s//-/_}
     done_or "$data/$name.tsv" || continue
-    "${S[@]}" manifest "$ls_root/$s" --dest "$data/tmp_$name" --ext flac --valid-percent 0 >/dev/null
+    speechlm manifest "$ls_root/$s" --dest "$data/tmp_$name" --ext flac --valid-percent 0 >/dev/null
     # root = the LibriSpeech folder, rows subset/SPK/CHAPTER/UTT.flac (so train_960 can join subsets)
     { echo "$ls_root"; tail -n +2 "$data/tmp_$name/train.tsv" | sed "s|^|$s/|"; } > "$data/$name.tsv"
     rm -r "$data/tmp_$name"
@@ -101,13 +84,12 @@ if run_stage 1; then
 fi
 if run_stage 2; then
   say "stage 2: transcripts -> .wrd .ltr dict.ltr.txt"
-  done_or "$data/train_clean_100.ltr" && timed labels "${S[@]}" labels "$data/train_clean_100.tsv" --transcripts "$ls_root/train-clean-100"
+  done_or "$data/train_clean_100.ltr" && timed labels speechlm labels "$data/train_clean_100.tsv" --transcripts "$ls_root/train-clean-100"
   for f in "$data"/*.tsv; do
     name=$(basename "$f" .tsv)
-    done_or "$data/$name.ltr" && timed labels "${S[@]}" labels "$f" --transcripts "$ls_root" --dict "$data/dict.ltr.txt"
+    done_or "$data/$name.ltr" && timed labels speechlm labels "$f" --transcripts "$ls_root" --dict "$data/dict.ltr.txt"
   done
-  "$PY" -c "from speechlm.tokenizers.lexicon import PHONES; print(''.join(f'{p} 1\n' for p in PHONES), end='')" \
-    > "$data/dict.phn.txt"
+  "$PY" "$RECIPE_PY" phone-dict "$data/dict.phn.txt"
 fi
 text="$exp/text"; text_bin="$exp/text_bin"
 lm_src="$lm_text"
@@ -116,47 +98,47 @@ if run_stage 3; then
   say "stage 3: LM text -> phoneme units (lexicon $lexicon) -> $text_bin"
   if done_or "$text/lm.phn"; then
     if [ "$nshard" -gt 1 ]; then
-      sharded phonemize "${S[@]}" phonemize "$lm_src" --out-prefix "$text/lm" --lexicon "$lexicon" --seed 1
-      "${S[@]}" phonemize --merge --out-prefix "$text/lm" --nshard "$nshard"
+      sharded phonemize speechlm phonemize "$lm_src" --out-prefix "$text/lm" --lexicon "$lexicon" --seed 1
+      speechlm phonemize --merge --out-prefix "$text/lm" --nshard "$nshard"
     else
-      timed phonemize "${S[@]}" phonemize "$lm_src" --out-prefix "$text/lm" --lexicon "$lexicon" --seed 1
+      timed phonemize speechlm phonemize "$lm_src" --out-prefix "$text/lm" --lexicon "$lexicon" --seed 1
     fi
   fi
-  done_or "$text/valid.phn" && "${S[@]}" phonemize "$data/dev_clean.wrd" --out-prefix "$text/valid" --lexicon "$lexicon" --seed 1
+  done_or "$text/valid.phn" && speechlm phonemize "$data/dev_clean.wrd" --out-prefix "$text/valid" --lexicon "$lexicon" --seed 1
   for split in train valid; do
     src=$([ $split = train ] && echo lm || echo valid)
-    done_or "$text_bin/$split.phn-ltr.phn.idx" && timed binarize "${S[@]}" binarize --units "$text/$src.phn" --letters "$text/$src.ltr" \
+    done_or "$text_bin/$split.phn-ltr.phn.idx" && timed binarize speechlm binarize --units "$text/$src.phn" --letters "$text/$src.ltr" \
       --unit-dict "$data/dict.phn.txt" --letter-dict "$data/dict.ltr.txt" --dest "$text_bin" --split "$split"
   done
 fi
 phn="$exp/phn"
 if run_stage 4; then
   say "stage 4: speech -> phone units (recognizer on train_clean_100, phone LM for unpaired speech)"
-  done_or "$exp/phone_ctc.pt" && timed phone_units_train "${S[@]}" phone-units train "$data" --split "$recognizer_subset" --lexicon "$lexicon" \
+  done_or "$exp/phone_ctc.pt" && timed phone_units_train speechlm phone-units train "$data" --split "$recognizer_subset" --lexicon "$lexicon" \
     --save "$exp/phone_ctc.pt" --epochs "$recognizer_epochs" --batch-size 8
-  done_or "$exp/phone_lm.arpa" && timed phone_lm "${S[@]}" ngram "$lm_src" --phones --lexicon "$lexicon" --order 4 \
+  done_or "$exp/phone_lm.arpa" && timed phone_lm speechlm ngram "$lm_src" --phones --lexicon "$lexicon" --order 4 \
     --max-lines 2000000 --out "$exp/phone_lm.arpa"
   for split in train_clean_100 dev_clean; do
-    done_or "$phn/$split.phn" && timed phone_units_align "${S[@]}" phone-units label "$data" "$split" --model "$exp/phone_ctc.pt" \
+    done_or "$phn/$split.phn" && timed phone_units_align speechlm phone-units label "$data" "$split" --model "$exp/phone_ctc.pt" \
       --out-dir "$phn" --transcripts --lexicon "$lexicon" --phone-lm "$exp/phone_lm.arpa"
   done
   if done_or "$phn/train_960.phn"; then
-    sharded phone_units "${S[@]}" phone-units label "$data" train_960 --model "$exp/phone_ctc.pt" --out-dir "$phn" \
+    sharded phone_units speechlm phone-units label "$data" train_960 --model "$exp/phone_ctc.pt" --out-dir "$phn" \
       --phone-lm "$exp/phone_lm.arpa"
-    [ "$nshard" -gt 1 ] && "${S[@]}" phone-units merge "$phn" train_960 --nshard "$nshard"
+    [ "$nshard" -gt 1 ] && speechlm phone-units merge "$phn" train_960 --nshard "$nshard"
   fi
 fi
 km="$exp/km"; feat="$exp/feat"
 if run_stage 5; then
   say "stage 5: speech -> hidden units (MFCC + k-means K=$k), text -> hidden units ($t2u_cfg)"
   for split in train_960 train_clean_100 dev_clean; do
-    done_or "$feat/${split}_0_$nshard.npy" && sharded features "${S[@]}" features dump "$data" "$split" "$feat"
+    done_or "$feat/${split}_0_$nshard.npy" && sharded features speechlm features dump "$data" "$split" "$feat"
   done
-  done_or "$exp/km.npy" && timed kmeans_learn "${S[@]}" kmeans learn "$feat" train_960 --nshard "$nshard" --km-path "$exp/km.npy" -k "$k" --percent 0.1
+  done_or "$exp/km.npy" && timed kmeans_learn speechlm kmeans learn "$feat" train_960 --nshard "$nshard" --km-path "$exp/km.npy" -k "$k" --percent 0.1
   for split in train_960 train_clean_100 dev_clean; do
     if done_or "$km/$split.km"; then
-      sharded kmeans "${S[@]}" kmeans apply "$feat" "$split" --km-path "$exp/km.npy" --lab-dir "$km"
-      [ "$nshard" -gt 1 ] && "${S[@]}" kmeans merge "$km" "$split" --nshard "$nshard" --km-path "$exp/km.npy"
+      sharded kmeans speechlm kmeans apply "$feat" "$split" --km-path "$exp/km.npy" --lab-dir "$km"
+      [ "$nshard" -gt 1 ] && speechlm kmeans merge "$km" "$split" --nshard "$nshard" --km-path "$exp/km.npy"
     fi
   done
   d="$exp/t2u_data"; mkdir -p "$d"
@@ -167,20 +149,20 @@ if run_stage 5; then
     --config-dir examples/tokenizers/config --config-name "$t2u_cfg" common.user_dir="$REPO/speechlm" \
     task.data="$d" checkpoint.save_dir="$exp/t2u" hydra.run.dir="$exp/t2u/hydra" optimization.max_update="$t2u_updates")
   if done_or "$text/lm_km.km"; then  # the LM text: 40M sentences, sharded like phonemize
-    t2u=("${S[@]}" t2u generate --checkpoint "$exp/t2u/checkpoint_best.pt" --data "$d" --units "$text/lm.phn" \
+    t2u=(speechlm t2u generate --checkpoint "$exp/t2u/checkpoint_best.pt" --data "$d" --units "$text/lm.phn" \
       --letters "$text/lm.ltr" --out-prefix "$text/lm_km")
     if [ "$nshard" -gt 1 ]; then
       sharded t2u_generate "${t2u[@]}"
-      "${S[@]}" t2u merge --out-prefix "$text/lm_km" --nshard "$nshard"
+      speechlm t2u merge --out-prefix "$text/lm_km" --nshard "$nshard"
     else
       timed t2u_generate "${t2u[@]}"
     fi
   fi
-  done_or "$text/valid_km.km" && timed t2u_generate "${S[@]}" t2u generate --checkpoint "$exp/t2u/checkpoint_best.pt" \
+  done_or "$text/valid_km.km" && timed t2u_generate speechlm t2u generate --checkpoint "$exp/t2u/checkpoint_best.pt" \
     --data "$d" --units "$text/valid.phn" --letters "$text/valid.ltr" --out-prefix "$text/valid_km"
   for split in train valid; do
     src=$([ $split = train ] && echo lm || echo valid)
-    done_or "$text_bin/$split.km-ltr.km.idx" && timed binarize "${S[@]}" binarize --units "$text/${src}_km.km" \
+    done_or "$text_bin/$split.km-ltr.km.idx" && timed binarize speechlm binarize --units "$text/${src}_km.km" \
       --letters "$text/${src}_km.ltr" --unit-dict "$km/dict.km.txt" --letter-dict "$data/dict.ltr.txt" \
       --dest "$text_bin" --split "$split"
   done
@@ -197,8 +179,8 @@ for u in phn km; do
   fi
 done
 over_pre=(); over_ft=()
-[ -n "$pre_updates" ] && over_pre=(optimization.max_update="$pre_updates")
-[ -n "$ft_updates" ] && over_ft=(optimization.max_update="$ft_updates")
+[ -n "$pretrain_updates" ] && over_pre=(optimization.max_update="$pretrain_updates")
+[ -n "$finetune_updates" ] && over_ft=(optimization.max_update="$finetune_updates")
 if run_stage 6; then
   for model in p h; do
     u=$([ $model = p ] && echo phn || echo km); out="$exp/pretrain_$model"
@@ -229,7 +211,7 @@ if run_stage 8; then
   arpa="$kenlm_arpa"
   if [ -z "$arpa" ]; then
     arpa="$exp/word_3gram.arpa"
-    done_or "$arpa" && timed word_lm "${S[@]}" ngram "$lm_src" --order 3 --out "$arpa"
+    done_or "$arpa" && timed word_lm speechlm ngram "$lm_src" --order 3 --out "$arpa"
   fi
   say "stage 8: decoding $evals (Viterbi, KenLM $(basename "$arpa"))"
   table="$exp/wer.txt"; : > "$table"
@@ -237,7 +219,7 @@ if run_stage 8; then
     ckpt="$exp/finetune_$model/checkpoint_best.pt"
     for dec in viterbi kenlm; do
       extra=(); [ $dec = kenlm ] && extra=(++decoding.type=kenlm ++decoding.lm_path="$arpa" ++decoding.beam=50)
-      (cd "$REPO" && timed "decode_$dec" "${S[@]}" infer --config-dir "$decode_cfg" --config-name infer_viterbi \
+      (cd "$REPO" && timed "decode_$dec" speechlm infer --config-dir "$decode_cfg" --config-name infer_viterbi \
         common_eval.path="$ckpt" task.data="$data" dataset.gen_subset="$evals" \
         common_eval.results_path="$exp/decode_${model}_$dec" "${extra[@]}") \
         | grep -E '^(dev|test)_' | sed "s/^/SpeechLM-${model^^} $dec /" | tee -a "$table"

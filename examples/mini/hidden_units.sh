@@ -27,57 +27,28 @@
 # ~24 frames per unit there. Every step is skipped when its output exists (delete it to redo); each step's
 # console output is in OUT_DIR/logs/STEP.log, its wall and CPU seconds in OUT_DIR/logs/time.STEP.
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-usage="usage: $0 CORPUS UNITS_DIR TEXT_DIR OUT_DIR [--k K] [--km-percent P] [--t2u-updates N] [--max-text-lines N] [--jobs J] [--threads T] [--checkpoint CKPT --layer L]"
-pos=(); k=100; km_percent=0.3; t2u_updates=400; max_lines=""; jobs=""; threads=""; ckpt=""; layer=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --k) k=$2; shift 2;; --km-percent) km_percent=$2; shift 2;; --t2u-updates) t2u_updates=$2; shift 2;;
-    --max-text-lines) max_lines=$2; shift 2;; --jobs) jobs=$2; shift 2;; --threads) threads=$2; shift 2;;
-    --checkpoint) ckpt=$2; shift 2;; --layer) layer=$2; shift 2;;
-    -h|--help) echo "$usage"; exit 0;;
-    -*) echo "unknown option $1" >&2; echo "$usage" >&2; exit 2;;
-    *) pos+=("$1"); shift;;
-  esac
-done
-[ ${#pos[@]} -eq 4 ] || { echo "$usage" >&2; exit 2; }
-corpus=${pos[0]}; units=${pos[1]}; text=${pos[2]}; out=${pos[3]}
+source "$(dirname "${BASH_SOURCE[0]}")/../common/recipe.sh"
+k=100; km_percent=0.3; t2u_updates=400; max_text_lines=""; jobs=""; threads=""; checkpoint=""; layer=""
+parse_options "$@"
+expect_positional 4
+corpus=${positional[0]}; units=${positional[1]}; text=${positional[2]}; out=${positional[3]}
 for f in "$corpus/train.tsv" "$corpus/train_paired.tsv" "$corpus/train_paired.wrd" "$corpus/valid.tsv" \
          "$corpus/valid.wrd" "$corpus/dict.phn.txt" "$corpus/dict.ltr.txt" "$units/phone_ctc.pt" \
          "$text/train.phn" "$text/train.ltr" "$text/valid.phn" "$text/valid.ltr"; do
   [ -f "$f" ] || { echo "$0: $f not found (CORPUS: run.sh stage 0; UNITS_DIR: stage 3; TEXT_DIR: stage 2)" >&2; exit 1; }
 done
-if [ -n "$ckpt" ]; then
-  [ -f "$ckpt" ] || { echo "$0: --checkpoint $ckpt not found" >&2; exit 1; }
+if [ -n "$checkpoint" ]; then
+  [ -f "$checkpoint" ] || { echo "$0: --checkpoint $checkpoint not found" >&2; exit 1; }
   [ -n "$layer" ] || { echo "$0: --checkpoint needs --layer L (1-based Transformer layer)" >&2; exit 2; }
-  ckpt="$(cd "$(dirname "$ckpt")" && pwd)/$(basename "$ckpt")"
+  checkpoint="$(cd "$(dirname "$checkpoint")" && pwd)/$(basename "$checkpoint")"
 elif [ -n "$layer" ]; then
   echo "$0: --layer is for --checkpoint's features (without it: MFCC)" >&2; exit 2
 fi
-PY="${PY:-$REPO/.venv/bin/python}"
-export PATH="$(dirname "$PY"):$PATH" PYTHONHASHSEED=0
-S=("$PY" -m speechlm)
 mkdir -p "$out/logs"
 corpus="$(cd "$corpus" && pwd)"; units="$(cd "$units" && pwd)"; text="$(cd "$text" && pwd)"; out="$(cd "$out" && pwd)"
-ncpu=$(env -u OMP_NUM_THREADS nproc 2>/dev/null || echo 1)
+logs="$out/logs"
 [ -n "$jobs" ] || jobs=$(( ncpu >= 2 ? 2 : 1 ))
 [ -n "$threads" ] || threads=$(( ncpu / jobs > 0 ? ncpu / jobs : 1 ))
-say() { echo "[$(date +%H:%M:%S)] $*"; }
-# timed STEP CMD...: CMD's output into logs/STEP.log, its wall/user/sys seconds into logs/time.STEP (as run.sh)
-timed() {
-  local tf="$out/logs/time.$1" lf="$out/logs/$1.log"; shift
-  local TIMEFORMAT='{"wall": %R, "user": %U, "sys": %S}'
-  if { time "$@" > "$lf" 2>&1 ; } 2> "$tf.tmp"; then mv "$tf.tmp" "$tf"; else
-    rm -f "$tf.tmp"; echo "FAILED: $* (last lines of $lf:)"; tail -n 15 "$lf"; return 1
-  fi
-}
-# sharded CMD...: J ranks of CMD (--nshard J --rank R appended) at once
-sharded() {
-  local r pids=() rc=0
-  for ((r = 0; r < jobs; r++)); do "$@" --nshard "$jobs" --rank "$r" & pids+=($!); done
-  for r in "${pids[@]}"; do wait "$r" || rc=1; done
-  return $rc
-}
 splits=(train train_paired valid)
 feat="$out/feat"; km="$out/km"; data="$out/data"; align="$out/align"; t2u_data="$out/t2u_data"
 # nproc/J threads for every step: a small model gains little from a second thread, and on a loaded machine
@@ -85,38 +56,24 @@ feat="$out/feat"; km="$out/km"; data="$out/data"; align="$out/align"; t2u_data="
 export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
 
 src=(); what="MFCC"
-[ -n "$ckpt" ] && { src=(--checkpoint "$ckpt" --layer "$layer"); what="layer $layer of $ckpt"; }
+[ -n "$checkpoint" ] && { src=(--checkpoint "$checkpoint" --layer "$layer"); what="layer $layer of $checkpoint"; }
 say "hidden units 1: $what, features of ${splits[*]} -> $feat"
 # features already there must be the ones asked for (their sidecars fingerprint the checkpoint and layer)
-"$PY" - "$out" "$ckpt" "$layer" "${splits[@]}" <<'EOF' || exit 1
-import glob, json, sys
-from speechlm.tokenizers.shards import fingerprint
-out, ckpt, layer, *splits = sys.argv[1:]
-want = (fingerprint(ckpt) if ckpt else None, int(layer) if layer else None)
-for split in splits:
-    for side in glob.glob(f"{out}/feat/{split}_0_1.shard.json"):
-        doc = json.load(open(side))
-        have = (doc["inputs"].get("checkpoint"), doc["options"].get("layer"))
-        if have != want:
-            def name(c, l):
-                return f"layer {l} of a checkpoint (sha1 {c['sha1'][:12]})" if c else "MFCC"
-            sys.exit(f"hidden_units.sh: {side} holds the features of {name(*have)}, this call asks for those "
-                     f"of {name(*want)}: delete {out} (every later step depends on them) or give another OUT_DIR")
-EOF
+speechlm features check "$feat" "${src[@]}"
 for split in "${splits[@]}"; do
   if [ -f "$feat/${split}_0_1.len" ]; then say "  $split: exists, skipped"; continue; fi
-  timed "features_$split" "${S[@]}" features dump "$corpus" "$split" "$feat" "${src[@]}"
+  timed "$logs/features_$split" speechlm features dump "$corpus" "$split" "$feat" "${src[@]}"
 done
 
 say "hidden units 2: k-means, K=$k, learned on train -> $out/km.npy, $km"
 if [ -f "$out/km.npy" ]; then say "  km.npy exists, skipped"; else
-  timed kmeans_learn "${S[@]}" kmeans learn "$feat" train --km-path "$out/km.npy" -k "$k" --percent "$km_percent"
+  timed "$logs/kmeans_learn" speechlm kmeans learn "$feat" train --km-path "$out/km.npy" -k "$k" --percent "$km_percent"
 fi
 for split in train_paired valid train; do  # train last: dict.km.txt holds train's counts
   if [ -f "$km/$split.km" ]; then say "  $split.km exists, skipped"; continue; fi
-  timed "kmeans_apply_$split" "${S[@]}" kmeans apply "$feat" "$split" --km-path "$out/km.npy" --lab-dir "$km"
+  timed "$logs/kmeans_apply_$split" speechlm kmeans apply "$feat" "$split" --km-path "$out/km.npy" --lab-dir "$km"
 done
-[ -f "$km/score.valid.json" ] || "${S[@]}" kmeans score --units "$km/valid.km" --phones "$corpus/valid.phn" \
+[ -f "$km/score.valid.json" ] || speechlm kmeans score --units "$km/valid.km" --phones "$corpus/valid.phn" \
   > "$km/score.valid.json"
 if [ ! -f "$data/valid.km" ]; then
   mkdir -p "$data"
@@ -130,7 +87,7 @@ say "hidden units 3: phone units of train_paired and valid (forced alignment of 
 lm=(); [ -f "$units/phone_lm.arpa" ] && lm=(--phone-lm "$units/phone_lm.arpa" --lm-weight 0.5 --insertion 1)
 for split in train_paired valid; do
   if [ -f "$align/$split.phn" ]; then say "  $split.phn exists, skipped"; continue; fi
-  timed "align_$split" "${S[@]}" phone-units label "$corpus" "$split" --model "$units/phone_ctc.pt" \
+  timed "$logs/align_$split" speechlm phone-units label "$corpus" "$split" --model "$units/phone_ctc.pt" \
     --out-dir "$align" --transcripts "${lm[@]}"
 done
 
@@ -140,7 +97,7 @@ cp "$align/train_paired.phn" "$t2u_data/train.phn"; cp "$km/train_paired.km" "$t
 cp "$align/valid.phn" "$t2u_data/valid.phn"; cp "$km/valid.km" "$t2u_data/valid.km"
 cp "$corpus/dict.phn.txt" "$km/dict.km.txt" "$t2u_data/"
 if [ -f "$out/t2u/done" ]; then say "  t2u model trained, skipped"; else
-  (cd "$REPO" && timed t2u_train fairseq-hydra-train --config-dir examples/tokenizers/config --config-name t2u_tiny \
+  (cd "$REPO" && timed "$logs/t2u_train" fairseq-hydra-train --config-dir examples/tokenizers/config --config-name t2u_tiny \
     common.user_dir="$REPO/speechlm" task.data="$t2u_data" checkpoint.save_dir="$out/t2u" \
     hydra.run.dir="$out/t2u/hydra" optimization.max_update="$t2u_updates" \
     dataset.validate_interval=1000000 checkpoint.save_interval=1000000)  # 64 utterances = 3 updates an epoch:
@@ -151,51 +108,31 @@ fi
 say "hidden units 5: unpaired text -> hidden units (t2u generate, $jobs shard(s)) -> binarized $out/text_bin"
 mkdir -p "$out/text"
 src="$text/train"
-if [ -n "$max_lines" ]; then  # the first N sentences only (--max-text-lines)
-  src="$out/text/train_first$max_lines"
+if [ -n "$max_text_lines" ]; then  # the first N sentences only (--max-text-lines)
+  src="$out/text/train_first$max_text_lines"
   if [ ! -f "$src.ltr" ]; then
-    head -n "$max_lines" "$text/train.phn" > "$src.phn"; head -n "$max_lines" "$text/train.ltr" > "$src.ltr"
+    head -n "$max_text_lines" "$text/train.phn" > "$src.phn"; head -n "$max_text_lines" "$text/train.ltr" > "$src.ltr"
   fi
 fi
 for split in train valid; do
   in=$([ $split = train ] && echo "$src" || echo "$text/valid")
   prefix="$out/text/${split}_km"
   if [ -f "$prefix.km" ]; then say "  $split: $(basename "$prefix").km exists, skipped"; else
-    gen=("${S[@]}" t2u generate --checkpoint "$out/t2u/checkpoint_best.pt" --data "$t2u_data" --units "$in.phn" \
+    gen=(speechlm t2u generate --checkpoint "$out/t2u/checkpoint_best.pt" --data "$t2u_data" --units "$in.phn" \
       --letters "$in.ltr" --out-prefix "$prefix")
     if [ "$split" = train ] && [ "$jobs" -gt 1 ]; then
-      timed "t2u_generate_$split" sharded "${gen[@]}"
-      "${S[@]}" t2u merge --out-prefix "$prefix" --nshard "$jobs"
+      timed "$logs/t2u_generate_$split" run_shards "$jobs" "${gen[@]}"
+      speechlm t2u merge --out-prefix "$prefix" --nshard "$jobs"
       rm -f "${prefix}_"*"_$jobs".{km,ltr,shard.json}
     else
-      timed "t2u_generate_$split" "${gen[@]}"
+      timed "$logs/t2u_generate_$split" "${gen[@]}"
     fi
   fi
   if [ -f "$out/text_bin/$split.km-ltr.km.idx" ]; then say "  $split: binarized, skipped"; else
-    timed "binarize_$split" "${S[@]}" binarize --units "$prefix.km" --letters "$prefix.ltr" \
+    timed "$logs/binarize_$split" speechlm binarize --units "$prefix.km" --letters "$prefix.ltr" \
       --unit-dict "$km/dict.km.txt" --letter-dict "$corpus/dict.ltr.txt" --dest "$out/text_bin" --split "$split"
   fi
 done
 
-"$PY" - "$out" <<'EOF'
-import collections, glob, json, os, sys
-out = sys.argv[1]
-s = json.load(open(f"{out}/km/score.valid.json"))
-print("  k-means units on valid vs the true phones: " + ", ".join(f"{k} {v:.3f}" for k, v in s.items()
-                                                                   if isinstance(v, float)))
-acc = None
-for line in open(f"{out}/logs/t2u_train.log", encoding="utf-8") if os.path.isfile(f"{out}/logs/t2u_train.log") else []:
-    if "[valid]" in line and "{" in line:
-        v = json.loads(line[line.index("{"):]).get("valid_unit_accuracy")
-        if v is not None:
-            acc = max(float(v), acc or 0.0)  # the best validation (checkpoint_best.pt: best unit accuracy)
-units = collections.Counter(u for line in open(f"{out}/t2u_data/valid.km") for u in line.split())
-top = 100 * units.most_common(1)[0][1] / sum(units.values())
-if acc is not None:
-    print(f"  t2u on valid: unit accuracy {acc:.1f} % (best validation; the most frequent unit: {top:.1f} %)")
-print(f"  {'step':24s} {'wall s':>8s} {'CPU s':>8s}")
-for tf in sorted(glob.glob(f"{out}/logs/time.*"), key=os.path.getmtime):
-    t = json.load(open(tf))
-    print(f"  {os.path.basename(tf)[5:]:24s} {t['wall']:8.1f} {t['user'] + t['sys']:8.1f}")
-EOF
+"$PY" "$REPO/scripts/mini_summary.py" hidden-units "$out"
 say "hidden units done: data $data, text $out/text_bin"

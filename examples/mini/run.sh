@@ -24,87 +24,36 @@
 # Runs go J at a time (default: 2 if the machine has 2 cores or more), each with nproc/J threads;
 # every step's console output is in EXP/runs/RUN/*.log, its wall and CPU seconds in EXP/runs/RUN/time.*.
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/../common/recipe.sh"
 stage=0; stop_stage=7; exp="$REPO/exp/mini"; hours=1.0; jobs=""; full=false
-pre_updates=""; ft_updates=""; tok_epochs=30; seeds=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --stage) stage=$2; shift 2;; --stop-stage) stop_stage=$2; shift 2;;
-    --exp) exp=$2; shift 2;; --hours) hours=$2; shift 2;; --jobs) jobs=$2; shift 2;;
-    --full) full=true; shift;;
-    --pretrain-updates) pre_updates=$2; shift 2;; --finetune-updates) ft_updates=$2; shift 2;;
-    --tokenizer-epochs) tok_epochs=$2; shift 2;;
-    --seeds) seeds=$2; shift 2;;
-    *) echo "unknown option $1" >&2; exit 2;;
-  esac
-done
-PY="$REPO/.venv/bin/python"
-export PATH="$REPO/.venv/bin:$PATH" PYTHONHASHSEED=0 HF_HUB_OFFLINE=1
+pretrain_updates=""; finetune_updates=""; tokenizer_epochs=30; seeds=""
+parse_options "$@"
+expect_positional 0
 mkdir -p "$exp"
 exp="$(cd "$exp" && pwd)"
-log="$exp/log.$(date +%Y%m%d-%H%M%S)"
-exec > >(tee -a "$log") 2>&1
-say() { echo "[$(date +%H:%M:%S)] $*"; }
-run_stage() { [ "$1" -ge "$stage" ] && [ "$1" -le "$stop_stage" ]; }
+start_log "$exp"
 corpus="$exp/corpus"; text_bin="$exp/text_bin"; units="$exp/units"; word_lm="$exp/text/words_4gram.arpa"
 
-ncpu=$(env -u OMP_NUM_THREADS nproc 2>/dev/null || echo 1)  # nproc alone obeys OMP_NUM_THREADS
 [ -n "$jobs" ] || jobs=$(( ncpu >= 2 ? 2 : 1 ))
 threads=$(( ncpu / jobs > 0 ? ncpu / jobs : 1 ))
 export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
-if "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-  cpu=false; device=cuda
-else
-  cpu=true; device=cpu
-fi
+device=$("$PY" "$RECIPE_PY" device 2>/dev/null || echo cpu)
+cpu=$([ "$device" = cpu ] && echo true || echo false)
 [ -n "$seeds" ] || { seeds="1"; $full && seeds="1 2 3"; }
+first_seed=${seeds%% *}
 
-# timed TIMEFILE LOGFILE CMD...: CMD's output into LOGFILE, its wall/user/sys seconds into TIMEFILE
-timed() {
-  local tf=$1 lf=$2; shift 2
-  local TIMEFORMAT='{"wall": %R, "user": %U, "sys": %S}'
-  if { time "$@" > "$lf" 2>&1 ; } 2> "$tf.tmp"; then mv "$tf.tmp" "$tf"; else
-    rm -f "$tf.tmp"; echo "FAILED: $* (last lines of $lf:)"; tail -n 15 "$lf"; return 1
-  fi
-}
-# spawn CMD...: run CMD in the background, at most $jobs at a time; wait_all waits for them (a plain
-# `wait` would also wait for the `tee` of the log, which never ends)
-pids=()
-spawn() {
-  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do sleep 1; done
-  "$@" &
-  pids+=($!)
-}
-wait_all() { local p; for p in "${pids[@]}"; do wait "$p" || true; done; pids=(); }
-# await DONE FAILED: wait for another chain's marker file DONE; 1 as soon as its FAILED marker is there instead
-await() { while [ ! -f "$1" ]; do [ -f "$2" ] && return 1; sleep 2; done; }
-# the wall and CPU seconds (this script and every process it waited for) of each stage -> stage_times.tsv
-# (`times` must run in this shell, not in a $(...) subshell, to see the children's CPU time)
-cpu_now() {
-  times > "$exp/.times"
-  CPU_NOW=$(awk 'NR == 2 { split($1, a, /[ms]/); split($2, b, /[ms]/); print a[1] * 60 + a[2] + b[1] * 60 + b[2] }' "$exp/.times")
-}
-stage_begin() { st_wall=$SECONDS; cpu_now; st_cpu=$CPU_NOW; }
-stage_end() {
-  cpu_now
-  printf '%s\t%s\t%s\n' "$1" "$((SECONDS - st_wall))" "$(awk -v a="$CPU_NOW" -v b="$st_cpu" 'BEGIN { print a - b }')" \
-    >> "$exp/stage_times.tsv"
-}
 # need FILE...: after a parallel stage, every step's marker must be there
 need() { local f; for f in "$@"; do [ -f "$f" ] || { say "missing $f: a step failed (see its log)"; exit 1; }; done; }
-# meta RUN NAME SEED ORDER PRETRAIN_UPDATES [TIME_FROM]: what stage 7 reads about a run
+# meta RUN NAME SEED ORDER PRETRAIN_UPDATES [TIME_FROM]: what stage 7 reads about a run (EXP/runs/RUN/meta.json)
 meta() {
-  local tf=""; [ -n "${6:-}" ] && tf="\"$6\""
-  mkdir -p "$exp/runs/$1"
-  printf '{"name": "%s", "seed": %s, "order": %s, "pretrain_updates": %s, "tensorboard": %s, "decode": "runs/%s/decode", "time_from": [%s]}\n' \
-    "$2" "$3" "$4" "$5" "$( [ "$5" -gt 0 ] && [ -z "$tf" ] && echo "\"runs/$1/tb/pretrain\"" || echo null)" "$1" "$tf" \
-    > "$exp/runs/$1/meta.json"
+  "$PY" "$REPO/scripts/mini_summary.py" meta --exp "$exp" --run "$1" --name "$2" --seed "$3" --order "$4" \
+    --pretrain-updates "$5" ${6:+--time-from "$6"}
 }
-# config_value YAML GROUP KEY: one value of a recipe config
-config_value() { "$PY" -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))[sys.argv[2]][sys.argv[3]])" "$@"; }
+config_value() { "$PY" "$RECIPE_PY" config-value "$@"; }
 pre_config="$REPO/examples/mini/config/pretrain/speechlm_tiny.yaml"
-[ -n "$pre_updates" ] || pre_updates=$(config_value "$pre_config" optimization max_update)
-[ -n "$ft_updates" ] || ft_updates=$(config_value "$REPO/examples/mini/config/finetune/speechlm_ctc_tiny.yaml" optimization max_update)
+[ -n "$pretrain_updates" ] || pretrain_updates=$(config_value "$pre_config" optimization.max_update)
+[ -n "$finetune_updates" ] || finetune_updates=$(config_value \
+  "$REPO/examples/mini/config/finetune/speechlm_ctc_tiny.yaml" optimization.max_update)
 
 # pretrain RUN DATA TEXT_DIR|null SEED [OVERRIDES...]
 pretrain() {
@@ -113,12 +62,12 @@ pretrain() {
   if [ -f "$d/pretrain/done" ]; then say "  $run: pre-training done, skipped"; return 0; fi
   mkdir -p "$d/pretrain"
   say "  $run: pre-training -> $d/pretrain (log: $d/pretrain.log)"
-  (cd "$REPO" && timed "$d/time.pretrain" "$d/pretrain.log" fairseq-hydra-train \
+  (cd "$REPO" && timed "$d/pretrain" fairseq-hydra-train \
     --config-dir examples/mini/config/pretrain --config-name speechlm_tiny \
     task.data="$data" task.text_data="$text" task.labels='[phn]' common.user_dir="$REPO/speechlm" \
     common.cpu=$cpu common.seed="$seed" common.tensorboard_logdir="$d/tb/pretrain" \
-    optimization.max_update="$pre_updates" checkpoint.save_dir="$d/pretrain" hydra.run.dir="$d/pretrain/hydra" \
-    "$@") || { say "  $run: pre-training FAILED (log: $d/pretrain.log)"; return 1; }
+    optimization.max_update="$pretrain_updates" checkpoint.save_dir="$d/pretrain" \
+    hydra.run.dir="$d/pretrain/hydra" "$@") || { say "  $run: pre-training FAILED (log: $d/pretrain.log)"; return 1; }
   touch "$d/pretrain/done"
   say "  $run: pre-training finished ($(cat "$d/time.pretrain"))"
 }
@@ -129,12 +78,12 @@ finetune() {
   if [ -f "$d/finetune/done" ]; then say "  $run: fine-tuning done, skipped"; return 0; fi
   mkdir -p "$d/finetune"
   say "  $run: CTC fine-tuning on train_paired -> $d/finetune (log: $d/finetune.log)"
-  (cd "$REPO" && timed "$d/time.finetune" "$d/finetune.log" fairseq-hydra-train \
+  (cd "$REPO" && timed "$d/finetune" fairseq-hydra-train \
     --config-dir examples/mini/config/finetune --config-name speechlm_ctc_tiny \
     task.data="$corpus" model.w2v_path="$pre" common.user_dir="$REPO/speechlm" common.cpu=$cpu \
     common.seed="$seed" common.tensorboard_logdir="$d/tb/finetune" \
-    optimization.max_update="$ft_updates" checkpoint.save_dir="$d/finetune" hydra.run.dir="$d/finetune/hydra" \
-    "$@") || { say "  $run: fine-tuning FAILED (log: $d/finetune.log)"; return 1; }
+    optimization.max_update="$finetune_updates" checkpoint.save_dir="$d/finetune" \
+    hydra.run.dir="$d/finetune/hydra" "$@") || { say "  $run: fine-tuning FAILED (log: $d/finetune.log)"; return 1; }
   touch "$d/finetune/done"
   say "  $run: fine-tuning finished ($(cat "$d/time.finetune"))"
 }
@@ -142,37 +91,28 @@ finetune() {
 decode() {
   local d="$exp/runs/$1"
   if [ -f "$d/decode/done" ]; then return 0; fi
-  (cd "$REPO" && timed "$d/time.decode" "$d/decode.log" "$PY" -m speechlm infer \
+  (cd "$REPO" && timed "$d/decode" speechlm infer \
     --config-dir examples/mini/config/decode --config-name infer_viterbi common.cpu=$cpu \
     common_eval.path="$d/finetune/checkpoint_best.pt" dataset.gen_subset=test,test_other \
     common_eval.results_path="$d/decode") && touch "$d/decode/done"
 }
-# lm_decode RUN: CTC beam search with the word 4-gram; its weight and word score are chosen on valid
-# (one forward pass for the whole grid), then test and test_other are decoded with the best setting
+# lm_decode RUN: CTC beam search with the word 4-gram; `speechlm infer --tune-on valid` chooses its weight and
+# word score on valid (one forward pass for the whole grid; the choice in decode_lm/setting), then decodes
+# test and test_other with the best setting
 lm_decode() {
   local d="$exp/runs/$1"
   if [ -f "$d/decode_lm/done" ]; then return 0; fi
-  local args=(--config-dir examples/mini/config/decode --config-name infer_kenlm common.cpu=$cpu
-              common_eval.path="$d/finetune/checkpoint_best.pt" decoding.lm_path="$word_lm")
-  (cd "$REPO" && timed "$d/time.decode_lm_valid" "$d/decode_lm_valid.log" "$PY" -m speechlm infer "${args[@]}" \
-    dataset.gen_subset=valid decoding.lm_weight=0.5,1,2 decoding.word_score=0,1,2 \
-    common_eval.results_path="$d/decode_lm_valid") || return 1
-  local best
-  best=$("$PY" -c 'import csv, sys
-rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-b = min(rows, key=lambda r: float(r["wer"]))
-print("decoding.lm_weight=%s decoding.word_score=%s" % (b["lm_weight"], b["word_score"]))' "$d/decode_lm_valid/valid.sweep.tsv")
-  # shellcheck disable=SC2086
-  (cd "$REPO" && timed "$d/time.decode_lm" "$d/decode_lm.log" "$PY" -m speechlm infer "${args[@]}" $best \
-    dataset.gen_subset=test,test_other common_eval.results_path="$d/decode_lm") \
-    && echo "$best" > "$d/decode_lm/setting" && touch "$d/decode_lm/done"
+  (cd "$REPO" && timed "$d/decode_lm" speechlm infer --config-dir examples/mini/config/decode \
+    --config-name infer_kenlm common.cpu=$cpu common_eval.path="$d/finetune/checkpoint_best.pt" \
+    decoding.lm_path="$word_lm" decoding.lm_weight=0.5,1,2 decoding.word_score=0,1,2 --tune-on valid \
+    dataset.gen_subset=test,test_other common_eval.results_path="$d/decode_lm") && touch "$d/decode_lm/done"
 }
 # zero_shot RUN PRETRAINED: no fine-tuning, the pre-trained UCTC head reads speech
 zero_shot() {
   local d="$exp/runs/$1"
   if [ -f "$d/decode/done" ]; then return 0; fi
   local flag=""; $cpu && flag="--cpu"
-  (cd "$REPO" && timed "$d/time.decode" "$d/decode.log" "$PY" scripts/zero_shot_uctc.py $flag \
+  (cd "$REPO" && timed "$d/decode" "$PY" scripts/zero_shot_uctc.py $flag \
     --checkpoint "$2" --data "$corpus" --subsets test,test_other --results-path "$d/decode") \
     && touch "$d/decode/done"
 }
@@ -181,14 +121,14 @@ if run_stage 0; then
   stage_begin
   if [ -f "$corpus/done" ]; then say "stage 0: corpus exists, skipped"; else
     say "stage 0: synthesize the mini corpus ($hours h) -> $corpus"
-    "$PY" -m speechlm corpus mini "$corpus" --hours "$hours"
+    speechlm corpus mini "$corpus" --hours "$hours"
   fi
   stage_end 0
 fi
 if run_stage 1; then
   stage_begin
   say "stage 1: check the corpus"
-  "$PY" -m speechlm corpus check "$corpus"
+  speechlm corpus check "$corpus"
   stage_end 1
 fi
 say "device: $device; $jobs run(s) at a time, $threads thread(s) each; seeds: $seeds"
@@ -198,12 +138,12 @@ if run_stage 2; then
   for pair in "train:$corpus/unpaired.wrd" "valid:$corpus/valid.wrd"; do
     split=${pair%%:*}; src=${pair#*:}
     if [ -f "$text_bin/$split.phn-ltr.phn.idx" ]; then say "  $split: exists, skipped"; continue; fi
-    "$PY" -m speechlm phonemize "$src" --out-prefix "$exp/text/$split" --seed 1
-    "$PY" -m speechlm binarize --units "$exp/text/$split.phn" --letters "$exp/text/$split.ltr" \
+    speechlm phonemize "$src" --out-prefix "$exp/text/$split" --seed 1
+    speechlm binarize --units "$exp/text/$split.phn" --letters "$exp/text/$split.ltr" \
       --unit-dict "$corpus/dict.phn.txt" --letter-dict "$corpus/dict.ltr.txt" --dest "$text_bin" --split "$split"
   done
   # the word 4-gram for stage 6's beam search: the same unpaired text, nothing of test or valid
-  [ -f "$word_lm" ] || "$PY" -m speechlm ngram "$corpus/unpaired.wrd" --order 4 --out "$word_lm"
+  [ -f "$word_lm" ] || speechlm ngram "$corpus/unpaired.wrd" --order 4 --out "$word_lm"
   stage_end 2
 fi
 if run_stage 3; then
@@ -211,36 +151,28 @@ if run_stage 3; then
   say "stage 3: speech -> phoneme units (phone-units tokenizer trained on train_paired only) -> $units"
   mkdir -p "$units"
   if [ ! -f "$units/phone_ctc.pt" ]; then
-    timed "$units/time.train" "$units/train.log" "$PY" -m speechlm phone-units train "$corpus" \
-      --split train_paired --save "$units/phone_ctc.pt" --epochs "$tok_epochs" --batch-size 8
+    timed "$units/train" speechlm phone-units train "$corpus" \
+      --split train_paired --save "$units/phone_ctc.pt" --epochs "$tokenizer_epochs" --batch-size 8
   fi
   # a phone 4-gram of the unpaired text (through the lexicon) guides the search over the posteriors
-  [ -f "$units/phone_lm.arpa" ] || "$PY" -m speechlm ngram "$corpus/unpaired.wrd" --phones --order 4 \
+  [ -f "$units/phone_lm.arpa" ] || speechlm ngram "$corpus/unpaired.wrd" --phones --order 4 \
     --out "$units/phone_lm.arpa"
   for split in train valid; do  # no transcripts: the unpaired speech is labelled by phone-LM beam search
     if [ ! -f "$units/$split.phn" ]; then
-      for r in $(seq 0 $((jobs - 1))); do
-        spawn "$PY" -m speechlm phone-units label "$corpus" "$split" --model "$units/phone_ctc.pt" \
-          --out-dir "$units" --nshard "$jobs" --rank "$r" \
-          --phone-lm "$units/phone_lm.arpa" --lm-weight 0.5 --insertion 1 --blank-penalty 2
-      done
-      wait_all
+      run_shards "$jobs" speechlm phone-units label "$corpus" "$split" --model "$units/phone_ctc.pt" \
+        --out-dir "$units" --phone-lm "$units/phone_lm.arpa" --lm-weight 0.5 --insertion 1 --blank-penalty 2
       if [ "$jobs" -gt 1 ]; then
-        "$PY" -m speechlm phone-units merge "$units" "$split" --nshard "$jobs"
+        speechlm phone-units merge "$units" "$split" --nshard "$jobs"
         rm -f "$units/${split}_"*"_$jobs.phn"
       fi
     fi
     spk=(); [ -f "$corpus/$split.spk" ] && spk=(--spk "$corpus/$split.spk")  # + PER per voice (the summary prints it)
-    "$PY" -m speechlm phone-units score --hyp "$units/$split.phn" --ref "$corpus/$split.phn" "${spk[@]}" \
+    speechlm phone-units score --hyp "$units/$split.phn" --ref "$corpus/$split.phn" "${spk[@]}" \
       > "$units/score.$split.json"
     cp "$corpus/$split.tsv" "$units/"
   done
   cp "$corpus/dict.phn.txt" "$corpus/dict.ltr.txt" "$units/"
-  "$PY" -c 'import json, sys
-for s in ("train", "valid"):
-    d = json.load(open(f"{sys.argv[1]}/score.{s}.json"))
-    acc, per = 100 * d["frame_accuracy"], 100 * d["phone_error_rate"]
-    print(f"  tokenizer on {s:5s} (vs the true alignments): frame accuracy {acc:.1f} %, PER {per:.1f} %")' "$units"
+  "$PY" "$REPO/scripts/mini_summary.py" tokenizer --exp "$exp"
   stage_end 3
 fi
 
@@ -256,7 +188,6 @@ fi
 # hidden_units SEED: stage 3h, SpeechLM-H's units, made by the first seed's SpeechLM-H chain once the first
 # seed's speech-only model is pre-trained (k-means of its last Speech Transformer layer; the text's units from
 # a t2u model); the other seeds' chains wait for them. One thread: the chain holds one of the $jobs slots.
-first_seed=${seeds%% *}
 hidden_units() {
   local h="$exp/hidden" src="$exp/runs/speech-only.s$first_seed"
   if [ "$1" != "$first_seed" ]; then
@@ -265,9 +196,9 @@ hidden_units() {
   fi
   [ -f "$h/done" ] && return 0
   await "$src/pretrain/done" "$src/failed" || { say "  stage 3h: speech-only.s$first_seed failed, no features"; return 1; }
-  local layer; layer=$(config_value "$pre_config" model speech_encoder_layers)
+  local layer; layer=$(config_value "$pre_config" model.speech_encoder_layers)
   say "  stage 3h: hidden units from layer $layer of speech-only.s$first_seed -> $h (log: $exp/hidden.log)"
-  timed "$exp/time.hidden" "$exp/hidden.log" bash "$REPO/examples/mini/hidden_units.sh" "$corpus" "$units" \
+  timed "$exp/hidden" bash "$REPO/examples/mini/hidden_units.sh" "$corpus" "$units" \
     "$exp/text" "$h" --checkpoint "$src/pretrain/checkpoint_last.pt" --layer "$layer" --jobs 1 --threads "$threads" \
     || { say "  stage 3h FAILED (log: $exp/hidden.log)"; return 1; }
   touch "$h/done"
@@ -307,16 +238,17 @@ random_chain() {
 lo=$(( stage > 4 ? stage : 4 )); hi=$(( stop_stage < 6 ? stop_stage : 6 ))
 if [ "$lo" -le "$hi" ]; then
   stage_begin
-  say "stages $lo-$hi: pre-training ($pre_updates updates), CTC fine-tuning on train_paired ($ft_updates updates),"
+  say "stages $lo-$hi: pre-training ($pretrain_updates updates), CTC fine-tuning on train_paired" \
+    "($finetune_updates updates),"
   say "  decoding test and test_other (Viterbi; beam search with the word 4-gram, weights chosen on valid)"
   for seed in $seeds; do
     for row in "${rows[@]}"; do
       IFS='|' read -r run name order data text extra <<< "$row"
-      meta "$run.s$seed" "$name" "$seed" "$order" "$pre_updates"
+      meta "$run.s$seed" "$name" "$seed" "$order" "$pretrain_updates"
       rm -f "$exp/runs/$run.s$seed/failed"
     done
     meta "random.s$seed" "random weights" "$seed" 1 0
-    meta "SpeechLM-P-zero-shot.s$seed" "SpeechLM-P zero-shot (UCTC head)" "$seed" 4 "$pre_updates" \
+    meta "SpeechLM-P-zero-shot.s$seed" "SpeechLM-P zero-shot (UCTC head)" "$seed" 4 "$pretrain_updates" \
       "runs/SpeechLM-P.s$seed/time.pretrain"
   done
   for seed in $seeds; do
@@ -326,7 +258,7 @@ if [ "$lo" -le "$hi" ]; then
     done
     spawn random_chain "$seed"
   done
-  wait_all
+  wait_all || true  # a failed chain is named below, by the marker it did not leave
   for seed in $seeds; do
     for run in "${rows[@]%%|*}"; do
       need "$exp/runs/$run.s$seed/pretrain/done"
@@ -343,11 +275,12 @@ if run_stage 7; then
   say "stage 7: the comparison (same pre-training updates and fine-tuning for every row)"
   "$PY" "$REPO/scripts/mini_summary.py" --exp "$exp" --jobs "$jobs"
 fi
-st="$exp/st_data"; st_exp="$exp/st"; pre="$exp/runs/SpeechLM-P.s1/pretrain"
+# stage 8 fine-tunes the first seed's SpeechLM-P (--seeds "2 3": seed 2's)
+st="$exp/st_data"; st_exp="$exp/st"; pre="$exp/runs/SpeechLM-P.s$first_seed/pretrain"
 if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
   say "stage 8: speech translation into the SYNTHETIC Cipherese (speechlm/corpora/st_synthetic.py)"
-  [ -f "$st/config.yaml" ] || "$PY" -m speechlm st prepare "$corpus" "$st" --synthetic cipherese --splits train,valid,test
-  "$PY" -m speechlm st baseline "$st" --split test
+  [ -f "$st/config.yaml" ] || speechlm st prepare "$corpus" "$st" --synthetic cipherese --splits train,valid,test
+  speechlm st baseline "$st" --split test
   if [ ! -f "$st_exp/done" ]; then
     (cd "$REPO" && fairseq-hydra-train --config-dir examples/mini/config/st --config-name speechlm_st_tiny \
       task.data="$st" model.w2v_path="$pre/checkpoint_last.pt" common.user_dir="$REPO/speechlm" \

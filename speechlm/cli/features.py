@@ -3,11 +3,15 @@
     speechlm features dump TSV_DIR SPLIT FEAT_DIR [--nshard N --rank R]                 # 39-d MFCC
     speechlm features dump TSV_DIR SPLIT FEAT_DIR --checkpoint CKPT --layer 6 [...]    # hubert/speechlm
     speechlm features dump TSV_DIR SPLIT FEAT_DIR --checkpoint CKPT --layer all [...]  # speechlm, every layer
+    speechlm features check FEAT_DIR [--checkpoint CKPT --layer 6]                     # before a recipe's steps
 
 writes ``FEAT_DIR/{SPLIT}_{R}_{N}.npy`` (frames x dim, float32) and ``.len`` (fairseq HuBERT layout),
 50 Hz by default (one row per ``.km`` label frame). ``--layer N`` is ``extract_features(output_layer=N)``,
 with the published semantics (N > L/2: the final output); ``--layer all`` writes the output of every
 layer k = 1..L (its ``layer_results`` entries, before any final norm) to ``FEAT_DIR/layer{k}/``.
+A FEAT_DIR that already holds features of another kind (MFCC vs a checkpoint's layer, another checkpoint or
+layer: their ``.shard.json`` sidecars say) is refused by both actions: ``check`` lets a recipe that skips
+existing dumps refuse it before its first step.
 """
 import argparse
 import os
@@ -36,18 +40,26 @@ def add_args(parser):
     p.add_argument("--device", default="cpu", help="torch device for --checkpoint")
     p.add_argument("--nshard", type=int, default=1)
     p.add_argument("--rank", type=int, default=0)
+    p = sub.add_parser("check", help="refuse a FEAT_DIR holding other features than these (exit 1)")
+    p.add_argument("feat_dir")
+    p.add_argument("--checkpoint", help="the checkpoint the features should come from (default: MFCC)")
+    p.add_argument("--layer", type=_layer, help="its Transformer layer (1-based) or 'all', with --checkpoint")
+    p.add_argument("--rate", type=int, default=50, choices=(50, 100), help="MFCC frame rate (Hz)")
 
 
 def run(args):
     from speechlm.data.manifest import num_frames_50hz, num_frames_100hz
     from speechlm.tokenizers import features as F
 
+    if args.checkpoint and args.layer is None:
+        sys.exit("speechlm features: --checkpoint needs --layer N (1-based Transformer layer) or --layer all")
+    F.check_feature_dir(args.feat_dir, args.checkpoint, args.layer, args.rate)
+    if args.action == "check":
+        return 0
     manifest = os.path.join(args.tsv_dir, f"{args.split}.tsv")
     if not os.path.isfile(manifest):
         sys.exit(f"speechlm features: {manifest}: no such manifest")
     if args.checkpoint:
-        if args.layer is None:
-            sys.exit("speechlm features: --checkpoint needs --layer N (1-based Transformer layer) or --layer all")
         extractor, expected, what = (F.CheckpointFeatureReader(args.checkpoint, args.layer, args.device),
                                      num_frames_50hz, f"{args.checkpoint} layer {args.layer}")
     else:

@@ -6,6 +6,8 @@
     speechlm infer --config-dir examples/librispeech/config/decode --config-name infer_kenlm \\
         common_eval.path=CKPT decoding.lm_path=4-gram.arpa dataset.gen_subset=dev_clean \\
         decoding.lm_weight=0,0.5,1,2 decoding.word_score=-1,0,1          # a 4 x 3 sweep, one forward pass
+    speechlm infer ... decoding.lm_weight=0.5,1,2 decoding.word_score=0,1,2 --tune-on valid \\
+        dataset.gen_subset=test,test_other     # the best setting on valid, then test and test_other with it
 
 Arguments after the options are hydra overrides of the decode config (``InferConfig`` below), in hydra's
 override grammar: a comma list (or ``range(a,b,step)``) is a sweep. ``dataset.gen_subset`` and
@@ -15,7 +17,8 @@ with ``fine_tuning: true``) and the model come from the checkpoint; ``task.*`` o
 task config. Batching and decoders: ``speechlm.decoding.ctc``. For each subset it writes
 ``{subset}.hypo.wrd`` and ``{subset}.ref.wrd`` (``WORDS (utterance-id)`` per line, sclite trn format,
 manifest order; with a sweep, the best setting's) under ``common_eval.results_path``, plus
-``{subset}.sweep.tsv`` for a sweep.
+``{subset}.sweep.tsv`` for a sweep. ``--tune-on SUBSET`` chooses the setting (lowest WER on SUBSET) in the
+same run and writes it to ``setting`` there, as overrides (``decoding.lm_weight=1.0 decoding.word_score=0.0``).
 """
 import ast
 import itertools
@@ -152,6 +155,10 @@ def add_args(parser):
                         help="config in that folder (default: %(default)s)")
     parser.add_argument("overrides", nargs="*",
                         help="hydra overrides, e.g. common_eval.path=CKPT dataset.gen_subset=test")
+    parser.add_argument("--tune-on", metavar="SUBSET",
+                        help="with a decoding.* sweep: decode SUBSET with every setting, keep the one with the "
+                             "lowest WER, then decode dataset.gen_subset with it alone; writes "
+                             "RESULTS/SUBSET.sweep.tsv and RESULTS/setting (the chosen decoding.* overrides)")
 
 
 def expand_overrides(overrides: List[str]):
@@ -245,16 +252,57 @@ def _setting(cfg, swept_keys) -> str:
     return " ".join(f"{k}={OmegaConf.select(cfg, 'decoding.' + k)}" for k in swept_keys) or str(cfg.decoding.type)
 
 
+def _decode_subset(subset, cfgs, decoders, *, model, task, saved, swept, post, use_cuda, out_dir, decoding,
+                   batch_size, chunk_samples):
+    """Decode ``subset`` once with every decoder (one forward pass): ``(table rows, index of the best)``.
+    Writes the best setting's ``{subset}.{hypo,ref}.wrd`` and, for several settings, ``{subset}.sweep.tsv``
+    under ``out_dir`` (when given)."""
+    from omegaconf import OmegaConf
+
+    from speechlm.atomic import atomic_write
+    from speechlm.decoding.ctc import decode_dataset, error_rates
+
+    task.load_dataset(subset, task_cfg=saved.task)
+    ds = task.dataset(subset)
+    results, audio_s, fwd_s, dec_s = decode_dataset(
+        model, ds, decoders, task.target_dictionary, post, max_samples=decoding.max_samples,
+        max_pad_ratio=decoding.max_pad_ratio, batch_size=batch_size, use_cuda=use_cuda,
+        chunk_samples=chunk_samples,
+    )
+    names = getattr(ds, "names", None)  # SpeechLabelDataset: manifest paths of its rows
+    ids = ([os.path.splitext(n)[0] for n in names] if names is not None
+           else utterance_ids(saved.task.get("data"), subset, len(ds)))
+    rates = [error_rates(r) for r in results]
+    best = min(range(len(cfgs)), key=lambda k: rates[k]["wer"])
+    rows = [(subset, _setting(c, swept), len(results[k]), rates[k]["words"], rates[k]["wer"], rates[k]["cer"],
+             (fwd_s + dec_s[k]) / max(audio_s, 1e-9), len(cfgs) > 1 and k == best) for k, c in enumerate(cfgs)]
+    if out_dir:
+        for kind, j in (("hypo", 0), ("ref", 1)):
+            with atomic_write(os.path.join(out_dir, f"{subset}.{kind}.wrd"), what="decoding output") as f:
+                for sid in sorted(results[best]):
+                    f.write(f"{results[best][sid][j] or ''} ({ids[sid]})\n")
+        if len(cfgs) > 1:
+            with atomic_write(os.path.join(out_dir, f"{subset}.sweep.tsv"), what="sweep table") as f:
+                f.write("\t".join(swept + ["wer", "cer"]) + "\n")
+                for c, r in zip(cfgs, rates):
+                    vals = [str(OmegaConf.select(c, "decoding." + k)) for k in swept]
+                    f.write("\t".join(vals + [f"{r['wer']:.2f}", f"{r['cer']:.2f}"]) + "\n")
+    return rows, best
+
+
 def run(args):
     from omegaconf import OmegaConf
 
     import speechlm  # noqa: F401  (registers models/tasks, safe checkpoint loading)
     from speechlm.atomic import atomic_write, ensure_dir
-    from speechlm.decoding.ctc import decode_dataset, error_rates
+    from speechlm.errors import UserError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(message)s")
     cfgs = compose_configs(args.config_dir, args.config_name, args.overrides)
     cfg = cfgs[0]
+    if args.tune_on and len(cfgs) == 1:
+        raise UserError(f"--tune-on {args.tune_on}: give a decoding.* sweep to choose from, e.g. "
+                        "decoding.lm_weight=0.5,1,2 decoding.word_score=0,1,2")
     swept = [k for k in ("type", "lm_weight", "word_score", "unk_score_offset", "beam", "beam_prune_logp", "lm_path")
              if len({str(OmegaConf.select(c, "decoding." + k)) for c in cfgs}) > 1]
     use_cuda = torch.cuda.is_available() and not cfg.common.cpu
@@ -272,37 +320,23 @@ def run(args):
     out_dir = cfg.common_eval.results_path
     if out_dir:
         ensure_dir(out_dir, "common_eval.results_path")
-    table = []
-    for subset in cfg.dataset.gen_subset.split(","):
-        task.load_dataset(subset, task_cfg=saved.task)
-        ds = task.dataset(subset)
-        results, audio_s, fwd_s, dec_s = decode_dataset(
-            model, ds, decoders, tgt_dict, post, max_samples=cfg.decoding.max_samples,
-            max_pad_ratio=cfg.decoding.max_pad_ratio, batch_size=cfg.dataset.batch_size,
-            use_cuda=use_cuda, chunk_samples=cfg.dataset.max_tokens,
-        )
-        names = getattr(ds, "names", None)  # SpeechLabelDataset: manifest paths of its rows
-        ids = ([os.path.splitext(n)[0] for n in names] if names is not None
-               else utterance_ids(saved.task.get("data"), subset, len(ds)))
-        rates = [error_rates(r) for r in results]
-        best = min(range(len(cfgs)), key=lambda k: rates[k]["wer"])
-        for k, c in enumerate(cfgs):
-            table.append((subset, _setting(c, swept), len(results[k]), rates[k]["words"], rates[k]["wer"],
-                          rates[k]["cer"], (fwd_s + dec_s[k]) / max(audio_s, 1e-9),
-                          len(cfgs) > 1 and k == best))
+    context = dict(model=model, task=task, saved=saved, swept=swept, post=post, use_cuda=use_cuda,
+                   out_dir=out_dir, decoding=cfg.decoding, batch_size=cfg.dataset.batch_size,
+                   chunk_samples=cfg.dataset.max_tokens)
+    table, sweep = [], len(cfgs) > 1
+    if args.tune_on:
+        rows, best = _decode_subset(args.tune_on, cfgs, decoders, **context)
+        table += rows
+        chosen = " ".join(f"decoding.{k}={OmegaConf.select(cfgs[best], 'decoding.' + k)}" for k in swept)
         if out_dir:
-            for kind, j in (("hypo", 0), ("ref", 1)):
-                with atomic_write(os.path.join(out_dir, f"{subset}.{kind}.wrd"), what="decoding output") as f:
-                    for sid in sorted(results[best]):
-                        f.write(f"{results[best][sid][j] or ''} ({ids[sid]})\n")
-            if len(cfgs) > 1:
-                with atomic_write(os.path.join(out_dir, f"{subset}.sweep.tsv"), what="sweep table") as f:
-                    f.write("\t".join(swept + ["wer", "cer"]) + "\n")
-                    for c, r in zip(cfgs, rates):
-                        vals = [str(OmegaConf.select(c, "decoding." + k)) for k in swept]
-                        f.write("\t".join(vals + [f"{r['wer']:.2f}", f"{r['cer']:.2f}"]) + "\n")
+            with atomic_write(os.path.join(out_dir, "setting"), what="chosen decoding setting") as f:
+                f.write(chosen + "\n")
+        print(f"best on {args.tune_on}: {chosen}")
+        cfgs, decoders = [cfgs[best]], [decoders[best]]
+    for subset in cfg.dataset.gen_subset.split(","):
+        table += _decode_subset(subset, cfgs, decoders, **context)[0]
     # the decoding column only for a sweep: one setting keeps fairseq-like "subset utts words WER CER RTF"
-    width = max(8, max(len(row[1]) for row in table) + 2) if len(cfgs) > 1 else 0
+    width = max(8, max(len(row[1]) for row in table) + 2) if sweep else 0
     print(f"{'subset':<14}" + (f"{'decoding':<{width}}" if width else "")
           + f"{'utts':>7}{'words':>8}{'WER%':>8}{'CER%':>8}{'RTF':>9}")
     for subset, setting, n, nw, wer, cer, rtf, is_best in table:

@@ -232,3 +232,40 @@ def load_feature_shard(feat_dir: str, split: str, rank: int, nshard: int) -> Tup
     if sum(lens) != feats.shape[0]:
         raise UserError(f"{prefix}.len sums to {sum(lens)} frames but {prefix}.npy has {feats.shape[0]}")
     return feats, lens
+
+
+def _feature_name(checkpoint: Optional[dict], layer: Optional[int], rate: Optional[int]) -> str:
+    if checkpoint:
+        return f"layer {layer} of a checkpoint (sha1 {checkpoint['sha1'][:12]})"
+    return "MFCC" if rate in (None, 50) else f"MFCC at {rate} Hz"
+
+
+def check_feature_dir(feat_dir: str, checkpoint: Optional[str], layer: Optional[int], rate: int = 50) -> None:
+    """Refuse a ``feat_dir`` holding features of another kind than asked for (k-means learnt on one kind and
+    applied to another would go unnoticed): every ``features dump`` sidecar there must name the same
+    checkpoint (by fingerprint), layer and MFCC rate. Raises UserError naming the sidecar, what it holds and
+    what to do; an empty or missing ``feat_dir`` passes."""
+    import glob
+    import json
+
+    from speechlm.tokenizers.shards import SIDECAR, fingerprint
+
+    sidecars = sorted(glob.glob(os.path.join(glob.escape(feat_dir), "*" + SIDECAR)))
+    want = None
+    for side in sidecars:
+        with open(side, encoding="utf-8") as f:
+            doc = json.load(f)
+        if doc.get("verb") != "features dump":
+            continue
+        if want is None:  # fingerprint the checkpoint only when there is something to compare with
+            if checkpoint and not os.path.isfile(checkpoint):
+                raise UserFileNotFoundError(f"{checkpoint}: checkpoint not found")
+            want = (fingerprint(checkpoint) if checkpoint else None, layer if checkpoint else None,
+                    None if checkpoint else rate)
+        options, source = doc.get("options", {}), doc.get("inputs", {}).get("checkpoint")
+        rate_of = options["rate"] if "rate" in options else (None if source else 50)  # older sidecars: no rate
+        have = (source, options.get("layer"), rate_of)
+        if have != want:
+            raise UserError(f"{side} holds the features of {_feature_name(*have)}, this call asks for those of "
+                            f"{_feature_name(*want)}: delete {feat_dir} and what was made from those features "
+                            "(k-means, units), or give another feature directory")
