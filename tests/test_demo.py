@@ -164,8 +164,13 @@ def test_recipe_stages_2_to_7_on_the_test_corpus(mini_corpus, tmp_path):
     # the word 4-gram decodes every fine-tuned row (weights chosen on valid), not the zero-shot one
     assert ["test_wer_lm" in row for row in rows] == [True, True, True, False]
     assert 0.0 <= rows[2]["test_other_wer_lm"] <= 1000.0
-    setting = (exp / "runs/SpeechLM-P.s1/decode_lm/setting").read_text()
-    assert setting.startswith("decoding.lm_weight=") and "decoding.word_score=" in setting
+    # `speechlm infer --tune-on valid`: the grid's lowest-WER row on valid, then test decoded with it alone
+    setting = (exp / "runs/SpeechLM-P.s1/decode_lm/setting").read_text().strip()
+    sweep = (exp / "runs/SpeechLM-P.s1/decode_lm/valid.sweep.tsv").read_text().splitlines()
+    assert sweep[0].split("\t") == ["lm_weight", "word_score", "wer", "cer"] and len(sweep) == 10
+    best = min((line.split("\t") for line in sweep[1:]), key=lambda row: float(row[2]))
+    assert setting == f"decoding.lm_weight={best[0]} decoding.word_score={best[1]}"
+    assert not (exp / "runs/SpeechLM-P.s1/decode_lm/test.sweep.tsv").exists()
     assert "with the word 4-gram" in r.stdout
     assert (exp / "results.png").stat().st_size > 10_000
     # TensorBoard: fairseq's end-of-epoch "train" stats (a 6-update run logs no train_inner) and "valid"

@@ -118,34 +118,6 @@ def test_speechlm_infer_prints_wer_and_writes_hyp_ref_files(finetuned, mini_corp
         assert table[subset][2] == pytest.approx(100.0 * errs / nref, abs=0.01)
 
 
-@pytest.mark.slow
-def test_infer_tune_on_chooses_the_best_setting_on_one_subset_and_decodes_with_it(finetuned, mini_corpus,
-                                                                                  tmp_path):
-    """--tune-on valid: the decoding.* grid on valid (valid.sweep.tsv), its lowest-WER row as the `setting`
-    file, then test decoded with that setting alone."""
-    pytest.importorskip("pyctcdecode")
-    pytest.importorskip("kenlm")
-    ckpt, _ = finetuned
-    lm = tmp_path / "words.arpa"
-    assert cli_main(["ngram", str(mini_corpus / "unpaired.wrd"), "--order", "2", "--out", str(lm)]) == 0
-    out = run([sys.executable, "-m", "speechlm", "infer", "--config-dir", "examples/mini/config/decode",
-               "--config-name", "infer_kenlm", f"common_eval.path={ckpt}", f"decoding.lm_path={lm}",
-               "decoding.lm_weight=0,2", "decoding.word_score=0,3", "dataset.gen_subset=test", "--tune-on", "valid",
-               f"common_eval.results_path={tmp_path / 'dec'}"], tmp_path / "infer.log")
-    sweep = (tmp_path / "dec/valid.sweep.tsv").read_text().splitlines()
-    assert sweep[0].split("\t") == ["lm_weight", "word_score", "wer", "cer"] and len(sweep) == 5
-    rows = [line.split("\t") for line in sweep[1:]]
-    best = min(rows, key=lambda r: float(r[2]))  # the first of equal WERs, as the verb takes it
-    setting = (tmp_path / "dec/setting").read_text().strip()
-    assert setting == f"decoding.lm_weight={best[0]} decoding.word_score={best[1]}"
-    assert f"best on valid: {setting}" in out
-    test_rows = re.findall(r"^test\s+(lm_weight=\S+ word_score=\S+)\s", out, flags=re.M)
-    assert test_rows == [f"lm_weight={best[0]} word_score={best[1]}"], out[-2000:]
-    n = len(load_manifest(mini_corpus / "test.tsv")[1])
-    assert len((tmp_path / "dec/test.hypo.wrd").read_text().splitlines()) == n
-    assert not (tmp_path / "dec/test.sweep.tsv").exists()
-
-
 def test_infer_tune_on_without_a_sweep_says_what_to_give(capsys):
     argv = ["infer", "--config-dir", str(REPO / "examples/mini/config/decode"), "--config-name", "infer_viterbi",
             "common_eval.path=any.pt", "--tune-on", "valid"]

@@ -103,8 +103,8 @@ lm_decode() {
   local d="$exp/runs/$1"
   if [ -f "$d/decode_lm/done" ]; then return 0; fi
   (cd "$REPO" && timed "$d/decode_lm" speechlm infer --config-dir examples/mini/config/decode \
-    --config-name infer_kenlm common.cpu=$cpu common_eval.path="$d/finetune/checkpoint_best.pt" \
-    decoding.lm_path="$word_lm" decoding.lm_weight=0.5,1,2 decoding.word_score=0,1,2 --tune-on valid \
+    --config-name infer_kenlm --tune-on valid common.cpu=$cpu common_eval.path="$d/finetune/checkpoint_best.pt" \
+    decoding.lm_path="$word_lm" decoding.lm_weight=0.5,1,2 decoding.word_score=0,1,2 \
     dataset.gen_subset=test,test_other common_eval.results_path="$d/decode_lm") && touch "$d/decode_lm/done"
 }
 # zero_shot RUN PRETRAINED: no fine-tuning, the pre-trained UCTC head reads speech

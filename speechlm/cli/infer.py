@@ -6,7 +6,8 @@
     speechlm infer --config-dir examples/librispeech/config/decode --config-name infer_kenlm \\
         common_eval.path=CKPT decoding.lm_path=4-gram.arpa dataset.gen_subset=dev_clean \\
         decoding.lm_weight=0,0.5,1,2 decoding.word_score=-1,0,1          # a 4 x 3 sweep, one forward pass
-    speechlm infer ... decoding.lm_weight=0.5,1,2 decoding.word_score=0,1,2 --tune-on valid \\
+    speechlm infer --config-dir ... --config-name infer_kenlm --tune-on valid common_eval.path=CKPT \\
+        decoding.lm_path=LM.arpa decoding.lm_weight=0.5,1,2 decoding.word_score=0,1,2 \\
         dataset.gen_subset=test,test_other     # the best setting on valid, then test and test_other with it
 
 Arguments after the options are hydra overrides of the decode config (``InferConfig`` below), in hydra's
@@ -156,7 +157,7 @@ def add_args(parser):
     parser.add_argument("overrides", nargs="*",
                         help="hydra overrides, e.g. common_eval.path=CKPT dataset.gen_subset=test")
     parser.add_argument("--tune-on", metavar="SUBSET",
-                        help="with a decoding.* sweep: decode SUBSET with every setting, keep the one with the "
+                        help="(before the overrides) with a decoding.* sweep: decode SUBSET with every setting, keep the one with the "
                              "lowest WER, then decode dataset.gen_subset with it alone; writes "
                              "RESULTS/SUBSET.sweep.tsv and RESULTS/setting (the chosen decoding.* overrides)")
 
