@@ -10,7 +10,13 @@ model loader, or `fairseq-hydra-train`) and is classified:
     python scripts/probe_user_errors.py CORPUS PRETRAINED.pt WORKDIR [FINETUNED.pt]
 
 CORPUS: a `speechlm corpus mini` directory; PRETRAINED.pt: a `speechlm` checkpoint; FINETUNED.pt (optional):
-a `speechlm_ctc` one, for the infer and training-entry cases. Run from the repository root."""
+a `speechlm_ctc` one, for the infer and training-entry cases. Run from the repository root.
+
+Issue 27's classes (decoding dictionary, interrupted and concurrent writes, disk errors, NaN/Inf, convert
+arguments, changed configs and old versions, preemption) run at the end; there a case can also be "ok" (a step that must work, e.g. tab-separated transcripts) or "corrupt" (it
+ended, but left files a later step would trust wrongly). Disk-error cases mount tiny tmpfs file systems
+(root only; skipped otherwise). Goal: 0 silent, 0 corrupt, 0 traceback. Set PROBE_TEXT_DATA=TEXT_DIR (PRETRAINED's task.text_data) for the
+resume cases of a SpeechLM (text) checkpoint."""
 import contextlib
 import io
 import os
@@ -30,6 +36,7 @@ from speechlm.errors import UserError
 from speechlm.tasks.speechlm_pretraining import SpeechLMPretrainingConfig, SpeechLMPretrainingTask
 
 CORPUS, CKPT, WORK = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # the venv's fairseq-hydra-train
 if WORK.exists() and any(WORK.iterdir()):
     sys.exit(f"{WORK}: not empty; give a new directory for the corrupted copies")
 WORK.mkdir(parents=True, exist_ok=True)
@@ -62,25 +69,40 @@ def load(d, split="valid", **kw):
         (ds[i] if kw.get("fine_tuning") else ds.speech[i])
 
 
-def case(category, name, fn):
+class Corrupt(Exception):
+    """Raised by a case's check: the step left files in a state a later step would trust wrongly."""
+
+
+def case(category, name, fn, check=None, expect="error"):
+    """Run one case. ``expect="error"``: a clean error is right ("clean"); ``expect="ok"``: the step must
+    work ("ok"). ``check()`` then inspects what was left on disk; a string it returns (or a ``Corrupt``
+    raised by ``fn``) makes the case "corrupt"."""
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
             rc = fn()
+        e = err.getvalue()
         if rc is None or rc == 0:
-            kind, msg = "silent", ""
+            kind, msg = ("ok", "") if expect == "ok" else ("silent", "")
         else:
-            e = err.getvalue()
             kind = "clean" if "Traceback" not in e else "raw"
             msg = e.strip().splitlines()[-1] if e.strip() else f"exit {rc}"
+    except Corrupt as e:
+        kind, msg = "corrupt", str(e)
     except UserError as e:
         kind, msg = "clean", str(e)
     except SystemExit as e:
         kind, msg = ("clean", str(e.code)) if isinstance(e.code, str) else ("raw", f"exit {e.code}")
     except Exception as e:  # noqa: BLE001
         kind, msg = "raw", f"{type(e).__name__}: {e}\n" + traceback.format_exc().splitlines()[-3]
+    if expect == "ok" and kind == "clean":
+        kind = "raw"  # an error where the step should have worked: counted with the failures
+    if check is not None and kind in ("clean", "ok"):
+        bad = check()
+        if bad:
+            kind, msg = "corrupt", bad
     results.append((category, name, kind, msg[:200]))
-    print(f"[{kind:6}] {category:18} {name:38} {msg[:150]}", flush=True)
+    print(f"[{kind:7}] {category:18} {name:38} {msg[:150]}", flush=True)
 
 
 def with_audio(fn_audio):
@@ -271,10 +293,437 @@ if FT:
 
     case(I, "lowercase .ltr in fairseq-hydra-train", train_lower)
 
+# ------------------------------------------------------------------ issue 27: trust, second pass
+import json  # noqa: E402
+import re  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from speechlm import atomic  # noqa: E402
+from speechlm.data.unit_text_dataset import load_text_dataset  # noqa: E402
+from speechlm.tokenizers.shards import shard_lock, write_sidecar  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FIX = REPO / "tests/fixtures/official"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+ULTR = [str(CORPUS / "dict.phn.txt"), str(CORPUS / "dict.ltr.txt")]
+
+
+def no_temps(d):
+    """check: no temporary file left under ``d``."""
+    def check():
+        left = [str(p) for p in Path(d).rglob("*") if atomic.is_temp(p.name) or p.name.startswith(".train")]
+        return f"left temporary files: {left[:3]}" if left else None
+    return check
+
+
+def unchanged(path, before):
+    return lambda: None if Path(path).read_bytes() == before else f"{path} was changed"
+
+
+def reordered(d):
+    lines = (d / "dict.ltr.txt").read_text().splitlines()
+    (d / "dict.ltr.txt").write_text("\n".join(lines[1:2] + lines[:1] + lines[2:]) + "\n")
+    return d
+
+
+def text_pair(d, n=2000):
+    src = d / "in.txt"
+    src.write_text("\n".join((CORPUS / "unpaired.wrd").read_text().splitlines()[:n]) + "\n")
+    assert cli(["phonemize", str(src), "--out-prefix", str(d / "lm")]) == 0
+    return str(d / "lm.phn"), str(d / "lm.ltr")
+
+
+def dicts():
+    from fairseq.data import Dictionary
+
+    return Dictionary.load(ULTR[0]), Dictionary.load(ULTR[1])
+
+
+D = "decoding tied to the dictionary"
+if FT:
+    case(D, "infer, dict.ltr.txt reordered", lambda: cli(["infer", *DEC, f"common_eval.path={FT}",
+                                                          f"task.data={reordered(copy_corpus())}",
+                                                          "dataset.gen_subset=valid"]))
+
+    def loader_reordered():
+        from fairseq import checkpoint_utils
+
+        checkpoint_utils.load_model_ensemble_and_task([str(FT)], arg_overrides={"data": str(reordered(copy_corpus()))})
+
+    case(D, "fairseq loader (generate), reordered", loader_reordered)
+
+
+def labels_dir(sep=" ", extra=""):
+    d = copy_corpus()
+    rows = (d / "test.tsv").read_text().splitlines()[1:]
+    words = (d / "test.wrd").read_text().splitlines()
+    (d / "text").write_text("".join(f"{Path(r.split(chr(9))[0]).stem}{sep}{w}{extra}\n" for r, w in zip(rows, words)))
+    return d
+
+
+dl1 = labels_dir()
+before = (dl1 / "dict.ltr.txt").read_bytes()
+case(D, "labels for test beside train's dict", lambda: cli(["labels", str(dl1 / "test.tsv"), "--transcripts",
+                                                             str(dl1 / "text")]),
+     unchanged(dl1 / "dict.ltr.txt", before), expect="ok")
+dl2 = labels_dir(extra=" 42")
+case(D, "labels, digit the dict cannot spell", lambda: cli(["labels", str(dl2 / "test.tsv"), "--transcripts",
+                                                             str(dl2 / "text")]),
+     unchanged(dl2 / "dict.ltr.txt", before))
+dl3 = labels_dir()
+(dl3 / "other.txt").write_text("".join(f"{c} 1\n" for c in "|ABCDEFGHIJKLMNOPQRSTUVWXYZ'"))
+case(D, "labels, --dict differs from the one there", lambda: cli(["labels", str(dl3 / "test.tsv"), "--transcripts",
+                                                                   str(dl3 / "text"), "--dict", str(dl3 / "other.txt")]),
+     unchanged(dl3 / "dict.ltr.txt", before))
+dl4 = labels_dir(sep="\t")
+case(D, "labels, tab-separated transcripts", lambda: cli(["labels", str(dl4 / "test.tsv"), "--transcripts",
+                                                           str(dl4 / "text"), "--dict-out", str(dl4 / "d.txt")]),
+     lambda: None if (dl4 / "test.wrd").read_text() == (CORPUS / "test.wrd").read_text() else "wrong .wrd",
+     expect="ok")
+
+W = "interrupted / concurrent writes"
+wd = WORK / "w"
+wd.mkdir()
+units, letters = text_pair(wd)
+
+
+def killed_binarize():
+    dest = wd / "bin1"
+    assert cli(["binarize", "--units", units, "--letters", letters, "--unit-dict", ULTR[0], "--letter-dict", ULTR[1],
+                "--dest", str(dest)]) == 0
+    real, calls = os.replace, []
+
+    def dying(a, b):
+        calls.append(b)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(a, b)
+
+    atomic.os.replace = dying
+    try:
+        from speechlm.tokenizers.binarize import binarize
+
+        binarize(units, letters, *ULTR, str(dest))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        atomic.os.replace = real
+    load_text_dataset(str(dest), "train", "phn", *dicts())  # what pre-training does
+
+
+case(W, "binarize killed while renaming, then load", killed_binarize, no_temps(wd / "bin1"))
+
+
+def cut_bin():
+    dest = wd / "bin2"
+    assert cli(["binarize", "--units", units, "--letters", letters, "--unit-dict", ULTR[0], "--letter-dict", ULTR[1],
+                "--dest", str(dest)]) == 0
+    b = dest / "train.phn-ltr.ltr.bin"
+    b.write_bytes(b.read_bytes()[: b.stat().st_size // 2])
+    load_text_dataset(str(dest), "train", "phn", *dicts())
+
+
+case(W, "binarized .bin cut short, then load", cut_bin)
+
+
+def real_kill():
+    dest = wd / "bin3"
+    big = wd / "big"
+    big.mkdir()
+    for ext in ("phn", "ltr"):
+        (big / f"x.{ext}").write_text(Path(units if ext == "phn" else letters).read_text() * 20)
+    p = subprocess.Popen([sys.executable, "-m", "speechlm", "binarize", "--units", str(big / "x.phn"), "--letters",
+                          str(big / "x.ltr"), "--unit-dict", ULTR[0], "--letter-dict", ULTR[1], "--dest", str(dest)],
+                         env=ENV)
+    import time
+
+    for _ in range(1200):
+        if (dest.exists() and any(x.name.startswith(".train") for x in dest.iterdir())) or p.poll() is not None:
+            break
+        time.sleep(0.05)
+    p.kill()
+    p.wait()
+    load_text_dataset(str(dest), "train", "phn", *dicts())
+
+
+case(W, "binarize SIGKILLed mid-run, then load", real_kill)
+(wd / "e.phn").write_text("")
+(wd / "e.ltr").write_text("")
+case(W, "binarize of an empty text file", lambda: cli(["binarize", "--units", str(wd / "e.phn"), "--letters",
+                                                       str(wd / "e.ltr"), "--unit-dict", ULTR[0], "--letter-dict",
+                                                       ULTR[1], "--dest", str(wd / "bin4")]))
+(wd / "d.phn").write_text("SIL AH SIL\n")
+(wd / "d.ltr").write_text("A 1 |\n")
+case(W, "binarize, digit outside dict.ltr.txt", lambda: cli(["binarize", "--units", str(wd / "d.phn"), "--letters",
+                                                             str(wd / "d.ltr"), "--unit-dict", ULTR[0], "--letter-dict",
+                                                             ULTR[1], "--dest", str(wd / "bin5")]))
+shard_out = str(wd / "sh" / "lm")
+
+
+def same_rank_while_locked():
+    with shard_lock(shard_out + "_0_2"):
+        p = subprocess.run([sys.executable, "-m", "speechlm", "phonemize", str(wd / "in.txt"), "--out-prefix",
+                            shard_out, "--nshard", "2", "--rank", "0"], env=ENV, capture_output=True, text=True)
+    sys.stderr.write(p.stderr)
+    return p.returncode
+
+
+case(W, "second same-rank phonemize (locked)", same_rank_while_locked)
+
+
+def concurrent_same_rank():
+    ps = [subprocess.Popen([sys.executable, "-m", "speechlm", "phonemize", str(wd / "in.txt"), "--out-prefix",
+                            shard_out, "--nshard", "2", "--rank", "0", "--seed", str(s)], env=ENV,
+                           stderr=subprocess.PIPE, text=True) for s in (1, 2)]
+    errs = [p.communicate()[1] for p in ps]
+    if any("Traceback" in e for e in errs):
+        sys.stderr.write("".join(errs))
+        return 1
+    seed = json.loads(Path(shard_out + "_0_2.shard.json").read_text())["options"]["seed"]
+    assert cli(["phonemize", str(wd / "in.txt"), "--out-prefix", shard_out, "--nshard", "2", "--rank", "1",
+                "--seed", str(seed)]) == 0
+    assert cli(["phonemize", "--merge", "--out-prefix", shard_out, "--nshard", "2"]) == 0
+    ref = str(wd / "ref" / "lm")
+    assert cli(["phonemize", str(wd / "in.txt"), "--out-prefix", ref, "--nshard", "2", "--rank", "0", "--seed",
+                str(seed)]) == 0
+    if Path(ref + "_0_2.phn").read_text() != Path(shard_out + "_0_2.phn").read_text():
+        raise Corrupt("the surviving shard is not what its sidecar's seed produces")
+    n = [len(Path(shard_out + f".{e}").read_text().splitlines()) for e in ("phn", "ltr")]
+    if n[0] != n[1]:
+        raise Corrupt(f"merged .phn/.ltr line counts {n}")
+
+
+case(W, "two concurrent same-rank runs, merge", concurrent_same_rank, expect="ok")
+
+
+def rewritten_shard():
+    p = Path(shard_out + "_0_2.phn")
+    p.write_text(p.read_text() + "SIL\n")
+    return cli(["phonemize", "--merge", "--out-prefix", shard_out, "--nshard", "2"])
+
+
+case(W, "shard rewritten after its sidecar, merge", rewritten_shard)
+
+
+def uneven_shard():
+    write_sidecar(shard_out + "_0_2", "phonemize", 0, 2, {}, {})
+    return cli(["phonemize", "--merge", "--out-prefix", shard_out, "--nshard", "2"])
+
+
+case(W, "shard .phn/.ltr lengths differ, merge", uneven_shard)
+
+E = "disk full / read-only / not a dir"
+
+
+def tmpfs(name, size, ro=False, fill=None):
+    d = WORK / name
+    d.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)], capture_output=True).returncode:
+        return None
+    mounts.append(d)
+    if fill:
+        fill(d)
+    if ro:
+        subprocess.run(["mount", "-o", "remount,ro", str(d)], check=True)
+    return d
+
+
+mounts = []
+full = tmpfs("full", "64k")
+ro = tmpfs("ro", "4m", ro=True, fill=lambda d: [shutil.copyfile(CORPUS / f, d / f) for f in
+                                                 ("test.tsv", "dict.ltr.txt")])
+(WORK / "afile").write_text("x")
+BIN_ARGS = ["--units", units, "--letters", letters, "--unit-dict", ULTR[0], "--letter-dict", ULTR[1]]
+targets = [("not a dir", WORK / "afile")]
+if full:
+    targets.insert(0, ("disk full", full))
+if ro:
+    targets.insert(1, ("read-only", ro))
+for what, base in targets:
+    chk = no_temps(base) if base.is_dir() else None
+    case(E, f"{what}: phonemize", lambda b=base: cli(["phonemize", str(wd / "in.txt"), "--out-prefix",
+                                                      str(b / "p" / "lm")]), chk)
+    case(E, f"{what}: binarize", lambda b=base: cli(["binarize", *BIN_ARGS, "--dest", str(b / "bin")]), chk)
+    case(E, f"{what}: features dump", lambda b=base: cli(["features", "dump", str(CORPUS), "valid", str(b / "f")]),
+         chk)
+    case(E, f"{what}: manifest", lambda b=base: cli(["manifest", str(CORPUS / "audio"), "--dest", str(b / "m")]), chk)
+    case(E, f"{what}: ngram", lambda b=base: cli(["ngram", str(wd / "in.txt"), "--out", str(b / "lm.arpa")]), chk)
+    case(E, f"{what}: corpus mini", lambda b=base: cli(["corpus", "mini", str(b / "c"), "--hours", "0.002"]), chk)
+    if FT:
+        case(E, f"{what}: infer results_path", lambda b=base: cli(["infer", *DEC, f"common_eval.path={FT}",
+                                                                    f"task.data={CORPUS}", "dataset.gen_subset=valid",
+                                                                    f"common_eval.results_path={b / 'dec'}"]), chk)
+if ro:
+    dlr = labels_dir()
+    case(E, "read-only: labels beside the manifest", lambda: cli(["labels", str(ro / "test.tsv"), "--transcripts",
+                                                                   str(dlr / "text")]))
+
+
+def ulimit_f():
+    import resource
+
+    p = subprocess.run([sys.executable, "-m", "speechlm", "phonemize", str(wd / "in.txt"), "--out-prefix",
+                        str(WORK / "ul" / "lm")], env=ENV, capture_output=True, text=True,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000)))
+    sys.stderr.write(p.stderr)
+    return p.returncode
+
+
+case(E, "file size limit (ulimit -f): phonemize", ulimit_f, no_temps(WORK / "ul"))
+
+
+def train(cfg_dir, name, *over, popen=False):
+    cmd = ["fairseq-hydra-train", "--config-dir", cfg_dir, "--config-name", name, f"common.user_dir={REPO / 'speechlm'}",
+           *over]
+    if popen:
+        return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
+    sys.stderr.write(p.stdout[-3000:] + p.stderr[-3000:])
+    return p.returncode
+
+
+PT = ["examples/mini/config/pretrain", "speechlm_tiny"]
+if full:
+    case(E, "disk full: training save_dir", lambda: train(*PT, f"task.data={CORPUS}", f"checkpoint.save_dir={full}/ck",
+                                                          f"hydra.run.dir={WORK}/h_full", "optimization.max_update=1",
+                                                          "dataset.disable_validation=true"), no_temps(full))
+if ro:
+    case(E, "read-only: training save_dir", lambda: train(*PT, f"task.data={CORPUS}", f"checkpoint.save_dir={ro}/ck",
+                                                          f"hydra.run.dir={WORK}/h_ro", "optimization.max_update=1"))
+
+N = "NaN / Inf in audio and weights"
+os.environ["SPEECHLM_ALLOW_PATHS_OUTSIDE_ROOT"] = "1"
+
+
+def nan_audio(value):
+    def write(p, w, sr):
+        w = w.copy()
+        w[100] = value
+        sf.write(p, w, sr, subtype="FLOAT")
+    return write
+
+
+case(N, "NaN samples (features dump)", lambda: cli(["features", "dump", str(with_audio(nan_audio(np.nan))),
+                                                    "valid", str(WORK / "fn1")]))
+case(N, "Inf samples (features dump)", lambda: cli(["features", "dump", str(with_audio(nan_audio(np.inf))),
+                                                    "valid", str(WORK / "fn2")]))
+case(N, "NaN samples (training read)", lambda: load(with_audio(nan_audio(np.nan)), fine_tuning=True))
+if FT:
+    case(N, "NaN samples (infer)", lambda: cli(["infer", *DEC, f"common_eval.path={FT}",
+                                                f"task.data={with_audio(nan_audio(np.nan))}", "dataset.gen_subset=valid"]))
+del os.environ["SPEECHLM_ALLOW_PATHS_OUTSIDE_ROOT"]
+OFF = ["--dict-ltr", str(FIX / "dict.ltr.txt"), "--dict-phn", str(FIX / "dict.phn.txt")]
+
+
+def bad_weights(fill):
+    st = torch.load(FIX / "pretrained_base.pt", weights_only=False)
+    for k, v in st["model"].items():
+        if v.is_floating_point():
+            fill(k, v)
+    p = WORK / f"w{n_case[0]}.pt"
+    n_case[0] += 1
+    torch.save(st, p)
+    return p
+
+
+nan_ck = bad_weights(lambda k, v: v.fill_(float("nan")))
+case(N, "convert of an all-NaN checkpoint", lambda: cli(["convert", str(nan_ck), str(WORK / "nan_out.pt"), *OFF]),
+     lambda: "written" if (WORK / "nan_out.pt").exists() else None)
+first = []
+inf_ck = bad_weights(lambda k, v: first or (first.append(k) or v.view(-1).__setitem__(0, float("inf"))))
+case(N, "convert, one Inf weight", lambda: cli(["convert", str(inf_ck), str(WORK / "inf_out.pt"), *OFF]))
+
+C = "convert arguments"
+rel = WORK / "released.pt"
+shutil.copyfile(FIX / "pretrained_base.pt", rel)
+rb = rel.read_bytes()
+case(C, "convert SRC SRC", lambda: cli(["convert", str(rel), str(rel), *OFF]), unchanged(rel, rb))
+(WORK / "rel_link.pt").symlink_to(rel)
+case(C, "convert SRC LINK-TO-SRC", lambda: cli(["convert", str(rel), str(WORK / "rel_link.pt"), *OFF]),
+     unchanged(rel, rb))
+(WORK / "mine.pt").write_bytes(b"other work")
+case(C, "convert onto an existing DST", lambda: cli(["convert", str(rel), str(WORK / "mine.pt"), *OFF]),
+     unchanged(WORK / "mine.pt", b"other work"))
+case(C, "convert, DST is a directory", lambda: cli(["convert", str(rel), str(WORK), *OFF]))
+case(C, "convert --overwrite", lambda: cli(["convert", str(rel), str(WORK / "mine.pt"), *OFF, "--overwrite"]),
+     expect="ok")
+
+R = "changed config / old version"
+old = torch.load(CKPT, weights_only=False)
+old["cfg"]["model"]["dropout_features"] = 0.1
+old.pop("speechlm_version", None)
+torch.save(old, WORK / "old.pt")
+case(R, "old-version ckpt (features dump)", lambda: cli(["features", "dump", str(CORPUS), "valid", str(WORK / "fo"),
+                                                         "--checkpoint", str(WORK / "old.pt"), "--layer", "1"]))
+case(R, "old-version ckpt (model.w2v_path)", lambda: read_pretrained(str(WORK / "old.pt")))
+TEXT = Path(os.environ["PROBE_TEXT_DATA"]) if os.environ.get("PROBE_TEXT_DATA") else None  # PRETRAINED's text_data
+text_over = [f"task.text_data={TEXT}"] if TEXT else []
+
+
+def resume_changed(*over, data=CORPUS, text=None):
+    save = WORK / f"resume{n_case[0]}"
+    n_case[0] += 1
+    save.mkdir()
+    shutil.copyfile(CKPT, save / "checkpoint_last.pt")
+    return train(*PT, f"task.data={data}", f"checkpoint.save_dir={save}", f"hydra.run.dir={save}/h",
+                 *(text if text is not None else text_over), "optimization.max_update=100000", *over)
+
+
+case(R, "resume with another model size", lambda: resume_changed("model.shared_encoder_layers=3"))
+if text_over:
+    tb = WORK / "text_bin_reordered"
+    shutil.copytree(TEXT, tb)
+    reordered(tb)
+    case(R, "resume with a reordered dict.ltr.txt", lambda: resume_changed(
+        data=reordered(copy_corpus()), text=[f"task.text_data={tb}"]))
+
+P = "preemption"
+
+
+def sigterm_resume():
+    save = WORK / "pre"
+    over = [f"task.data={CORPUS}", f"checkpoint.save_dir={save}", f"hydra.run.dir={save}/h",
+            "dataset.disable_validation=true", "common.log_interval=1", "checkpoint.save_interval_updates=0"]
+    p = train(*PT, *over, "optimization.max_update=100000", popen=True)
+    out = []
+    for line in p.stdout:
+        out.append(line)
+        m = re.search(r"num_updates=(\d+)", line)
+        if m and int(m.group(1)) >= 3:
+            p.send_signal(signal.SIGTERM)
+            break
+    out += p.stdout.readlines()
+    rc = p.wait()
+    log = "".join(out)
+    m = re.search(r"checkpoint_last.pt at update (\d+) and stopping", log)
+    if rc != 143 or not m or "Traceback" in log:
+        sys.stderr.write(log[-3000:])
+        raise Corrupt(f"exit {rc}, nothing saved" if not m else f"exit {rc}")
+    n = int(m.group(1))
+    if torch.load(save / "checkpoint_last.pt", weights_only=False)["optimizer_history"][-1]["num_updates"] != n:
+        raise Corrupt("checkpoint_last.pt is not at the update the log names")
+    res = subprocess.run(["fairseq-hydra-train", "--config-dir", PT[0], "--config-name", PT[1],
+                          f"common.user_dir={REPO / 'speechlm'}", *over, f"optimization.max_update={n + 1}"],
+                         capture_output=True, text=True, env=ENV)
+    if f"@ {n} updates)" not in res.stdout + res.stderr:
+        raise Corrupt("the resumed run did not start at the saved update")
+
+
+case(P, "SIGTERM in training, then resume", sigterm_resume, expect="ok")
+for d in reversed(mounts):
+    subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
 print()
 from collections import Counter  # noqa: E402
 
 by = Counter((c, k) for c, _, k, _ in results)
+print(f"{'class':34} {'cases':>5} {'clean/ok':>8} {'silent':>6} {'corrupt':>7} {'traceback':>9}")
 for c in dict.fromkeys(c for c, _, _, _ in results):
-    print(f"{c:20} clean {by[(c, 'clean')]:3}  raw {by[(c, 'raw')]:3}  silent {by[(c, 'silent')]:3}")
-print("total", len(results), "clean", sum(k == "clean" for _, _, k, _ in results))
+    n = sum(by[(c, k)] for k in ("clean", "ok", "silent", "corrupt", "raw"))
+    print(f"{c:34} {n:5} {by[(c, 'clean')] + by[(c, 'ok')]:8} {by[(c, 'silent')]:6} {by[(c, 'corrupt')]:7} "
+          f"{by[(c, 'raw')]:9}")
+tot = Counter(k for _, _, k, _ in results)
+print(f"{'total':34} {len(results):5} {tot['clean'] + tot['ok']:8} {tot['silent']:6} {tot['corrupt']:7} {tot['raw']:9}")
