@@ -49,7 +49,7 @@ def run(args):
                 write_librispeech_tree(src, args.out_dir)
             else:
                 build_mini_corpus(args.out_dir, hours=args.hours, seed=args.seed, jobs=args.jobs)
-        except (ValueError, RuntimeError) as e:
+        except (ValueError, RuntimeError) as e:  # OSErrors (disk full, read-only) go to speechlm.cli.main
             print(f"speechlm corpus mini: error: {e}", file=sys.stderr)
             return 1
         return 0

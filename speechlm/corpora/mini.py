@@ -147,7 +147,19 @@ def _synth_worker(job: _Job):
     except Exception as e:  # name the utterance: the pool would only show the worker's traceback
         raise RuntimeError(f"{job.uttid} ({job.voice}) {job.text!r}: {e}") from e
     os.makedirs(os.path.dirname(job.path), exist_ok=True)
-    sf.write(job.path, utt.wav, mf.SAMPLE_RATE, subtype="PCM_16")
+    try:
+        sf.write(job.path, utt.wav, mf.SAMPLE_RATE, subtype="PCM_16")
+    except RuntimeError as e:  # libsndfile says only "System error.": find out what the disk says
+        import errno
+
+        from speechlm.errors import os_error
+
+        d = os.path.dirname(job.path)
+        st = os.statvfs(d)
+        code = errno.ENOSPC if st.f_bavail * st.f_frsize < 1 << 20 else (0 if os.access(d, os.W_OK) else errno.EACCES)
+        if code:
+            raise os_error(OSError(code, os.strerror(code), job.path), job.path, "audio file") from None
+        raise RuntimeError(f"{job.path}: cannot write the audio ({e}); check the disk") from None
     return job.uttid, len(utt.wav), utt.phones, utt.words, sorted(set(utt.engine_phones))
 
 
