@@ -41,13 +41,18 @@ def checkpoint_normalize(path: str) -> bool:
 class UpstreamExpert(UpstreamBase):
     """``UpstreamExpert(ckpt)``: every layer of a SpeechLM checkpoint for s3prl, frozen in eval mode."""
 
-    def __init__(self, ckpt: str, **kwargs):
+    def __init__(self, ckpt, normalize: bool = False, **kwargs):
+        """``ckpt``: a ``speechlm`` checkpoint path (its ``task.normalize`` is used), or a ``SpeechLMModel``
+        already built (e.g. random weights; ``normalize`` then says whether waveforms are layer-normed)."""
         super().__init__(**kwargs)
         from speechlm.models.speechlm import SpeechLMModel
 
-        self.model = SpeechLMModel.from_checkpoint(ckpt)
+        if isinstance(ckpt, SpeechLMModel):
+            self.model, self.normalize = ckpt, bool(normalize)
+        else:
+            self.model = SpeechLMModel.from_checkpoint(ckpt)
+            self.normalize = checkpoint_normalize(ckpt)
         self.model.eval()
-        self.normalize = checkpoint_normalize(ckpt)
         self.num_layers = len(self.model.speech_encoder.layers) + len(self.model.shared_encoder.layers)
 
     def get_downsample_rates(self, key: str = "hidden_states") -> int:
