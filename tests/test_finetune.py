@@ -249,3 +249,42 @@ def test_recipe_configs_match_the_model_and_task_dataclasses(path):
     else:
         assert cfg.task._name == cfg.task.task == "speech_to_text"
     assert cfg.dataset.required_batch_size_multiple == 1
+
+
+def _tiny_encoder(**overrides):
+    from speechlm.models.pretrained import PretrainedSpec
+    from speechlm.models.speechlm_ctc import SpeechLMEncoder
+
+    model_cfg = {"_name": "speechlm", "frontend": "logmel", "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 64,
+                 "encoder_attention_heads": 2, "speech_encoder_layers": 2, "shared_encoder_layers": 2,
+                 "conv_pos": 8, "conv_pos_groups": 4}
+    spec = PretrainedSpec(model_cfg, num_units=8, num_letters=5)
+    torch.manual_seed(0)
+    cfg = OmegaConf.merge(OmegaConf.structured(SpeechLMCtcConfig), {
+        "w2v_path": "never-read.pt", "pretrained_spec": spec.to_dict(), "encoder_layerdrop": 0.0,
+        "activation_dropout": 0.0, **overrides})
+    return SpeechLMEncoder(cfg)
+
+
+@pytest.mark.parametrize("output_layer", [1, 2, 3, 4, None])
+def test_fine_tuned_encoder_is_extract_features_with_its_masking_as_a_hook(output_layer):
+    """The CTC/ST encoder runs the pre-trained model's public ``extract_features`` (same layer semantics);
+    its masking goes in through the hook: in training with every frame masked the output changes."""
+    enc = _tiny_encoder(output_layer=output_layer, mask_prob=1.0, mask_length=2).eval()
+    x = torch.randn(2, 6400)
+    pad = torch.zeros(2, 6400, dtype=torch.bool)
+    pad[1, 4000:] = True
+    out = enc(x, pad)
+    ref, frame_pad = enc.w2v_model.extract_features(x, pad, output_layer)
+    assert out["padding_mask"] is not None and torch.equal(out["padding_mask"], frame_pad)
+    assert torch.equal(out["encoder_out"].transpose(0, 1), ref.masked_fill(frame_pad.unsqueeze(-1), 0.0))
+    enc.train()
+    masked = enc(x, pad)["encoder_out"]
+    assert masked.shape == out["encoder_out"].shape and not torch.allclose(masked, out["encoder_out"])
+
+
+def test_fine_tuned_encoder_refuses_a_layer_the_model_has_not():
+    from speechlm.errors import UserError
+
+    with pytest.raises(UserError, match=r"model.output_layer=5: the pre-trained model never-read.pt has layers 1..4"):
+        _tiny_encoder(output_layer=5)

@@ -17,7 +17,7 @@ RNG (as layerdrop and dropout do), which the ``speechlm_pretraining`` task seeds
 update, rank, micro-batch) at every training step: ranks draw differently, a rerun draws the same.
 """
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -42,8 +42,9 @@ MASK_TYPE_CHOICES = ChoiceEnum(["static", "uniform", "normal", "poisson"])
 BASE_CONV_LAYERS = "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"
 # Streams of the seeded span draws (the ``epoch`` of fairseq's compute_mask_indices seeding)
 MASK_STREAM, SWAP_STREAM, TEXT_MASK_STREAM = 0, 1, 2
-# Modules only pre-training needs; ``remove_pretraining_modules`` drops them (the UCTC head on request)
-PRETRAINING_MODULES = ("unit_embed", "umlm_proj", "umlm_label_embs")
+# Modules only pre-training needs; ``remove_pretraining_modules`` drops them (a CTC fine-tuning that starts
+# from the UCTC head takes it before)
+PRETRAINING_MODULES = ("unit_embed", "umlm_proj", "umlm_label_embs", "uctc_head")
 # What the released cleaned checkpoints (the published README's "Extract features") removed, in the
 # published code's names and ours: they cannot continue pre-training
 RELEASE_REMOVED = ("the unit embedding (unit_embed_tokens -> unit_embed), the UMLM label embeddings "
@@ -249,13 +250,11 @@ class SpeechLMModel(BaseFairseqModel):
                             f"(model.pretraining_heads=false): the release removed {RELEASE_REMOVED}; it "
                             "extracts features and fine-tunes, it cannot be pre-trained further")
 
-    def remove_pretraining_modules(self, keep_uctc_head: bool = False) -> None:
-        """Drop what only pre-training needs: unit embedding, UMLM projections and label embeddings,
-        and the UCTC head unless ``keep_uctc_head`` (the CTC fine-tuning may start from it)."""
+    def remove_pretraining_modules(self) -> None:
+        """Drop what only pre-training needs: unit embedding, UMLM projections and label embeddings, and
+        the UCTC head (the CTC fine-tuning takes it first when it starts from it)."""
         for name in PRETRAINING_MODULES:
             setattr(self, name, None)
-        if not keep_uctc_head:
-            self.uctc_head = None
 
     # ------------------------------------------------------------------ speech
     def _speech_features(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor]):
@@ -376,7 +375,7 @@ class SpeechLMModel(BaseFairseqModel):
 
     def extract_features(
         self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, output_layer: Optional[int] = None,
-        ret_layer_results: bool = False,
+        ret_layer_results: bool = False, transform_features: Optional[Callable] = None,
     ):
         """Speech representations, no masking: ``(B,S) -> features (B,T,D), padding_mask (B,T) or None``.
 
@@ -390,8 +389,14 @@ class SpeechLMModel(BaseFairseqModel):
         Transformer layers up to k, each before any final norm (so in the pre-LN Large layout the
         L/2-th entry is not ``output_layer=L/2``'s output, and the L-th not the final output). With
         ``output_layer=None`` it is empty, as published; ``output_layer=L`` gives every layer.
+
+        ``transform_features(features (B,T,D), frame padding (B,T) or None) -> (B,T,D)``, when given, is
+        applied to the front end's output before the first Transformer layer (the fine-tuned encoders'
+        input dropout and time/channel masking).
         """
         x, frame_padding, _ = self._speech_features(source, padding_mask)
+        if transform_features is not None:
+            x = transform_features(x, frame_padding)
         n_speech = len(self.speech_encoder.layers)
         n_all = n_speech + len(self.shared_encoder.layers)
         if output_layer is not None and not 1 <= output_layer <= n_all:

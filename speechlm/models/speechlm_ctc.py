@@ -168,6 +168,10 @@ class SpeechLMEncoder(FairseqEncoder):
         super().__init__(None)
         self.cfg = cfg
         self.w2v_model, self.pretrained_state = build_pretrained(cfg)
+        n_layers = len(self.w2v_model.speech_encoder.layers) + len(self.w2v_model.shared_encoder.layers)
+        if cfg.output_layer is not None and not 1 <= cfg.output_layer <= n_layers:
+            raise UserError(f"model.output_layer={cfg.output_layer}: the pre-trained model {cfg.w2v_path} has "
+                            f"layers 1..{n_layers} (None: the last)")
         self.uctc = self.w2v_model.uctc_head  # the pre-trained UCTC head, taken by the CTC model if wanted
         self.w2v_model.remove_pretraining_modules()
         self.embed_dim = self.w2v_model.cfg.encoder_embed_dim
@@ -206,20 +210,18 @@ class SpeechLMEncoder(FairseqEncoder):
             x = x.masked_fill(cmask, 0.0)
         return x
 
+    def _dropout_and_mask(self, x: torch.Tensor, frame_padding: Optional[torch.Tensor]) -> torch.Tensor:
+        """The front end's features -> input dropout, then (training) time/channel masking."""
+        x = self.w2v_model.dropout_input(x)
+        if self.training and self.cfg.apply_mask:
+            x = self._mask(x, frame_padding)
+        return x
+
     def forward(self, source, padding_mask=None, **kwargs):
-        m = self.w2v_model
         frozen = self.training and self.num_updates < self.cfg.freeze_finetune_updates
         with torch.no_grad() if frozen else contextlib.nullcontext():
-            x, frame_padding, _ = m._speech_features(source, padding_mask)
-            x = m.dropout_input(x)
-            if self.training and self.cfg.apply_mask:
-                x = self._mask(x, frame_padding)
-            layer, n_speech = self.cfg.output_layer, len(m.speech_encoder.layers)
-            if layer is not None and layer <= n_speech:
-                x = m.speech_encoder(x, frame_padding, layer)
-            else:  # as extract_features: any layer beyond the Speech Transformer = the final output
-                x = m.speech_encoder(x, frame_padding)
-                x = m.shared_encoder(x, frame_padding)
+            x, frame_padding = self.w2v_model.extract_features(
+                source, padding_mask, self.cfg.output_layer, transform_features=self._dropout_and_mask)
         if frame_padding is not None:
             x = x.masked_fill(frame_padding.unsqueeze(-1), 0.0)
         x = self.final_dropout(x)
