@@ -55,7 +55,7 @@ def main(argv=None):
     from speechlm.corpora.librispeech import write_labels
     from speechlm.data.manifest import SAMPLE_RATE, write_manifests
     from speechlm.data.readers import load_labels, load_manifest, read_audio
-    from speechlm.tokenizers import phone_recognizer as R
+    from speechlm.tokenizers import phone_recognizer
     from speechlm.tokenizers.features import mfcc_39
     from speechlm.tokenizers.lexicon import Lexicon
     from speechlm.tokenizers.phone_alignment import label_with_transcript
@@ -97,14 +97,14 @@ def main(argv=None):
     report("5 MFCC features (39-d, 50 Hz)", time.process_time() - c, audio_s, "audio s", FULL_AUDIO_S)
     if "phone" not in steps:
         return print_table(rows_out)
-    model = R.load_recognizer(args.recognizer)
+    model = phone_recognizer.load_recognizer(args.recognizer)
     c = time.process_time()
-    lps = [R.posteriors(model, w) for w in wavs]
+    lps = [phone_recognizer.posteriors(model, w) for w in wavs]
     report("4 recognizer posteriors", time.process_time() - c, audio_s, "audio s", FULL_AUDIO_S)
     lex = Lexicon.cmudict()
     c = time.process_time()
     for lp, wd in zip(lps, words):
-        wp = R.transcript_phones(wd.split(), lex)
+        wp = phone_recognizer.transcript_phones(wd.split(), lex)
         if wp is not None:
             try:
                 label_with_transcript(lp, wp)
@@ -120,11 +120,11 @@ def main(argv=None):
     from speechlm.data.readers import Manifest
     from speechlm.tokenizers.phone_training import PhoneCtcDataset, TrainingConfig, train_recognizer
 
-    targets = [R.ctc_targets(R.transcript_phones(["A"], lex)) for _ in rows]
+    targets = [phone_recognizer.ctc_targets(phone_recognizer.transcript_phones(["A"], lex)) for _ in rows]
     data = PhoneCtcDataset(Manifest.load(os.path.join(args.corpus, "valid.tsv")), range(len(rows)), targets,
-                           R.utterance_features)
+                           phone_recognizer.utterance_features)
     c = time.process_time()
-    train_recognizer(data, R.PhoneRecognizerConfig(), TrainingConfig(epochs=1, batch_size=8))
+    train_recognizer(data, phone_recognizer.PhoneRecognizerConfig(), TrainingConfig(epochs=1, batch_size=8))
     report("4 recognizer training, per epoch (100 h)", time.process_time() - c, audio_s, "audio s", 100 * 3600)
     print(f"CPU time of one thread, {len(rows)} utterances ({audio_s:.0f} s of audio)")
     print_table(rows_out)

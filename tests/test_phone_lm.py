@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from speechlm.decoding.ngram import write_arpa
-from speechlm.tokenizers import phone_recognizer as R
+from speechlm.tokenizers import phone_recognizer
 from speechlm.tokenizers.lexicon import Lexicon
 from speechlm.tokenizers.phone_alignment import label_without_transcript
 from speechlm.tokenizers.phone_lm import ArpaLM, beam_search, label_with_phone_lm, train_phone_lm
@@ -45,12 +45,12 @@ def test_arpa_reads_in_kenlm_like_our_reader(tmp_path):
         assert theirs.score(" ".join(s), bos=True, eos=True) * math.log(10) == pytest.approx(total, abs=1e-4)
 
 
-def _posteriors(frames, V=len(R.PHONE_UNITS) + 1):
+def _posteriors(frames, V=len(phone_recognizer.PHONE_UNITS) + 1):
     """frames: list of {unit name or '<b>': prob} -> (T, V) log posteriors (the rest spread thinly)."""
     lp = np.full((len(frames), V), 1e-4)
     for t, d in enumerate(frames):
         for u, p in d.items():
-            lp[t, R.BLANK if u == "<b>" else R.PHONE_UNITS.index(u) + 1] = p
+            lp[t, phone_recognizer.BLANK if u == "<b>" else phone_recognizer.PHONE_UNITS.index(u) + 1] = p
     lp /= lp.sum(1, keepdims=True)
     return np.log(lp)
 
@@ -67,8 +67,8 @@ def test_the_phone_lm_corrects_an_ambiguous_phone(tmp_path):
     frames = [{"SIL": 0.9}, {"K": 0.9}, {"<b>": 0.9}, {"IH": 0.5, "AE": 0.4}, {"<b>": 0.9}, {"T": 0.9},
               {"SIL": 0.9}]
     lp = _posteriors(frames)
-    units = ("<blank>",) + tuple(R.PHONE_UNITS)
-    sil = R.PHONE_UNITS.index("SIL") + 1
+    units = ("<blank>",) + tuple(phone_recognizer.PHONE_UNITS)
+    sil = phone_recognizer.PHONE_UNITS.index("SIL") + 1
     no_lm = beam_search(lp, units, lm, silence=sil, lm_weight=0.0)
     with_lm = beam_search(lp, units, lm, silence=sil, lm_weight=1.0)
     assert [units[u] for u in no_lm] == ["K", "IH", "T"]

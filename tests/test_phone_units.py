@@ -8,15 +8,15 @@ import pytest
 from speechlm.cli.main import main as speechlm_main
 from speechlm.data.manifest import num_frames_50hz
 from speechlm.data.readers import load_manifest
-from speechlm.tokenizers import phone_recognizer as R, phone_training as T
+from speechlm.tokenizers import phone_recognizer, phone_training
 from speechlm.tokenizers.lexicon import Lexicon
 from speechlm.tokenizers.phone_alignment import fill_blanks, forced_align
 from speechlm.tokenizers.phone_scoring import collapse, score_labels
 
-SIL = R.PHONE_UNITS.index("SIL") + 1
+SIL = phone_recognizer.PHONE_UNITS.index("SIL") + 1
 
 
-def _posteriors(frame_units, V=len(R.PHONE_UNITS) + 1):
+def _posteriors(frame_units, V=len(phone_recognizer.PHONE_UNITS) + 1):
     lp = np.full((len(frame_units), V), -20.0)
     lp[np.arange(len(frame_units)), frame_units] = 0.0
     return lp
@@ -83,8 +83,8 @@ def test_score_labels_per_speaker_and_the_cli_names_a_short_speaker_file(tmp_pat
 def _train_set(mini_corpus, cache_dir=None):
     """`train` of the tiny corpus (its train_paired has too few utterances whose words are all in the CMU
     dictionary), featurized per item."""
-    data, skipped = T.PhoneCtcDataset.from_split(str(mini_corpus), "train", Lexicon.cmudict(),
-                                                 R.utterance_features, cache_dir)
+    data, skipped = phone_training.PhoneCtcDataset.from_split(str(mini_corpus), "train", Lexicon.cmudict(),
+                                                 phone_recognizer.utterance_features, cache_dir)
     assert len(data) >= 8 and len(data) + len(skipped) == len(load_manifest(str(mini_corpus / "train.tsv"))[1])
     return data
 
@@ -92,11 +92,11 @@ def _train_set(mini_corpus, cache_dir=None):
 @pytest.fixture(scope="module")
 def recognizer(mini_corpus, tmp_path_factory):
     """A tiny recognizer trained for a few dozen updates."""
-    cfg = R.PhoneRecognizerConfig(dim=64, layers=3)
-    tcfg = T.TrainingConfig(epochs=100, batch_size=8, lr=3e-3, max_updates=40)
-    model, history = T.train_recognizer(_train_set(mini_corpus), cfg, tcfg)
+    cfg = phone_recognizer.PhoneRecognizerConfig(dim=64, layers=3)
+    tcfg = phone_training.TrainingConfig(epochs=100, batch_size=8, lr=3e-3, max_updates=40)
+    model, history = phone_training.train_recognizer(_train_set(mini_corpus), cfg, tcfg)
     path = tmp_path_factory.mktemp("pr") / "phone_ctc.pt"
-    R.save_recognizer(model, str(path))
+    phone_recognizer.save_recognizer(model, str(path))
     return path, history["losses"]
 
 
@@ -126,9 +126,9 @@ def test_training_resumes_after_an_interruption_to_the_same_model(mini_corpus, t
     data.rows, data.targets = data.rows[:12], data.targets[:12]
     valid = _train_set(mini_corpus)
     valid.rows, valid.targets = valid.rows[12:16], valid.targets[12:16]
-    cfg = R.PhoneRecognizerConfig(dim=32, layers=1)
-    tcfg = T.TrainingConfig(epochs=4, batch_size=4, lr=3e-3, time_masks=2, channel_masks=1)
-    straight, h1 = T.train_recognizer(data, cfg, tcfg, valid, str(tmp_path / "a"))
+    cfg = phone_recognizer.PhoneRecognizerConfig(dim=32, layers=1)
+    tcfg = phone_training.TrainingConfig(epochs=4, batch_size=4, lr=3e-3, time_masks=2, channel_masks=1)
+    straight, h1 = phone_training.train_recognizer(data, cfg, tcfg, valid, str(tmp_path / "a"))
 
     class Killed(Exception):
         pass
@@ -138,9 +138,9 @@ def test_training_resumes_after_an_interruption_to_the_same_model(mini_corpus, t
             raise Killed
 
     with pytest.raises(Killed):
-        T.train_recognizer(data, cfg, tcfg, valid, str(tmp_path / "b"), on_epoch_end=kill_after_2)
+        phone_training.train_recognizer(data, cfg, tcfg, valid, str(tmp_path / "b"), on_epoch_end=kill_after_2)
     seen = []
-    resumed, h2 = T.train_recognizer(data, cfg, tcfg, valid, str(tmp_path / "b"), on_epoch_end=seen.append)
+    resumed, h2 = phone_training.train_recognizer(data, cfg, tcfg, valid, str(tmp_path / "b"), on_epoch_end=seen.append)
     assert [r["epoch"] for r in seen] == [3, 4]  # epochs 1-2 not trained again
     assert [r["epoch"] for r in h2["epochs"]] == [1, 2, 3, 4] and len(h2["losses"]) == 4 * 3
     assert h2["losses"] == pytest.approx(h1["losses"], rel=1e-5)
@@ -149,8 +149,8 @@ def test_training_resumes_after_an_interruption_to_the_same_model(mini_corpus, t
     assert all(0 <= r["valid_per"] and r["valid_loss"] > 0 for r in h2["epochs"])
     # other settings: refused with what differs
     with pytest.raises(ValueError, match=r"other training settings \(epochs: 4 there, 6 now\)"):
-        T.train_recognizer(data, cfg, T.TrainingConfig(epochs=6, batch_size=4, lr=3e-3, time_masks=2,
-                                                       channel_masks=1), None, str(tmp_path / "b"))
+        other = phone_training.TrainingConfig(epochs=6, batch_size=4, lr=3e-3, time_masks=2, channel_masks=1)
+        phone_training.train_recognizer(data, cfg, other, None, str(tmp_path / "b"))
 
 
 @pytest.mark.slow
@@ -169,7 +169,7 @@ def test_label_score_shard_and_merge(mini_corpus, recognizer, tmp_path, capsys):
                           "--out-dir", str(out), "--transcripts"]) == 0
     lines = (out / "valid.phn").read_text().splitlines()
     assert [len(x.split()) for x in lines] == [num_frames_50hz(n) for _, n in rows]
-    assert set(u for x in lines for u in x.split()) <= set(R.PHONE_UNITS)
+    assert set(u for x in lines for u in x.split()) <= set(phone_recognizer.PHONE_UNITS)
     capsys.readouterr()
     assert speechlm_main(["phone-units", "score", "--hyp", str(out / "valid.phn"),
                           "--ref", str(mini_corpus / "valid.phn")]) == 0
@@ -201,10 +201,10 @@ def test_blank_penalty_shifts_the_argmax_away_from_blank(mini_corpus, recognizer
     assert speechlm_main(["phone-units", "label", str(mini_corpus), "valid", "--model", str(model_path),
                           "--out-dir", str(tmp_path / "p"), "--blank-penalty", "1000"]) == 0
     got = [x.split() for x in (tmp_path / "p" / "valid.phn").read_text().splitlines()]
-    man, model = Manifest.load(str(mini_corpus / "valid.tsv")), R.load_recognizer(str(model_path))
+    man, model = Manifest.load(str(mini_corpus / "valid.tsv")), phone_recognizer.load_recognizer(str(model_path))
     for i, labels in enumerate(got):
-        lp = R.posteriors(model, man.audio(i))
-        assert labels == [R.PHONE_UNITS[u] for u in lp[:, 1:].argmax(1)]
+        lp = phone_recognizer.posteriors(model, man.audio(i))
+        assert labels == [phone_recognizer.PHONE_UNITS[u] for u in lp[:, 1:].argmax(1)]
 
 
 @pytest.mark.slow
@@ -256,7 +256,7 @@ def test_recognizer_on_checkpoint_features(mini_corpus, tmp_path):
     assert speechlm_main(["phone-units", "train", str(mini_corpus), "--split", "train", "--save",
                           str(tmp_path / "pr.pt"), "--checkpoint", str(tmp_path / "hubert.pt"), "--layer", "1",
                           "--max-updates", "3", "--dim", "32", "--layers", "1"]) == 0
-    rec = R.load_recognizer(str(tmp_path / "pr.pt"))
+    rec = phone_recognizer.load_recognizer(str(tmp_path / "pr.pt"))
     assert rec.cfg.input_rate == 50 and rec.cfg.input_dim == 32 and rec.stride == 1
     assert speechlm_main(["phone-units", "label", str(mini_corpus), "valid", "--model", str(tmp_path / "pr.pt"),
                           "--out-dir", str(tmp_path / "lab")]) == 0
@@ -308,7 +308,7 @@ def test_label_in_the_kaldi_inventory(mini_corpus, recognizer, tmp_path):
     kaldi_lex = Lexicon.cmudict("kaldi")
     tsv = (mini_corpus / "valid.tsv").read_text().splitlines()
     wrd = (mini_corpus / "valid.wrd").read_text().splitlines()
-    keep = [i for i, w in enumerate(wrd) if R.transcript_phones(w.split(), kaldi_lex) is not None]
+    keep = [i for i, w in enumerate(wrd) if phone_recognizer.transcript_phones(w.split(), kaldi_lex) is not None]
     assert len(keep) >= 3
     corpus = tmp_path / "c"
     corpus.mkdir()
@@ -320,7 +320,7 @@ def test_label_in_the_kaldi_inventory(mini_corpus, recognizer, tmp_path):
                               str(tmp_path / inv), "--transcripts", "--inventory", inv]) == 0
     arpa = [x.split() for x in (tmp_path / "arpabet" / "valid.phn").read_text().splitlines()]
     kal = [x.split() for x in (tmp_path / "kaldi" / "valid.phn").read_text().splitlines()]
-    assert [[R.base_phone(u) for u in x] for x in kal] == arpa  # the same alignment, frame by frame
+    assert [[phone_recognizer.base_phone(u) for u in x] for x in kal] == arpa  # the same alignment, frame by frame
     fixture = Path(__file__).parent / "fixtures" / "kaldi" / "dict.phn.txt"
     assert (tmp_path / "kaldi" / "dict.phn.txt").read_bytes() == fixture.read_bytes()
     assert {u for x in kal for u in x} <= set(fixture.read_text().split()[::2])
@@ -337,17 +337,17 @@ def test_pseudo_labels_become_ctc_targets_and_bad_ones_name_the_line(mini_corpus
     n = len(load_manifest(str(mini_corpus / "valid.tsv"))[1])
     lines = ["SIL SIL AE1_B AE1_B T_E SIL SIL T_B T_E"] + ["SIL"] + ["SIL K K AE AE T"] * (n - 2)
     (tmp_path / "valid.phn").write_text("\n".join(lines) + "\n")
-    data = T.PhoneCtcDataset.from_frame_labels(str(mini_corpus), "valid", str(tmp_path / "valid.phn"),
-                                               R.utterance_features)
-    ids = {u: R.PHONE_UNITS.index(u) + 1 for u in ("SIL", "AE", "T", "K")}
+    data = phone_training.PhoneCtcDataset.from_frame_labels(str(mini_corpus), "valid", str(tmp_path / "valid.phn"),
+                                               phone_recognizer.utterance_features)
+    ids = {u: phone_recognizer.PHONE_UNITS.index(u) + 1 for u in ("SIL", "AE", "T", "K")}
     assert data.rows == [0] + list(range(2, n))  # the all-silence row has no target
     assert data.targets[0] == [ids[u] for u in ("SIL", "AE", "T", "T", "T", "SIL")]  # T_E | T_B T_E: 3 runs
     assert data.targets[1] == [ids[u] for u in ("SIL", "K", "AE", "T", "SIL")]
     lines[3] = "SIL K XX SIL"
     (tmp_path / "valid.phn").write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=r"valid.phn:4: 'XX' is not a phone unit"):
-        T.PhoneCtcDataset.from_frame_labels(str(mini_corpus), "valid", str(tmp_path / "valid.phn"),
-                                            R.utterance_features)
+        phone_training.PhoneCtcDataset.from_frame_labels(str(mini_corpus), "valid", str(tmp_path / "valid.phn"),
+                                            phone_recognizer.utterance_features)
 
 
 @pytest.mark.slow
@@ -365,7 +365,7 @@ def test_self_training_on_pseudo_labels_through_the_cli(mini_corpus, tmp_path, c
 
     total, transcribed = map(int, re.search(r"updates on (\d+) utterances \((\d+) transcribed\)", err).groups())
     assert total - transcribed == n_valid
-    assert (tmp_path / "st.train" / T.CHECKPOINT_LAST).is_file()
-    assert R.load_recognizer(str(tmp_path / "st.pt")).cfg.dim == 32
+    assert (tmp_path / "st.train" / phone_training.CHECKPOINT_LAST).is_file()
+    assert phone_recognizer.load_recognizer(str(tmp_path / "st.pt")).cfg.dim == 32
     with pytest.raises(SystemExit, match=r"a run on other training data"):
         speechlm_main(cmd[:7] + cmd[10:])  # without --pseudo

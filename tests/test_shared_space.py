@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from speechlm.analysis import shared_space as S
+from speechlm.analysis import shared_space
 from speechlm.cli.main import main as speechlm_main
 from speechlm.errors import UserError
 
@@ -27,7 +27,7 @@ def test_identical_views_meet_everywhere():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 24)).astype(np.float32)
     phones = rng.integers(0, 7, size=300)
-    st = S.layer_stats(3, x, x.copy(), phones, groups=None)  # no exclusion: every frame finds itself
+    st = shared_space.layer_stats(3, x, x.copy(), phones, groups=None)  # no exclusion: every frame finds itself
     assert st.same_phone_nn == 100.0 and st.speech_nn == 100.0 and st.text_nn == 100.0
     assert st.cka == pytest.approx(1.0) and st.mean_cos == pytest.approx(1.0) and st.norm_ratio == pytest.approx(1.0)
     assert st.layer == 3 and st.frames == 300
@@ -38,12 +38,12 @@ def test_identical_views_meet_everywhere():
 def test_phonetic_views_meet_across_utterances_and_unrelated_views_sit_at_chance():
     rng = np.random.default_rng(1)
     s, t, phones, groups = _one_hot_views(rng)
-    st = S.layer_stats(1, s, t, phones, groups)
+    st = shared_space.layer_stats(1, s, t, phones, groups)
     assert st.same_phone_nn == 100.0 and st.speech_nn == 100.0 and st.text_nn == 100.0
     assert st.cka > 0.9
     # text frames unrelated to the speech's phones: the nearest one has the same phone about at chance
     t_random = rng.normal(size=t.shape)
-    st = S.layer_stats(1, s, t_random, phones, groups)
+    st = shared_space.layer_stats(1, s, t_random, phones, groups)
     assert abs(st.same_phone_nn - st.chance) < 10 and st.chance == pytest.approx(20, abs=5)
     assert st.text_nn < 40 and st.speech_nn == 100.0
     assert st.cka < 0.2
@@ -53,20 +53,21 @@ def test_own_utterance_is_never_the_neighbour():
     # query of utterance 0 is closest to its own key (same label) and then to a key of utterance 1 (other label)
     q = np.array([[1.0, 0.0]])
     keys = np.array([[1.0, 0.01], [0.9, 0.3]])
-    assert S.nearest_same_label(q, np.array([5]), keys, np.array([5, 6])) == 100.0
-    assert S.nearest_same_label(q, np.array([5]), keys, np.array([5, 6]), np.array([0]), np.array([0, 1])) == 0.0
+    assert shared_space.nearest_same_label(q, np.array([5]), keys, np.array([5, 6])) == 100.0
+    assert shared_space.nearest_same_label(q, np.array([5]), keys, np.array([5, 6]), np.array([0]),
+                                           np.array([0, 1])) == 0.0
     with pytest.raises(ValueError, match="no key outside its own group"):
-        S.nearest_same_label(q, np.array([5]), keys, np.array([5, 6]), np.array([0]), np.array([0, 0]))
+        shared_space.nearest_same_label(q, np.array([5]), keys, np.array([5, 6]), np.array([0]), np.array([0, 0]))
 
 
 def test_linear_cka_ignores_rotation_and_scale_and_knows_constant_views():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(200, 8))
     q, _ = np.linalg.qr(rng.normal(size=(8, 8)))
-    assert S.linear_cka(x, 3.0 * x @ q) == pytest.approx(1.0)
-    assert S.linear_cka(x, np.ones((200, 8))) is None
-    assert S.chance_level(np.array([0, 0, 1, 1]), np.array([0, 0, 0, 1])) == pytest.approx(50.0)
-    assert S.mean_cosine(np.array([[1.0, 0.0]]), np.array([[0.0, 2.0]])) == pytest.approx(0.0)
+    assert shared_space.linear_cka(x, 3.0 * x @ q) == pytest.approx(1.0)
+    assert shared_space.linear_cka(x, np.ones((200, 8))) is None
+    assert shared_space.chance_level(np.array([0, 0, 1, 1]), np.array([0, 0, 0, 1])) == pytest.approx(50.0)
+    assert shared_space.mean_cosine(np.array([[1.0, 0.0]]), np.array([[0.0, 2.0]])) == pytest.approx(0.0)
 
 
 def _save_tiny(path, corpus, seed=0):
@@ -119,24 +120,24 @@ def test_the_same_frames_in_both_views_give_full_agreement(mini_corpus):
     torch.manual_seed(0)
     units = Dictionary.load(str(mini_corpus / "dict.phn.txt"))
     model = SpeechLMModel(SpeechLMConfig(**TINY), len(units), units.pad(), 0).eval()
-    data = S.load_data(str(mini_corpus), "valid", units, max_utts=4)
+    data = shared_space.load_data(str(mini_corpus), "valid", units, max_utts=4)
     assert len(data.utterances) == 4 and all(len(u.units) == len(u.phones) for u in data.utterances)
-    speech, text, phones, groups = S.collect_frames(model, data, frames_per_utt=25)
+    speech, text, phones, groups = shared_space.collect_frames(model, data, frames_per_utt=25)
     assert len(speech) == len(text) == 3 and speech[0].shape == text[2].shape == (len(phones), 32)
     assert len(phones) == len(groups) == sum(min(25, len(u.phones)) for u in data.utterances)
     # a sanity case on real frames: the text view against itself, own frames allowed -> 100 %, CKA 1
-    st = S.layer_stats(2, text[2], text[2], phones, None)
+    st = shared_space.layer_stats(2, text[2], text[2], phones, None)
     assert st.same_phone_nn == 100.0 and st.cka == pytest.approx(1.0)
 
 
 def test_random_init_is_seeded_and_bad_units_are_refused(mini_corpus, tmp_path):
     ckpt = tmp_path / "tiny.pt"
     trained = _save_tiny(ckpt, mini_corpus, seed=5)
-    loaded, normalize = S.load_model(str(ckpt))
+    loaded, normalize = shared_space.load_model(str(ckpt))
     assert not normalize
     assert torch.equal(loaded.unit_embed.weight, trained.unit_embed.weight)
-    r1, _ = S.load_model(str(ckpt), random_init=True, seed=3)
-    r2, _ = S.load_model(str(ckpt), random_init=True, seed=3)
+    r1, _ = shared_space.load_model(str(ckpt), random_init=True, seed=3)
+    r2, _ = shared_space.load_model(str(ckpt), random_init=True, seed=3)
     assert torch.equal(r1.unit_embed.weight, r2.unit_embed.weight)
     assert not torch.equal(r1.unit_embed.weight, trained.unit_embed.weight)
     # units of another inventory: the dictionary does not match the model's unit embedding
@@ -157,7 +158,7 @@ def test_random_init_is_seeded_and_bad_units_are_refused(mini_corpus, tmp_path):
     from fairseq.data import Dictionary
 
     with pytest.raises(UserError, match=r"valid.phn:2: .* frames, but .* must be 50 Hz labels"):
-        S.load_data(str(mini_corpus), "valid", Dictionary.load(str(bad / "dict.phn.txt")), str(bad), "phn")
+        shared_space.load_data(str(mini_corpus), "valid", Dictionary.load(str(bad / "dict.phn.txt")), str(bad), "phn")
 
 
 def _args(ckpt, corpus, **kw):

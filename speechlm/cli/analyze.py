@@ -39,7 +39,7 @@ def add_args(parser):
 def run(args):
     import torch
 
-    from speechlm.analysis import shared_space as S
+    from speechlm.analysis import shared_space
     from speechlm.data.readers import load_dictionary
     from speechlm.errors import UserError
 
@@ -47,22 +47,22 @@ def run(args):
         raise UserError("--frames-per-utt must be >= 1 and --tsne-points >= 2")
     t0 = time.process_time()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    model, normalize = S.load_model(args.checkpoint, args.random_init, args.seed)
+    model, normalize = shared_space.load_model(args.checkpoint, args.random_init, args.seed)
     dict_path = os.path.join(args.units_dir or args.corpus, f"dict.{args.label}.txt")
     units = load_dictionary(dict_path, "unit")
     if len(units) != model.num_units:
         raise UserError(f"{dict_path}: {len(units)} symbols, but {args.checkpoint} has {model.num_units} unit "
                         "embeddings; give --units-dir/--label of the units it was pre-trained on")
-    data = S.load_data(args.corpus, args.split, units, args.units_dir, args.label, args.max_utts)
-    stats, (speech, text, _, _) = S.analyze(model, data, args.frames_per_utt, args.seed, normalize)
+    data = shared_space.load_data(args.corpus, args.split, units, args.units_dir, args.label, args.max_utts)
+    stats, (speech, text, _, _) = shared_space.analyze(model, data, args.frames_per_utt, args.seed, normalize)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "shared_space")
-    S.write_json(S.stats_json(stats), os.path.join(out, "shared_space.json"))
+    shared_space.write_json(shared_space.stats_json(stats), os.path.join(out, "shared_space.json"))
     what = f"{os.path.basename(args.checkpoint)}{' (random init)' if args.random_init else ''}"
     print(f"{what} on {args.corpus}/{args.split}: {len(data.utterances)} utterances, {stats[0].frames} "
           f"frames per view; neighbours from other utterances")
-    print(S.format_table(stats))
+    print(shared_space.format_table(stats))
     if not args.no_plot:
-        S.plot_tsne(speech, text, stats, os.path.join(out, "shared_space.png"), args.tsne_points, args.seed,
+        shared_space.plot_tsne(speech, text, stats, os.path.join(out, "shared_space.png"), args.tsne_points, args.seed,
                     title=f"{what}: speech vs text frames ({args.split})")
     print(f"written: {out}/shared_space.json{'' if args.no_plot else ', shared_space.png'} "
           f"({time.process_time() - t0:.1f} CPU s)")

@@ -49,29 +49,29 @@ def add_args(parser):
 
 def run(args):
     from speechlm.data.manifest import num_frames_50hz, num_frames_100hz
-    from speechlm.tokenizers import features as F
+    from speechlm.tokenizers import features
 
     if args.checkpoint and args.layer is None:
         sys.exit("speechlm features: --checkpoint needs --layer N (1-based Transformer layer) or --layer all")
-    F.check_feature_dir(args.feat_dir, args.checkpoint, args.layer, args.rate)
+    features.check_feature_dir(args.feat_dir, args.checkpoint, args.layer, args.rate)
     if args.action == "check":
         return 0
     manifest = os.path.join(args.tsv_dir, f"{args.split}.tsv")
     if not os.path.isfile(manifest):
         sys.exit(f"speechlm features: {manifest}: no such manifest")
     if args.checkpoint:
-        extractor, expected, what = (F.CheckpointFeatureReader(args.checkpoint, args.layer, args.device),
+        extractor, expected, what = (features.CheckpointFeatureReader(args.checkpoint, args.layer, args.device),
                                      num_frames_50hz, f"{args.checkpoint} layer {args.layer}")
     else:
         def extractor(wav):
-            return F.mfcc_39(wav, args.rate)
+            return features.mfcc_39(wav, args.rate)
 
         expected = num_frames_50hz if args.rate == 50 else num_frames_100hz
         what = f"MFCC 39-d at {args.rate} Hz"
     from speechlm.tokenizers.shards import shard_lock, write_sidecar
 
     with shard_lock(os.path.join(args.feat_dir, f"{args.split}_{args.rank}_{args.nshard}")):
-        prefix, frames = F.dump_features(manifest, args.feat_dir, args.split, extractor, args.nshard,
+        prefix, frames = features.dump_features(manifest, args.feat_dir, args.split, extractor, args.nshard,
                                          args.rank, expected)
         if args.layer == "all":  # FEAT_DIR/layer{k}/SPLIT_R_N for every layer the dump wrote
             name = os.path.basename(prefix)

@@ -54,11 +54,11 @@ def _read_label_lines(path):
 def run(args):
     import numpy as np
 
-    from speechlm.tokenizers import kmeans as K
+    from speechlm.tokenizers import kmeans
 
     if args.action == "learn":
         try:
-            n = K.learn_from_shards(args.feat_dir, args.split, args.nshard, args.km_path, args.n_clusters,
+            n = kmeans.learn_from_shards(args.feat_dir, args.split, args.nshard, args.km_path, args.n_clusters,
                                     args.percent, args.seed, batch_size=args.batch_size,
                                     max_iter=args.max_iter, n_init=args.n_init)
         except ValueError as e:
@@ -69,12 +69,12 @@ def run(args):
 
         name = args.split if args.nshard == 1 else f"{args.split}_{args.rank}_{args.nshard}"
         with shard_lock(os.path.join(args.lab_dir, name)):
-            out, n_utts, n_frames = K.apply_to_shard(args.feat_dir, args.split, args.km_path, args.lab_dir,
+            out, n_utts, n_frames = kmeans.apply_to_shard(args.feat_dir, args.split, args.km_path, args.lab_dir,
                                                      args.nshard, args.rank)
         print(f"[kmeans] {n_utts} utterances, {n_frames} frames -> {out}", file=sys.stderr)
     elif args.action == "merge":
         try:
-            out = K.merge_label_shards(args.lab_dir, args.split, args.nshard, args.km_path)
+            out = kmeans.merge_label_shards(args.lab_dir, args.split, args.nshard, args.km_path)
         except FileNotFoundError as e:
             sys.exit(f"speechlm kmeans merge: {e}")
         print(f"[kmeans] merged {args.nshard} shards -> {out}, dict.km.txt", file=sys.stderr)
@@ -85,7 +85,7 @@ def run(args):
             sys.exit(f"speechlm kmeans score: {args.units} has {len(units)} lines but {args.phones} has "
                      f"{len(phones)}; both must have one line per row of the same manifest")
         try:
-            res = K.purity([np.array([int(x) for x in u]) for u in units], phones)
+            res = kmeans.purity([np.array([int(x) for x in u]) for u in units], phones)
         except ValueError as e:
             sys.exit(f"speechlm kmeans score: {args.units} vs {args.phones}: {e}")
         print(json.dumps(res))

@@ -104,20 +104,20 @@ def run(args):
     import numpy as np
     import torch
 
-    from speechlm.tokenizers import phone_recognizer as R
+    from speechlm.tokenizers import phone_recognizer
     from speechlm.tokenizers.lexicon import Lexicon
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.action == "train":
-        from speechlm.tokenizers import phone_training as T
+        from speechlm.tokenizers import phone_training
 
         if args.checkpoint and args.layer < 1:
             sys.exit("speechlm phone-units train: --checkpoint needs --layer N (1-based Transformer layer)")
         lexicon = Lexicon.load(args.lexicon, args.inventory)
         train_dir = args.train_dir or (args.save[:-3] if args.save.endswith(".pt") else args.save) + ".train"
-        featurize = R.make_featurizer(args.checkpoint, args.layer)
+        featurize = phone_recognizer.make_featurizer(args.checkpoint, args.layer)
         cache = os.path.join(train_dir, "features") if args.checkpoint else None
-        train, skipped = T.PhoneCtcDataset.from_split(args.corpus, args.split, lexicon, featurize,
+        train, skipped = phone_training.PhoneCtcDataset.from_split(args.corpus, args.split, lexicon, featurize,
                                                       cache and os.path.join(cache, args.split))
         if skipped:
             print(f"[phone-units] skipped {len(skipped)} utterances with words missing from the lexicon, "
@@ -125,7 +125,7 @@ def run(args):
         parts = [train]
         for split, phn in args.pseudo:
             try:
-                parts.append(T.PhoneCtcDataset.from_frame_labels(args.corpus, split, phn, featurize,
+                parts.append(phone_training.PhoneCtcDataset.from_frame_labels(args.corpus, split, phn, featurize,
                                                                  cache and os.path.join(cache, split)))
             except ValueError as e:
                 sys.exit(f"speechlm phone-units train: {e}")
@@ -141,20 +141,20 @@ def run(args):
         valid = None
         vs = args.valid_split
         if vs and all(os.path.isfile(os.path.join(args.corpus, f"{vs}.{e}")) for e in ("tsv", "wrd")):
-            valid, _ = T.PhoneCtcDataset.from_split(args.corpus, vs, lexicon, featurize,
+            valid, _ = phone_training.PhoneCtcDataset.from_split(args.corpus, vs, lexicon, featurize,
                                                     cache and os.path.join(cache, vs))
-        cfg = R.PhoneRecognizerConfig(dim=args.dim, layers=args.layers, input_dim=next(p for p in parts if len(p)).features(0).shape[1],
+        cfg = phone_recognizer.PhoneRecognizerConfig(dim=args.dim, layers=args.layers, input_dim=next(p for p in parts if len(p)).features(0).shape[1],
                                       input_rate=50 if args.checkpoint else 100, dropout=args.dropout,
                                       feature_checkpoint=os.path.abspath(args.checkpoint) if args.checkpoint else "",
                                       feature_layer=args.layer)
-        tcfg = T.TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        tcfg = phone_training.TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                 max_updates=args.max_updates, time_masks=args.time_masks,
                                 channel_masks=args.channel_masks)
         try:
-            model, history = T.train_recognizer(train, cfg, tcfg, valid, train_dir)
+            model, history = phone_training.train_recognizer(train, cfg, tcfg, valid, train_dir)
         except ValueError as e:
             sys.exit(f"speechlm phone-units train: {e}")
-        R.save_recognizer(model, args.save)
+        phone_recognizer.save_recognizer(model, args.save)
         losses = history["losses"]
         k = max(1, len(losses) // 10)
         last = history["epochs"][-1] if history["epochs"] else {}

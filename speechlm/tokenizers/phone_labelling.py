@@ -55,7 +55,7 @@ def label_split(corpus: str, split: str, model_path: str, out_dir: str, transcri
                 rank: int = 0, blank_penalty: float = 0.0) -> LabellingReport:
     """Label rows ``shard_range(n, nshard, rank)`` of ``corpus/split.tsv``; see the module docstring."""
     from speechlm.data.readers import Manifest
-    from speechlm.tokenizers import phone_recognizer as R
+    from speechlm.tokenizers import phone_recognizer
     from speechlm.tokenizers.phone_alignment import label_with_transcript, label_without_transcript
     from speechlm.tokenizers.phone_lm import ArpaLM, label_with_phone_lm
     from speechlm.tokenizers.shards import shard_range
@@ -68,7 +68,7 @@ def label_split(corpus: str, split: str, model_path: str, out_dir: str, transcri
     rows = manifest.rows
     words = transcripts_as_phones(corpus, split, len(rows), lexicon or Lexicon.load()) if transcripts else None
     lm = ArpaLM.load(phone_lm) if phone_lm else None
-    model = R.load_recognizer(model_path)
+    model = phone_recognizer.load_recognizer(model_path)
     start, end = shard_range(len(rows), nshard, rank)
     os.makedirs(out_dir, exist_ok=True)
     if kaldi:
@@ -82,7 +82,7 @@ def label_split(corpus: str, split: str, model_path: str, out_dir: str, transcri
     report = LabellingReport(out=os.path.join(out_dir, f"{name}.phn"))
     with atomic_write(report.out, what="phone labels") as f:
         for i in range(start, end):
-            lp = R.posteriors(model, manifest.audio(i))
+            lp = phone_recognizer.posteriors(model, manifest.audio(i))
             labels = None
             if words is not None:
                 wp = words[i]
@@ -105,7 +105,7 @@ def label_split(corpus: str, split: str, model_path: str, out_dir: str, transcri
                                 "frames, so it has no Kaldi position-dependent labels; fix or drop the row")
             if labels is None and blank_penalty:
                 lp = lp.copy()
-                lp[:, R.BLANK] -= blank_penalty
+                lp[:, phone_recognizer.BLANK] -= blank_penalty
             if labels is None and lm is not None:
                 labels = label_with_phone_lm(lp, lm, lm_weight, insertion, beam)
                 report.phone_lm += 1

@@ -161,11 +161,11 @@ def beam_search(log_probs: np.ndarray, units: Sequence[str], lm: ArpaLM, blank: 
 def label_with_phone_lm(log_probs: np.ndarray, lm: ArpaLM, lm_weight: float = 1.0, insertion: float = 0.0,
                         beam: int = 16) -> List[str]:
     """Frame-level phones of one utterance from the recognizer's log posteriors (T, 41) and a phone LM."""
-    from speechlm.tokenizers import phone_alignment as A, phone_recognizer as R
+    from speechlm.tokenizers import phone_alignment, phone_recognizer
 
-    units = ("<blank>",) + tuple(R.PHONE_UNITS)
-    sil = R.PHONE_UNITS.index(SIL) + 1
-    seq = beam_search(log_probs, units, lm, blank=R.BLANK, silence=sil, lm_weight=lm_weight,
+    units = ("<blank>",) + tuple(phone_recognizer.PHONE_UNITS)
+    sil = phone_recognizer.PHONE_UNITS.index(SIL) + 1
+    seq = beam_search(log_probs, units, lm, blank=phone_recognizer.BLANK, silence=sil, lm_weight=lm_weight,
                       insertion=insertion, beam=beam)
     if not seq:
         return [SIL] * log_probs.shape[0]
@@ -174,8 +174,8 @@ def label_with_phone_lm(log_probs: np.ndarray, lm: ArpaLM, lm_weight: float = 1.
         tokens.extend([u, sil])
         optional.extend([False, True])
     try:
-        tok_idx = A.forced_align(log_probs, tokens, optional)
+        tok_idx = phone_alignment.forced_align(log_probs, tokens, optional)
     except ValueError:  # more phones than frames allow: keep the posteriors' own labels
-        return A.label_without_transcript(log_probs)
-    frame_units = np.where(tok_idx >= 0, np.asarray(tokens)[np.maximum(tok_idx, 0)], R.BLANK)
-    return [R.PHONE_UNITS[u - 1] for u in A.fill_blanks(frame_units)]
+        return phone_alignment.label_without_transcript(log_probs)
+    frame_units = np.where(tok_idx >= 0, np.asarray(tokens)[np.maximum(tok_idx, 0)], phone_recognizer.BLANK)
+    return [phone_recognizer.PHONE_UNITS[u - 1] for u in phone_alignment.fill_blanks(frame_units)]
