@@ -53,8 +53,9 @@ def main(argv=None):
 
     torch.set_num_threads(1)
     from speechlm.corpora.librispeech import write_labels
-    from speechlm.data.manifest import SAMPLE_RATE, write_manifests
+    from speechlm.data.manifest import SAMPLE_RATE
     from speechlm.data.readers import load_labels, load_manifest, read_audio
+    from speechlm.data.scan import write_manifests
     from speechlm.tokenizers import phone_recognizer
     from speechlm.tokenizers.features import mfcc_39
     from speechlm.tokenizers.lexicon import Lexicon

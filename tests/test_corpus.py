@@ -12,8 +12,9 @@ import soundfile as sf
 from speechlm.cli import corpus as corpus_cli, manifest as manifest_cli
 from speechlm.corpora import synth
 from speechlm.corpora.mini import SPLITS, build_mini_corpus, check_corpus
-from speechlm.data.manifest import num_frames_50hz, num_frames_100hz, write_manifests
+from speechlm.data.manifest import num_frames_50hz, num_frames_100hz
 from speechlm.data.readers import load_labels, load_manifest, read_audio
+from speechlm.data.scan import write_manifests
 from speechlm.tokenizers.lexicon import PHONES, letters
 
 

@@ -15,7 +15,7 @@ def add_args(parser):
 
 
 def run(args):
-    from speechlm.data.manifest import write_manifests
+    from speechlm.data.scan import write_manifests
 
     errors, counts = write_manifests(args.root, args.dest, args.ext, args.valid_percent, args.seed)
     if errors:
