@@ -12,9 +12,9 @@ from fairseq.data import Dictionary
 
 from speechlm import atomic
 from speechlm.cli.main import main as cli
-from speechlm.data.unit_text_dataset import load_text_dataset
+from speechlm.data.unit_text_dataset import check_binarized, load_text_dataset
 from speechlm.errors import UserError
-from speechlm.tokenizers.binarize import binarize, check_binarized
+from speechlm.tokenizers.binarize import binarize
 from speechlm.tokenizers.shards import shard_lock
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,6 +6,7 @@ indexed datasets, written by ``speechlm binarize``), one sentence per entry. A t
 counted in the batch's ``ntokens``, and kept in the units with ``unit_eos=True``: both as the published
 training does (its UCTC divides by target tokens with ``</s>``, its unit input ends in ``</s>``).
 """
+import json
 import os
 
 import numpy as np
@@ -21,10 +22,47 @@ def text_paths(text_dir: str, split: str, unit: str):
     return f"{stem}.{unit}", f"{stem}.ltr"
 
 
+def check_binarized(text_dir: str, split: str, unit: str) -> None:
+    """Refuse a binarized split that ``binarize`` did not finish: its summary (written last) missing, a
+    file's size not the one the summary recorded, or a ``.bin`` shorter or longer than its ``.idx`` says."""
+    stem = os.path.join(text_dir, f"{split}.{unit}-ltr")
+    redo = (f"binarize it again (speechlm binarize ... --dest {text_dir} --split {split}) and give the "
+            "same directory")
+    prefixes = [f"{stem}.{unit}", f"{stem}.ltr"]
+    if not all(os.path.isfile(p + ".bin") and os.path.isfile(p + ".idx") for p in prefixes):
+        return  # the loader names what is missing
+    marker = stem + ".summary.json"
+    if not os.path.isfile(marker):
+        raise UserError(f"{marker}: missing, so {stem}.* were not finished by `speechlm binarize` (killed, or "
+                        f"still running?); {redo}")
+    try:
+        with open(marker, encoding="utf-8") as f:
+            summary = json.load(f)
+    except ValueError:
+        raise UserError(f"{marker}: not a binarize summary (cut short?); {redo}") from None
+    for name, size in (summary.get("files") or {}).items():
+        path = os.path.join(text_dir, name)
+        actual = os.path.getsize(path) if os.path.isfile(path) else None
+        if actual != size:
+            raise UserError(f"{path}: {actual} bytes, but the binarize run that wrote {marker} wrote {size}; "
+                            f"the files of this split come from different or unfinished runs; {redo}")
+    from fairseq.data.indexed_dataset import MMapIndexedDataset
+
+    for p in prefixes:
+        try:
+            index = MMapIndexedDataset.Index(p + ".idx")
+            expected = int(index.sizes.astype("int64").sum()) * index.dtype().itemsize
+            del index
+        except (ValueError, AssertionError, OSError, IndexError) as e:
+            raise UserError(f"{p}.idx: not a readable fairseq index ({e}); {redo}") from None
+        actual = os.path.getsize(p + ".bin")
+        if actual != expected:
+            raise UserError(f"{p}.bin: {actual} bytes but {p}.idx describes {expected} (cut short, or from "
+                            f"another run); {redo}")
+
+
 def load_text_dataset(text_dir, split, unit, unit_dict, letter_dict, shuffle=True, unit_eos=False):
     """Open a split as a ``UnitTextDataset``; ``FileNotFoundError`` names the missing files."""
-    from speechlm.tokenizers.binarize import check_binarized
-
     check_binarized(text_dir, split, unit)  # a killed or concurrent binarize: refused, naming the file
     unit_prefix, ltr_prefix = text_paths(text_dir, split, unit)
     datasets = []

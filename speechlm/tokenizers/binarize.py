@@ -15,7 +15,7 @@ letters, a phone of another inventory) is an error naming the file, line and sym
 
 All files of one split are written as one unit (:class:`speechlm.atomic.AtomicGroup`): into a temporary
 directory beside them, then renamed, the summary (the completion marker) removed first and renamed last,
-recording every file's size. :func:`check_binarized`, called by the loader, refuses a split without its
+recording every file's size. :func:`speechlm.data.unit_text_dataset.check_binarized`, called by the loader, refuses a split without its
 summary, or whose files' sizes differ from it or from their own index: a killed or concurrent binarize
 never leaves something that training trusts.
 """
@@ -157,42 +157,3 @@ def binarize(units, letters, unit_dict, letter_dict, dest, split="train", worker
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return summary
-
-
-def check_binarized(text_dir: str, split: str, unit: str) -> None:
-    """Refuse a binarized split that ``binarize`` did not finish: its summary (written last) missing, a
-    file's size not the one the summary recorded, or a ``.bin`` shorter or longer than its ``.idx`` says."""
-    stem = os.path.join(text_dir, f"{split}.{unit}-ltr")
-    redo = (f"binarize it again (speechlm binarize ... --dest {text_dir} --split {split}) and give the "
-            "same directory")
-    prefixes = [f"{stem}.{unit}", f"{stem}.ltr"]
-    if not all(os.path.isfile(p + ".bin") and os.path.isfile(p + ".idx") for p in prefixes):
-        return  # the loader names what is missing
-    marker = stem + ".summary.json"
-    if not os.path.isfile(marker):
-        raise UserError(f"{marker}: missing, so {stem}.* were not finished by `speechlm binarize` (killed, or "
-                        f"still running?); {redo}")
-    try:
-        with open(marker, encoding="utf-8") as f:
-            summary = json.load(f)
-    except ValueError:
-        raise UserError(f"{marker}: not a binarize summary (cut short?); {redo}") from None
-    for name, size in (summary.get("files") or {}).items():
-        path = os.path.join(text_dir, name)
-        actual = os.path.getsize(path) if os.path.isfile(path) else None
-        if actual != size:
-            raise UserError(f"{path}: {actual} bytes, but the binarize run that wrote {marker} wrote {size}; "
-                            f"the files of this split come from different or unfinished runs; {redo}")
-    from fairseq.data.indexed_dataset import MMapIndexedDataset
-
-    for p in prefixes:
-        try:
-            index = MMapIndexedDataset.Index(p + ".idx")
-            expected = int(index.sizes.astype("int64").sum()) * index.dtype().itemsize
-            del index
-        except (ValueError, AssertionError, OSError, IndexError) as e:
-            raise UserError(f"{p}.idx: not a readable fairseq index ({e}); {redo}") from None
-        actual = os.path.getsize(p + ".bin")
-        if actual != expected:
-            raise UserError(f"{p}.bin: {actual} bytes but {p}.idx describes {expected} (cut short, or from "
-                            f"another run); {redo}")
