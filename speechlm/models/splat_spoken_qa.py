@@ -18,7 +18,7 @@ from fairseq.models import BaseFairseqModel, register_model
 from fairseq.modules import SinusoidalPositionalEmbedding, TransformerSentenceEncoderLayer
 
 from speechlm.models.splat_speech import SplatSpeechConfig, build_speech_module
-from speechlm.splat.bert import FrozenOutputCache, freeze
+from speechlm.modules.frozen import FrozenOutputCache, freeze
 
 
 @dataclass

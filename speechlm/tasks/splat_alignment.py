@@ -16,7 +16,8 @@ from fairseq.tasks import register_task
 from omegaconf import MISSING, open_dict
 
 from speechlm.data.splat_text import read_transcripts
-from speechlm.splat.bert import TEXT_POOLING_CHOICES, BertBundle, FrozenOutputCache, pool_sentence, tokenize
+from speechlm.modules.frozen import FrozenOutputCache
+from speechlm.splat.bert import TEXT_POOLING_CHOICES, BertBundle, pool_sentence, tokenize
 from speechlm.splat.idf import compute_idf
 from speechlm.splat.targets import SentenceTarget
 from speechlm.tasks.splat_pretraining import SplatFbankTask, SplatFbankTaskConfig
