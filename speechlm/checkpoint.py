@@ -86,6 +86,25 @@ def read_checkpoint(path: str, arg_overrides=None) -> dict:
     return state
 
 
+def read_torch_file(path: str, what: str = "checkpoint") -> dict:
+    """``torch.load`` (``weights_only``, the allow-list) of a torch file that is not a fairseq checkpoint (a
+    phone recognizer, its resume state); a missing, damaged or unsafe file is a ``UserError`` naming it."""
+    if not os.path.isfile(path):
+        raise UserFileNotFoundError(f"{path}: {what} not found")
+    reason = checkpoint_damage(path)
+    if reason is not None:
+        _raise_damaged(path, reason, what)
+    install()
+    try:
+        return _refuse_clearly(torch.load)(path, map_location="cpu", weights_only=True)
+    except (EOFError, zipfile.BadZipFile) as e:
+        _raise_damaged(path, f"cannot be read ({type(e).__name__}: {e})", what)
+    except RuntimeError as e:
+        if "zip archive" in str(e) or "PytorchStreamReader" in str(e):
+            _raise_damaged(path, f"cannot be read ({e})", what)
+        raise
+
+
 def config_value(node, key: str, default=None):
     """``node[key]`` of a config node (dict, ``DictConfig`` or a legacy ``argparse.Namespace``);
     ``default`` when the node or the key is missing or the value is None."""

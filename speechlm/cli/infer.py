@@ -103,9 +103,11 @@ def load_model_and_task(path: str, task_overrides=None, model_overrides=None, us
     from fairseq import checkpoint_utils, tasks
     from omegaconf import OmegaConf, open_dict
 
+    from speechlm.checkpoint import read_checkpoint
+
     if not os.path.isfile(path):
         raise SystemExit(f"common_eval.path={path!r}: checkpoint not found")
-    state = checkpoint_utils.load_checkpoint_to_cpu(path, arg_overrides=model_overrides)
+    state = read_checkpoint(path, arg_overrides=model_overrides)
     cfg = state["cfg"]
     name = (cfg.get("model") or {}).get("_name") if cfg is not None else None
     if not str(name).endswith("_ctc"):

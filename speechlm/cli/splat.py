@@ -48,9 +48,9 @@ def add_args(parser):
 
 
 def _from_checkpoint_task(ckpt: str, key: str):
-    from fairseq import checkpoint_utils
+    from speechlm.checkpoint import read_checkpoint
 
-    task = checkpoint_utils.load_checkpoint_to_cpu(ckpt)["cfg"]["task"]
+    task = read_checkpoint(ckpt)["cfg"]["task"]
     return task.get(key) if key in task else None
 
 

@@ -148,7 +148,10 @@ def save_recognizer(model: PhoneRecognizer, path: str) -> None:
 
 
 def load_recognizer(path: str) -> PhoneRecognizer:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """The phone recognizer ``save_recognizer`` wrote to ``path``, in eval mode."""
+    from speechlm.checkpoint import read_torch_file
+
+    state = read_torch_file(path, "phone recognizer")
     if list(state.get("units", [])) != list(PHONE_UNITS):
         raise ValueError(f"{path}: not a speechlm phone recognizer (unit inventory differs)")
     model = PhoneRecognizer(PhoneRecognizerConfig(**state["config"]))

@@ -203,12 +203,12 @@ def _targets_of(data, i):
 
 
 def _resume_state(path: str, cfg: PhoneRecognizerConfig, tcfg: TrainingConfig, digest: str):
-    from speechlm.checkpoint import checkpoint_damage
+    from speechlm.checkpoint import checkpoint_damage, read_torch_file
 
     damage = checkpoint_damage(path)
     if damage:
         raise ValueError(f"{path}: {damage}; remove it to train from scratch")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_torch_file(path, "phone recognizer training state")
     for name, want in (("model", asdict(cfg)), ("training", asdict(tcfg))):
         have = state[f"{name}_config"]
         diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}

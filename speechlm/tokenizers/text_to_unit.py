@@ -20,10 +20,13 @@ def load_model(checkpoint: str, data: Optional[str] = None, device: str = "cpu")
     from fairseq import checkpoint_utils
 
     import speechlm
+    from speechlm.checkpoint import read_checkpoint
 
     speechlm.register()
     overrides = {"data": os.path.abspath(data)} if data else {}
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
+    state = read_checkpoint(checkpoint, arg_overrides=overrides)
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides,
+                                                                    state=state)
     return models[0].eval().to(device), task
 
 
