@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from speechlm.data.readers import Manifest, load_labels, read_lines
+from speechlm.decoding.ctc import greedy_ctc
 from speechlm.errors import UserError
 
 TASKS = ("PR", "ASR", "SID", "IC")
@@ -203,19 +204,6 @@ def _edit_rate(hyps: List[List[int]], refs: List[List[int]]) -> float:
     return 100.0 * errors / max(1, sum(len(r) for r in refs))
 
 
-def _ctc_greedy(logits: torch.Tensor, lengths: torch.Tensor) -> List[List[int]]:
-    best = logits.argmax(-1)
-    out = []
-    for b in range(best.size(0)):
-        seq, prev = [], 0
-        for t in best[b, : int(lengths[b])].tolist():
-            if t != prev and t != 0:
-                seq.append(t)
-            prev = t
-        out.append(seq)
-    return out
-
-
 @dataclass
 class HeadConfig:
     """Sized for a 2-core CPU (examples/superb/README.md has the measured cost)."""
@@ -269,7 +257,7 @@ def train_head(task: str, train: Split, test: Split, num_out: int, seed: int,
             x, lengths = _batch(states)
             out = head(x, lengths)
             if ctc:
-                hyps += _ctc_greedy(out, lengths)
+                hyps += greedy_ctc(out, lengths, blank=0)
             else:
                 hyps += out.argmax(-1).tolist()
             refs += test.labels[start: start + cfg.batch_size]

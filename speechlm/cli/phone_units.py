@@ -101,122 +101,114 @@ def _read_lines(path):
 
 def run(args):
     logging.basicConfig(level=logging.INFO, format="[phone-units] %(message)s")
-    import numpy as np
     import torch
 
-    from speechlm.tokenizers import phone_recognizer
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    return {"train": _train, "label": _label, "merge": _merge, "score": _score}[args.action](args)
+
+
+def _train(args):
+    import numpy as np
+
+    from speechlm.tokenizers import phone_recognizer, phone_training
     from speechlm.tokenizers.lexicon import Lexicon
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    if args.action == "train":
-        from speechlm.tokenizers import phone_training
+    if args.checkpoint and args.layer < 1:
+        sys.exit("speechlm phone-units train: --checkpoint needs --layer N (1-based Transformer layer)")
+    lexicon = Lexicon.load(args.lexicon, args.inventory)
+    train_dir = args.train_dir or (args.save[:-3] if args.save.endswith(".pt") else args.save) + ".train"
+    featurize = phone_recognizer.make_featurizer(args.checkpoint, args.layer)
+    try:
+        data = phone_training.recognizer_training_data(
+            args.corpus, args.split, lexicon, featurize, args.pseudo, args.valid_split,
+            os.path.join(train_dir, "features") if args.checkpoint else None)
+    except ValueError as e:
+        sys.exit(f"speechlm phone-units train: {e}")
+    if data.skipped:
+        print(f"[phone-units] skipped {len(data.skipped)} utterances with words missing from the lexicon, "
+              f"e.g. {args.split}.wrd line {data.skipped[0][0]}: {data.skipped[0][1]}", file=sys.stderr)
+    cfg = phone_recognizer.PhoneRecognizerConfig(
+        dim=args.dim, layers=args.layers, input_dim=data.input_dim, input_rate=50 if args.checkpoint else 100,
+        dropout=args.dropout, feature_checkpoint=os.path.abspath(args.checkpoint) if args.checkpoint else "",
+        feature_layer=args.layer)
+    tcfg = phone_training.TrainingConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, max_updates=args.max_updates,
+        time_masks=args.time_masks, channel_masks=args.channel_masks)
+    try:
+        model, history = phone_training.train_recognizer(data.train, cfg, tcfg, data.valid, train_dir)
+    except ValueError as e:
+        sys.exit(f"speechlm phone-units train: {e}")
+    phone_recognizer.save_recognizer(model, args.save)
+    losses = history["losses"]
+    k = max(1, len(losses) // 10)
+    last = history["epochs"][-1] if history["epochs"] else {}
+    scored = (f"; {args.valid_split}: CTC loss {last['valid_loss']:.3f}, greedy PER {100 * last['valid_per']:.1f} %"
+              if "valid_loss" in last else "")
+    pseudo = f" ({data.transcribed} transcribed)" if args.pseudo else ""
+    print(f"[phone-units] {len(losses)} updates on {len(data.train)} utterances{pseudo}; CTC loss "
+          f"{np.mean(losses[:k]):.3f} (first 10%) -> {np.mean(losses[-k:]):.3f} (last 10%){scored}; "
+          f"-> {args.save}", file=sys.stderr)
+    return 0
 
-        if args.checkpoint and args.layer < 1:
-            sys.exit("speechlm phone-units train: --checkpoint needs --layer N (1-based Transformer layer)")
-        lexicon = Lexicon.load(args.lexicon, args.inventory)
-        train_dir = args.train_dir or (args.save[:-3] if args.save.endswith(".pt") else args.save) + ".train"
-        featurize = phone_recognizer.make_featurizer(args.checkpoint, args.layer)
-        cache = os.path.join(train_dir, "features") if args.checkpoint else None
-        train, skipped = phone_training.PhoneCtcDataset.from_split(args.corpus, args.split, lexicon, featurize,
-                                                      cache and os.path.join(cache, args.split))
-        if skipped:
-            print(f"[phone-units] skipped {len(skipped)} utterances with words missing from the lexicon, "
-                  f"e.g. {args.split}.wrd line {skipped[0][0]}: {skipped[0][1]}", file=sys.stderr)
-        parts = [train]
-        for split, phn in args.pseudo:
-            try:
-                parts.append(phone_training.PhoneCtcDataset.from_frame_labels(args.corpus, split, phn, featurize,
-                                                                 cache and os.path.join(cache, split)))
-            except ValueError as e:
-                sys.exit(f"speechlm phone-units train: {e}")
-            print(f"[phone-units] + {len(parts[-1])} utterances of {split} with targets "
-                  f"from {phn}", file=sys.stderr)
-        n_transcribed = len(train)
-        if len(parts) > 1:
-            from torch.utils.data import ConcatDataset
 
-            train = ConcatDataset(parts)
-        if not len(train):
-            sys.exit(f"speechlm phone-units train: no usable utterance in {args.corpus}/{args.split}")
-        valid = None
-        vs = args.valid_split
-        if vs and all(os.path.isfile(os.path.join(args.corpus, f"{vs}.{e}")) for e in ("tsv", "wrd")):
-            valid, _ = phone_training.PhoneCtcDataset.from_split(args.corpus, vs, lexicon, featurize,
-                                                    cache and os.path.join(cache, vs))
-        cfg = phone_recognizer.PhoneRecognizerConfig(dim=args.dim, layers=args.layers, input_dim=next(p for p in parts if len(p)).features(0).shape[1],
-                                      input_rate=50 if args.checkpoint else 100, dropout=args.dropout,
-                                      feature_checkpoint=os.path.abspath(args.checkpoint) if args.checkpoint else "",
-                                      feature_layer=args.layer)
-        tcfg = phone_training.TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                max_updates=args.max_updates, time_masks=args.time_masks,
-                                channel_masks=args.channel_masks)
+def _label(args):
+    from speechlm.tokenizers.lexicon import Lexicon
+    from speechlm.tokenizers.phone_labelling import LabellingError, label_split
+    from speechlm.tokenizers.shards import shard_lock, write_sidecar
+
+    lexicon = Lexicon.load(args.lexicon, args.inventory) if args.transcripts else None
+    if args.inventory == "kaldi" and not args.transcripts:
+        sys.exit("speechlm phone-units label: --inventory kaldi needs --transcripts (word boundaries)")
+    name = args.split if args.nshard == 1 else f"{args.split}_{args.rank}_{args.nshard}"
+    with shard_lock(os.path.join(args.out_dir, name)):
         try:
-            model, history = phone_training.train_recognizer(train, cfg, tcfg, valid, train_dir)
-        except ValueError as e:
-            sys.exit(f"speechlm phone-units train: {e}")
-        phone_recognizer.save_recognizer(model, args.save)
-        losses = history["losses"]
-        k = max(1, len(losses) // 10)
-        last = history["epochs"][-1] if history["epochs"] else {}
-        scored = (f"; {vs}: CTC loss {last['valid_loss']:.3f}, greedy PER {100 * last['valid_per']:.1f} %"
-                  if "valid_loss" in last else "")
-        pseudo = f" ({n_transcribed} transcribed)" if args.pseudo else ""
-        print(f"[phone-units] {len(losses)} updates on {len(train)} utterances{pseudo}; CTC loss "
-              f"{np.mean(losses[:k]):.3f} (first 10%) -> {np.mean(losses[-k:]):.3f} (last 10%){scored}; "
-              f"-> {args.save}", file=sys.stderr)
-    elif args.action == "label":
-        from speechlm.tokenizers.phone_labelling import LabellingError, label_split
+            rep = label_split(args.corpus, args.split, args.model, args.out_dir, args.transcripts, lexicon,
+                              args.strict, args.phone_lm, args.lm_weight, args.insertion, args.beam,
+                              args.nshard, args.rank, args.blank_penalty)
+        except LabellingError as e:
+            sys.exit(f"speechlm phone-units label: {e}")
+        if args.nshard > 1:
+            write_sidecar(rep.out[: -len(".phn")], "phone-units label", args.rank, args.nshard,
+                          {"manifest": os.path.join(args.corpus, f"{args.split}.tsv"), "model": args.model,
+                           "lexicon": args.lexicon, "phone_lm": args.phone_lm},
+                          {"inventory": args.inventory, "transcripts": args.transcripts, "strict": args.strict,
+                           "lm_weight": args.lm_weight, "insertion": args.insertion, "beam": args.beam,
+                           "blank_penalty": args.blank_penalty})
+    print(f"[phone-units] {rep.utterances} utterances -> {rep.out} (forced alignment {rep.aligned}, "
+          f"phone LM {rep.phone_lm}, posteriors only {rep.posteriors})", file=sys.stderr)
+    if rep.too_short:
+        print(f"[phone-units] {rep.too_short} utterances too short for their transcript: labelled without "
+              "it", file=sys.stderr)
+    if rep.oov_lines:
+        eg = "; ".join(f"line {n}: {' '.join(w)}" for n, w in rep.oov_lines[:5])
+        print(f"[phone-units] {len(rep.oov_lines)} transcripts with words missing from the lexicon, labelled "
+              f"without them ({args.split}.wrd {eg})", file=sys.stderr)
+    return 0
 
-        lexicon = Lexicon.load(args.lexicon, args.inventory) if args.transcripts else None
-        if args.inventory == "kaldi" and not args.transcripts:
-            sys.exit("speechlm phone-units label: --inventory kaldi needs --transcripts (word boundaries)")
-        from speechlm.tokenizers.shards import shard_lock, write_sidecar
 
-        name = args.split if args.nshard == 1 else f"{args.split}_{args.rank}_{args.nshard}"
-        with shard_lock(os.path.join(args.out_dir, name)):
-            try:
-                rep = label_split(args.corpus, args.split, args.model, args.out_dir, args.transcripts, lexicon,
-                                  args.strict, args.phone_lm, args.lm_weight, args.insertion, args.beam,
-                                  args.nshard, args.rank, args.blank_penalty)
-            except LabellingError as e:
-                sys.exit(f"speechlm phone-units label: {e}")
-            if args.nshard > 1:
-                write_sidecar(rep.out[: -len(".phn")], "phone-units label", args.rank, args.nshard,
-                              {"manifest": os.path.join(args.corpus, f"{args.split}.tsv"), "model": args.model,
-                               "lexicon": args.lexicon, "phone_lm": args.phone_lm},
-                              {"inventory": args.inventory, "transcripts": args.transcripts, "strict": args.strict,
-                               "lm_weight": args.lm_weight, "insertion": args.insertion, "beam": args.beam,
-                               "blank_penalty": args.blank_penalty})
-        print(f"[phone-units] {rep.utterances} utterances -> {rep.out} (forced alignment {rep.aligned}, "
-              f"phone LM {rep.phone_lm}, posteriors only {rep.posteriors})", file=sys.stderr)
-        if rep.too_short:
-            print(f"[phone-units] {rep.too_short} utterances too short for their transcript: labelled without "
-                  "it", file=sys.stderr)
-        if rep.oov_lines:
-            eg = "; ".join(f"line {n}: {' '.join(w)}" for n, w in rep.oov_lines[:5])
-            print(f"[phone-units] {len(rep.oov_lines)} transcripts with words missing from the lexicon, labelled "
-                  f"without them ({args.split}.wrd {eg})", file=sys.stderr)
-    elif args.action == "merge":
-        out = os.path.join(args.out_dir, f"{args.split}.phn")
-        try:
-            concat_shards(out[: -len(".phn")], args.nshard, ("phn",),
-                          "run `speechlm phone-units label` for those ranks")
-        except FileNotFoundError as e:
-            sys.exit(f"speechlm phone-units merge: {e}")
-        print(f"[phone-units] merged {args.nshard} shards -> {out}", file=sys.stderr)
-    elif args.action == "score":
-        from speechlm.tokenizers.phone_scoring import score_labels
+def _merge(args):
+    out = os.path.join(args.out_dir, f"{args.split}.phn")
+    try:
+        concat_shards(out[: -len(".phn")], args.nshard, ("phn",), "run `speechlm phone-units label` for those ranks")
+    except FileNotFoundError as e:
+        sys.exit(f"speechlm phone-units merge: {e}")
+    print(f"[phone-units] merged {args.nshard} shards -> {out}", file=sys.stderr)
+    return 0
 
-        hyp, ref = _read_lines(args.hyp), _read_lines(args.ref)
-        if len(hyp) != len(ref):
-            sys.exit(f"speechlm phone-units score: {args.hyp} has {len(hyp)} lines, {args.ref} has {len(ref)}")
-        spk = None
-        if args.spk:
-            spk = [" ".join(x) for x in _read_lines(args.spk)]
-            if len(spk) != len(ref):
-                sys.exit(f"speechlm phone-units score: {args.spk} has {len(spk)} lines, {args.ref} has {len(ref)}")
-        try:
-            print(json.dumps(score_labels(hyp, ref, spk)))
-        except ValueError as e:
-            sys.exit(f"speechlm phone-units score: {args.hyp} vs {args.ref}: {e}")
+
+def _score(args):
+    from speechlm.tokenizers.phone_scoring import score_labels
+
+    hyp, ref = _read_lines(args.hyp), _read_lines(args.ref)
+    if len(hyp) != len(ref):
+        sys.exit(f"speechlm phone-units score: {args.hyp} has {len(hyp)} lines, {args.ref} has {len(ref)}")
+    spk = None
+    if args.spk:
+        spk = [" ".join(x) for x in _read_lines(args.spk)]
+        if len(spk) != len(ref):
+            sys.exit(f"speechlm phone-units score: {args.spk} has {len(spk)} lines, {args.ref} has {len(ref)}")
+    try:
+        print(json.dumps(score_labels(hyp, ref, spk)))
+    except ValueError as e:
+        sys.exit(f"speechlm phone-units score: {args.hyp} vs {args.ref}: {e}")
     return 0

@@ -112,6 +112,47 @@ class PhoneCtcDataset:
 
 
 @dataclass
+class RecognizerTrainingData:
+    """What a phone recognizer trains on (``speechlm phone-units train``): ``train`` (the transcribed
+    utterances of a split, then any pseudo-labelled ones), ``valid`` (or None), ``transcribed`` (how many
+    of ``train`` have transcripts), ``skipped`` ((``.wrd`` line, word) of utterances left out for a word
+    missing from the lexicon) and ``input_dim`` (feature channels)."""
+
+    train: object
+    valid: Optional[PhoneCtcDataset]
+    transcribed: int
+    skipped: List[Tuple[int, str]]
+    input_dim: int
+
+
+def recognizer_training_data(corpus: str, split: str, lexicon, featurize: Callable, pseudo=(),
+                             valid_split: Optional[str] = None,
+                             cache_dir: Optional[str] = None) -> RecognizerTrainingData:
+    """The transcribed utterances of ``corpus/split``, plus each ``(split, phn file)`` of ``pseudo``
+    (frame-level labels from an earlier recognizer), and ``valid_split`` when it has ``.tsv`` and ``.wrd``.
+    ``cache_dir``: where features of a checkpoint layer are kept per split (None: not cached).
+    Raises ``ValueError`` naming the file for a bad pseudo-label file or no usable utterance."""
+    from torch.utils.data import ConcatDataset
+
+    def cache(name):
+        return cache_dir and os.path.join(cache_dir, name)
+
+    train, skipped = PhoneCtcDataset.from_split(corpus, split, lexicon, featurize, cache(split))
+    parts = [train]
+    for pseudo_split, phn in pseudo:
+        parts.append(PhoneCtcDataset.from_frame_labels(corpus, pseudo_split, phn, featurize, cache(pseudo_split)))
+        logger.info(f"+ {len(parts[-1])} utterances of {pseudo_split} with targets from {phn}")
+    data = ConcatDataset(parts) if len(parts) > 1 else train
+    if not len(data):
+        raise ValueError(f"no usable utterance in {corpus}/{split}")
+    valid = None
+    if valid_split and all(os.path.isfile(os.path.join(corpus, f"{valid_split}.{e}")) for e in ("tsv", "wrd")):
+        valid, _ = PhoneCtcDataset.from_split(corpus, valid_split, lexicon, featurize, cache(valid_split))
+    input_dim = next(p for p in parts if len(p)).features(0).shape[1]
+    return RecognizerTrainingData(data, valid, len(train), skipped, input_dim)
+
+
+@dataclass
 class TrainingConfig:
     epochs: int = 30
     batch_size: int = 16
