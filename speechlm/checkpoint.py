@@ -86,6 +86,17 @@ def read_checkpoint(path: str, arg_overrides=None) -> dict:
     return state
 
 
+def peek_checkpoint(path: str) -> Optional[dict]:
+    """The checkpoint's dict with its tensors memory-mapped, not read (cheap: its config and counters), with
+    the allow-list; None when the file cannot be read that way (the full read then says why)."""
+    install()
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception:  # noqa: BLE001  (the real load reports a damaged or unsafe file)
+        return None
+    return state if isinstance(state, dict) else None
+
+
 def read_torch_file(path: str, what: str = "checkpoint") -> dict:
     """``torch.load`` (``weights_only``, the allow-list) of a torch file that is not a fairseq checkpoint (a
     phone recognizer, its resume state); a missing, damaged or unsafe file is a ``UserError`` naming it."""

@@ -31,13 +31,9 @@ def _plain(node):
 
 def _saved_state(path: str):
     """The checkpoint's config and version, cheaply (weights memory-mapped, not read)."""
-    import torch
+    from speechlm.checkpoint import peek_checkpoint
 
-    try:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception:  # noqa: BLE001  (the real load reports a damaged file)
-        return None
-    return state if isinstance(state, dict) else None
+    return peek_checkpoint(path)
 
 
 def config_differences(saved_model: dict, current_model: dict):

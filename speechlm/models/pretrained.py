@@ -36,10 +36,13 @@ def _check_known_keys(path: str, state: dict, model_cfg: dict) -> None:
     another version of the plugin: say so, instead of omegaconf's ``ConfigKeyError`` later."""
     import dataclasses
 
-    from speechlm import __version__
-    from speechlm.models.speechlm import SpeechLMConfig
+    from fairseq.models import MODEL_DATACLASS_REGISTRY
 
-    known = {f.name for f in dataclasses.fields(SpeechLMConfig)} | {"_name"}
+    from speechlm import __version__
+
+    # the config the registered "speechlm" model takes (importing speechlm.models registers it), looked up
+    # by name as fairseq builds models: models/speechlm.py imports this module, not the other way round
+    known = {f.name for f in dataclasses.fields(MODEL_DATACLASS_REGISTRY["speechlm"])} | {"_name"}
     unknown = sorted(k for k in model_cfg if k not in known)
     if not unknown:
         return
