@@ -11,9 +11,13 @@ on a LOWER floor (or inside its own room), and the module graph has no circle:
                                     -- losses; speech/text tokenizers (use models for features); SPLAT's
                                        language side and geometry; checkpoint conversion; analyses; upstream
     4  models                       -- registered fairseq models and the pre-trained spec
-    3  modules, decoding            -- nn building blocks; CTC decoding of emissions
-    2  data, dictionaries           -- formats, readers, datasets; dictionary checks
-    1  checkpoint, atomic           -- the one checkpoint reader, safe loading/saving; atomic writers
+    3  modules, decoding, resume, preemption
+                                    -- nn building blocks; CTC decoding of emissions; the training guards
+                                       (resuming with a changed config, preemption) fairseq is patched with
+    2  checkpoint, data, dictionaries
+                                    -- the one checkpoint reader, safe loading and saving; formats, readers,
+                                       datasets; dictionary checks
+    1  atomic                       -- atomic writers
     0  errors, logs                 -- the one error path; logging
 
 Imports are read with ``ast`` (also those inside functions). One exception: ``import speechlm`` to call
@@ -37,9 +41,9 @@ PACKAGE = REPO / "speechlm"
 
 FLOORS = {
     "errors": 0, "logs": 0,
-    "checkpoint": 1, "atomic": 1,
-    "data": 2, "dictionaries": 2,
-    "modules": 3, "decoding": 3,
+    "atomic": 1,
+    "checkpoint": 2, "data": 2, "dictionaries": 2,
+    "modules": 3, "decoding": 3, "resume": 3, "preemption": 3,
     "models": 4,
     "criterions": 5, "tokenizers": 5, "splat": 5, "convert": 5, "analysis": 5, "s3prl": 5,
     "tasks": 6, "corpora": 6, "superb": 6,
