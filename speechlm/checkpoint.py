@@ -70,17 +70,27 @@ def validate_state(path: str, state) -> None:
         raise UserError(f"{path}: no 'cfg' in the checkpoint; is it a fairseq (hydra) checkpoint?")
 
 
-def read_checkpoint(path: str, arg_overrides=None) -> dict:
+def read_checkpoint(path: str, arg_overrides=None, bare: bool = False) -> dict:
     """The state dict of the fairseq checkpoint ``path`` (``{"cfg", "model", ...}``), validated.
 
     ``torch.load`` with ``weights_only`` and the allow-list, config strings checked, a damaged file or
-    one that is not a fairseq checkpoint a ``UserError`` naming ``path``.
+    one that is not a fairseq checkpoint a ``UserError`` naming ``path``. ``bare``: also accept a file
+    holding only ``{"cfg", "model"}`` (the published SpeechLM's released cleaned checkpoints), which
+    fairseq's loader refuses (its upgrade step wants the trainer's ``optimizer_history``): it is returned
+    as loaded; a trainer checkpoint then goes through fairseq's loader as usual.
     """
     from fairseq import checkpoint_utils
 
     if not os.path.isfile(path):
         raise UserFileNotFoundError(f"{path}: checkpoint not found")
     install()  # idempotent: also when the console script has not registered the plugin
+    if bare:
+        raw = read_torch_file(path)
+        if isinstance(raw, dict) and "optimizer_history" not in raw and "args" not in raw:
+            validate_state(path, raw)
+            check_config_strings(raw["cfg"], path)
+            return raw
+        del raw
     state = checkpoint_utils.load_checkpoint_to_cpu(path, arg_overrides)
     validate_state(path, state)
     return state

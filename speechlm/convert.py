@@ -496,7 +496,7 @@ def convert(src: str, dst: str, dict_ltr: Optional[str] = None, dict_phn: Option
     ``normalize``, ``notes``; see ``cleaned_report``).
     """
     check_destination(src, dst, overwrite)
-    state = _read_source(src)
+    state = read_checkpoint(src, bare=True)  # also a released cleaned {cfg, model} file
     check_finite(src, state["model"])
     found = detect_layout(src, state)
     if layout and layout != found:
@@ -530,25 +530,6 @@ def cleaned_report(report: Dict) -> str:
                 if report["normalize"] else "")]
     lines += [f"  note: {n}" for n in report.get("notes", [])]
     return "\n".join(lines)
-
-
-def _read_source(src: str) -> dict:
-    """The published file, loaded safely (``weights_only``, the allow-list). A released cleaned checkpoint
-    holds only ``{"cfg", "model"}``, which fairseq's loader refuses (its upgrade step wants the trainer's
-    ``optimizer_history``): it is taken as loaded; a trainer checkpoint goes through the one reader."""
-    from speechlm.checkpoint import check_config_strings, install, validate_state
-    from speechlm.errors import UserFileNotFoundError
-
-    if not os.path.isfile(src):
-        raise UserFileNotFoundError(f"{src}: checkpoint not found")
-    install()
-    raw = torch.load(src, map_location="cpu", weights_only=True)
-    if isinstance(raw, dict) and "optimizer_history" not in raw and "args" not in raw:
-        validate_state(src, raw)
-        check_config_strings(raw["cfg"], src)
-        return raw
-    del raw
-    return read_checkpoint(src)
 
 
 def verify(path: str, layout: str) -> None:

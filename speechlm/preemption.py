@@ -6,7 +6,7 @@ that module's functions, which ``main()`` looks up at call time:
 
 - ``validate_and_save``: after SIGTERM or SIGUSR1 (what Slurm sends before it kills or requeues a job;
   ``#SBATCH --signal=USR1@120`` asks for it ahead of the time limit) the update in progress finishes, then
-  ``checkpoint_last.pt`` is saved (fairseq's ``save_checkpoint``, atomic through ``speechlm.checkpoint_io``,
+  ``checkpoint_last.pt`` is saved (fairseq's ``save_checkpoint``, atomic through ``speechlm.checkpoint``,
   with the data iterator's position, so a resume continues at the same update and batch), a requeue is
   asked for under Slurm (``scontrol requeue $SLURM_JOB_ID``, as submitit's and Lightning's handlers do;
   ``SPEECHLM_NO_REQUEUE=1`` turns it off) and the process exits with status 128 + the signal number. With
