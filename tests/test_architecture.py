@@ -51,10 +51,6 @@ FLOORS = {
     "__main__": 8,
 }
 MAX_FUNCTION_LINES = 120
-# functions over the limit that another session owns and splits; each entry says why it is still here
-KNOWN_LONG_FUNCTIONS = {
-    "examples/splat/run_variants.py:main": "split by the recipes session (issue #26, recipe side)",
-}
 
 
 def module_name(path: Path) -> str:
@@ -198,16 +194,9 @@ def long_functions(root: Path):
 
 @pytest.mark.parametrize("folder", ["speechlm", "scripts", "examples"])
 def test_no_function_is_longer_than_the_limit(folder):
-    found = [(f, n) for f, n in long_functions(REPO / folder) if f not in KNOWN_LONG_FUNCTIONS]
+    found = long_functions(REPO / folder)
     assert not found, f"functions over {MAX_FUNCTION_LINES} lines (split them along their jobs):\n" + "\n".join(
         f"  {f}: {n} lines" for f, n in found)
-
-
-def test_known_long_functions_are_still_long():
-    """An entry of KNOWN_LONG_FUNCTIONS goes once its function is split."""
-    long = {f for f, _ in long_functions(REPO / "examples")}
-    assert set(KNOWN_LONG_FUNCTIONS) <= long, f"split already; remove from KNOWN_LONG_FUNCTIONS: " \
-                                              f"{sorted(set(KNOWN_LONG_FUNCTIONS) - long)}"
 
 
 def source_files():
