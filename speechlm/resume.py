@@ -39,10 +39,10 @@ def _saved_state(path: str):
 def config_differences(saved_model: dict, current_model: dict):
     """``[(key, saved, current)]`` of the model settings that differ (build-time fields left out)."""
     out = []
-    for k in sorted(set(saved_model) | set(current_model)):
+    for k in sorted(set(saved_model) & set(current_model)):  # a key on one side only: another version's field
         if k in _NOT_SETTINGS:
             continue
-        a, b = saved_model.get(k, "<not set>"), current_model.get(k, "<not set>")
+        a, b = saved_model[k], current_model[k]
         if a != b:
             out.append((k, a, b))
     return out
