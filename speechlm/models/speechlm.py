@@ -106,6 +106,12 @@ class SpeechLMConfig(FairseqDataclass):
                           "unit embedding, UMLM heads or UCTC head; it extracts features and fine-tunes (ASR, "
                           "ST) but cannot continue pre-training"},
     )
+    scaling_for_att: float = field(
+        default=1.0,
+        metadata={"help": "fp16 guard of the Shared Transformer's attention, as the published models: queries "
+                          "divided by it before q.k and q.r, logits multiplied back and their row maximum "
+                          "subtracted before the softmax (published Large: 32; 1 = off; no effect in float32)"},
+    )
     uctc_letters: Any = field(
         default=None,
         metadata={"help": "symbols of the letter dictionary the UCTC head predicts; filled in when the "
@@ -170,7 +176,9 @@ class SpeechLMModel(BaseFairseqModel):
         # its linear layers, attention projections and relative key table; the Shared Transformer keeps
         # fairseq's Transformer initialisation, as the published unit encoder does
         self.speech_encoder.apply(_bert_init)
-        self.shared_encoder = stack(cfg.shared_encoder_layers, absolute_positions=True)
+        # the published models guard only the Shared (unit) Transformer's attention with scaling_for_att
+        self.shared_encoder = stack(cfg.shared_encoder_layers, absolute_positions=True,
+                                    scaling_for_att=getattr(cfg, "scaling_for_att", 1.0))
 
         self.num_units, self.unit_pad = num_units, unit_pad
         self.num_letters = num_letters

@@ -66,10 +66,23 @@ class LogMelFrontEnd(nn.Module):
         self.conv = nn.Conv1d(num_mel_bins, dim, kernel_size=3, stride=2, padding=1)
         self.act = nn.GELU()
 
+    def _apply(self, fn, recurse=True):
+        # ``model.half()`` / ``.bfloat16()`` cast every buffer; the window and Mel banks stay float32
+        # (their device follows the model's)
+        window, banks = self.window, self.mel_banks
+        super()._apply(fn, recurse)
+        self.window, self.mel_banks = window.to(self.window.device), banks.to(self.mel_banks.device)
+        return self
+
     def logmel(self, wav: torch.Tensor) -> torch.Tensor:
-        """``(B, S)`` float waveform in [-1, 1] -> ``(B, T100, bins)`` Kaldi log-Mel fbank (no dither)."""
+        """``(B, S)`` float waveform in [-1, 1] -> ``(B, T100, bins)`` float32 Kaldi log-Mel fbank (no dither).
+
+        Always float32, whatever the model's dtype: the power spectrum of 16-bit audio spans ~1e10, beyond
+        bf16's 8-bit mantissa and fp16's range, so the window and Mel banks are used in float32 too (``_apply``
+        keeps them float32 when the model is cast).
+        """
         if wav.size(1) < WINDOW:
-            return wav.new_zeros(wav.size(0), 0, self.num_mel_bins)
+            return wav.new_zeros(wav.size(0), 0, self.num_mel_bins, dtype=torch.float32)
         x = wav.float() * 32768.0
         frames = x.unfold(1, WINDOW, SHIFT)  # (B, T, 400)
         frames = frames - frames.mean(-1, keepdim=True)  # remove_dc_offset
@@ -94,5 +107,6 @@ class LogMelFrontEnd(nn.Module):
         mean = (feats * valid).sum(1, keepdim=True) / count
         var = (((feats - mean) * valid) ** 2).sum(1, keepdim=True) / count
         feats = (feats - mean) / torch.sqrt(var + 1e-5) * valid  # padded frames are zero, as the conv's padding
-        return self.act(self.conv(feats.transpose(1, 2)))
+        # normalised in float32, then into the conv's dtype (bf16/fp16 when the model is half precision)
+        return self.act(self.conv(feats.transpose(1, 2).to(self.conv.weight.dtype)))
 

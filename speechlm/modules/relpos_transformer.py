@@ -14,6 +14,13 @@ path measured faster than ``F.scaled_dot_product_attention`` with a float mask).
 
 The layers are fairseq's wav2vec2 ``TransformerSentenceEncoderLayer`` (same parameters and
 state-dict keys, plus ``norm_k`` when pre-LN); only the attention call is replaced.
+
+fp16 guard (``scaling_for_att``, the published Large model's 32, on its Shared Transformer): the
+queries are divided by it before ``q . k`` and ``q . r``, so their sums stay 32x inside fp16's range
+(65504); the logits are multiplied back and their row maximum subtracted before the softmax, as the
+official ``multihead_attention.py``. Here the multiplication back happens in float32 (the softmax is
+float32 anyway), so logits beyond fp16's range stay finite instead of turning into inf there. In
+float32 the guard changes nothing but rounding: dividing and multiplying by a power of two are exact.
 """
 import warnings
 from typing import Optional
@@ -53,8 +60,11 @@ def shared_positions(padding_mask: Optional[torch.Tensor], B: int, T: int, devic
 
 
 def relative_attention(layer, x: torch.Tensor, rel_keys: torch.Tensor, rel_index: torch.Tensor,
-                       key_padding: Optional[torch.Tensor]) -> torch.Tensor:
-    """Self-attention of ``layer.self_attn`` on ``x (T,B,C)`` with relative keys ``rel_keys (R, d)``."""
+                       key_padding: Optional[torch.Tensor], scaling_for_att: float = 1.0) -> torch.Tensor:
+    """Self-attention of ``layer.self_attn`` on ``x (T,B,C)`` with relative keys ``rel_keys (R, d)``.
+
+    ``scaling_for_att`` > 1: the published fp16 guard (module docstring); 1: plain attention.
+    """
     attn = layer.self_attn
     T, B, C = x.shape
     H = attn.num_heads
@@ -62,14 +72,19 @@ def relative_attention(layer, x: torch.Tensor, rel_keys: torch.Tensor, rel_index
     q = attn.q_proj(x).view(T, B, H, d).permute(1, 2, 0, 3)  # (B,H,T,d)
     k = attn.k_proj(x).view(T, B, H, d).permute(1, 2, 0, 3)
     v = attn.v_proj(x).view(T, B, H, d).permute(1, 2, 0, 3)
-    q = q * d ** -0.5
+    q = q * (d ** -0.5 / scaling_for_att)
     # only the table rows that distances in a length-T sequence reach (fewer than 320 when T < 160)
     lo, hi = int(rel_index[0, T - 1]), int(rel_index[T - 1, 0])
     rel = torch.matmul(q, rel_keys[lo: hi + 1].to(q.dtype).t())  # (B,H,T,R')
     logits = torch.matmul(q, k.transpose(-1, -2)) + torch.gather(rel, 3, (rel_index - lo).expand(B, H, T, T))
+    logits = logits.float()  # the softmax is float32 (fairseq's utils.softmax)
+    if scaling_for_att != 1.0:
+        logits = logits * scaling_for_att
     if key_padding is not None:
         logits = logits.masked_fill(key_padding[:, None, None, :], float("-inf"))
-    probs = attn.dropout_module(F.softmax(logits.float(), dim=-1).type_as(logits))
+    if scaling_for_att > 1.0:
+        logits = logits - logits.detach().amax(dim=-1, keepdim=True)
+    probs = attn.dropout_module(F.softmax(logits, dim=-1).to(v.dtype))
     out = torch.matmul(probs, v)  # (B,H,T,d)
     return attn.out_proj(out.permute(2, 0, 1, 3).reshape(T, B, C))
 
@@ -81,21 +96,22 @@ class RelPosEncoderLayer(TransformerSentenceEncoderLayer):
     Pre-LN layers own a ``norm_k`` LayerNorm over the head dimension applied to the key table.
     """
 
-    def __init__(self, *args, layer_norm_first: bool = False, **kwargs):
+    def __init__(self, *args, layer_norm_first: bool = False, scaling_for_att: float = 1.0, **kwargs):
         super().__init__(*args, layer_norm_first=layer_norm_first, **kwargs)
         self.norm_k = LayerNorm(self.embedding_dim // self.self_attn.num_heads) if layer_norm_first else None
+        self.scaling_for_att = scaling_for_att
 
     def forward(self, x, rel_keys, rel_index, key_padding=None):
         residual = x
         if self.layer_norm_first:
             x = self.self_attn_layer_norm(x)
-            x = relative_attention(self, x, self.norm_k(rel_keys), rel_index, key_padding)
+            x = relative_attention(self, x, self.norm_k(rel_keys), rel_index, key_padding, self.scaling_for_att)
             x = residual + self.dropout1(x)
             residual = x
             x = self.final_layer_norm(x)
             x = self.fc2(self.dropout2(self.activation_fn(self.fc1(x))))
             return residual + self.dropout3(x)
-        x = relative_attention(self, x, rel_keys, rel_index, key_padding)
+        x = relative_attention(self, x, rel_keys, rel_index, key_padding, self.scaling_for_att)
         x = self.self_attn_layer_norm(residual + self.dropout1(x))
         residual = x
         x = self.fc2(self.dropout2(self.activation_fn(self.fc1(x))))
@@ -107,6 +123,7 @@ class RelPosTransformer(nn.Module):
 
     ``conv_pos > 0``: the Speech Transformer (conv positions; post-LN stacks normalise their input).
     ``absolute_positions``: the Shared Transformer (learned absolute positions + ``layernorm_embedding``).
+    ``scaling_for_att``: the fp16 guard of every layer's attention (module docstring; 1 = off).
     Pre-LN stacks normalise their output (``layer_norm``) after the last layer.
 
     ``forward(x (B,T,C), padding_mask (B,T) bool or None, output_layer=None) -> (B,T,C)``;
@@ -120,7 +137,7 @@ class RelPosTransformer(nn.Module):
         self, num_layers: int, embed_dim: int, ffn_dim: int, num_heads: int, dropout: float,
         attention_dropout: float, activation_dropout: float, activation_fn: str,
         layer_norm_first: bool, layerdrop: float, conv_pos: int = 0, conv_pos_groups: int = 16,
-        absolute_positions: bool = False,
+        absolute_positions: bool = False, scaling_for_att: float = 1.0,
     ):
         super().__init__()
         self.embed_dim, self.num_heads = embed_dim, num_heads
@@ -149,7 +166,7 @@ class RelPosTransformer(nn.Module):
                 embedding_dim=embed_dim, ffn_embedding_dim=ffn_dim, num_attention_heads=num_heads,
                 dropout=dropout, attention_dropout=attention_dropout,
                 activation_dropout=activation_dropout, activation_fn=activation_fn,
-                layer_norm_first=layer_norm_first,
+                layer_norm_first=layer_norm_first, scaling_for_att=scaling_for_att,
             )
             for _ in range(num_layers)
         )
