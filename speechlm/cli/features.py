@@ -38,6 +38,9 @@ def add_args(parser):
                    "as the published extract_features) or 'all' (every layer into FEAT_DIR/layer{k}), with --checkpoint")
     p.add_argument("--rate", type=int, default=50, choices=(50, 100), help="MFCC frame rate (Hz)")
     p.add_argument("--device", default="cpu", help="torch device for --checkpoint")
+    half = p.add_mutually_exclusive_group()
+    half.add_argument("--fp16", action="store_true", help="run the --checkpoint model in float16 (a GPU)")
+    half.add_argument("--bf16", action="store_true", help="run the --checkpoint model in bfloat16")
     p.add_argument("--nshard", type=int, default=1)
     p.add_argument("--rank", type=int, default=0)
     p = sub.add_parser("check", help="refuse a FEAT_DIR holding other features than these (exit 1)")
@@ -60,7 +63,9 @@ def run(args):
     if not os.path.isfile(manifest):
         sys.exit(f"speechlm features: {manifest}: no such manifest")
     if args.checkpoint:
-        extractor, expected, what = (features.CheckpointFeatureReader(args.checkpoint, args.layer, args.device),
+        extractor, expected, what = (features.CheckpointFeatureReader(args.checkpoint, args.layer, args.device,
+                                                                        "fp16" if args.fp16 else "bf16" if args.bf16
+                                                                        else None),
                                      num_frames_50hz, f"{args.checkpoint} layer {args.layer}")
     else:
         def extractor(wav):

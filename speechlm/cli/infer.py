@@ -20,6 +20,8 @@ task config. Batching and decoders: ``speechlm.decoding.ctc``. For each subset i
 manifest order; with a sweep, the best setting's) under ``common_eval.results_path``, plus
 ``{subset}.sweep.tsv`` for a sweep. ``--tune-on SUBSET`` chooses the setting (lowest WER on SUBSET) in the
 same run and writes it to ``setting`` there, as overrides (``decoding.lm_weight=1.0 decoding.word_score=0.0``).
+``common.bf16=true`` (or ``common.fp16=true``, fairseq's names) runs the model in half precision; the
+log-probabilities the decoders read stay float32.
 """
 import ast
 import itertools
@@ -316,6 +318,8 @@ def run(args):
     model, task, saved = load_model_and_task(
         cfg.common_eval.path, task_overrides, model_overrides, use_cuda
     )
+    if cfg.common.fp16 or cfg.common.bf16:  # fairseq's names; the CTC log-probabilities stay float32
+        model = model.half() if cfg.common.fp16 else model.bfloat16()
     tgt_dict = task.target_dictionary
     blank = tgt_dict.index(task.blank_symbol) if hasattr(task, "blank_symbol") else tgt_dict.bos()
     post = cfg.common_eval.post_process or "letter"

@@ -150,3 +150,10 @@ class SpeechLMST(FairseqEncoderDecoderModel):
 
     def max_positions(self):
         return (None, self.decoder.max_positions())
+
+    def prepare_for_inference_(self, cfg):
+        """``fairseq-generate --bf16`` decodes in bfloat16 (fairseq's generate casts only for ``--fp16``)."""
+        super().prepare_for_inference_(cfg)
+        common = getattr(cfg, "common", None)
+        if common is not None and getattr(common, "bf16", False) and not getattr(common, "fp16", False):
+            self.bfloat16()

@@ -38,6 +38,8 @@ class MaskedConvFeatureExtractor(ConvFeatureExtractionModel):
         self.mode = mode
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # the waveform in the convolutions' dtype: a float32 batch meets a half-precision model at inference
+        x = x.to(self.conv_layers[0][0].weight.dtype)
         if lengths is not None and not self.training and not torch.is_grad_enabled():
             return self.forward_each(x, lengths)
         if lengths is None or self.mode != "default":

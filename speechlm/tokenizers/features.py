@@ -64,9 +64,12 @@ def mfcc_39(wav: np.ndarray, rate: int = 50) -> np.ndarray:
 
 class CheckpointFeatureReader:
     """Layer ``layer`` (1-based, output of that Transformer layer) of a fairseq ``hubert`` or a
-    ``speechlm`` checkpoint, at 50 Hz: ``__call__(wav) -> (frames, dim)`` float32."""
+    ``speechlm`` checkpoint, at 50 Hz: ``__call__(wav) -> (frames, dim)`` float32.
 
-    def __init__(self, checkpoint: str, layer: int, device: str = "cpu"):
+    ``half``: ``"fp16"`` or ``"bf16"`` runs the model in that precision (the features are returned as float32).
+    """
+
+    def __init__(self, checkpoint: str, layer: int, device: str = "cpu", half: Optional[str] = None):
         import torch
         from fairseq import checkpoint_utils
 
@@ -98,6 +101,10 @@ class CheckpointFeatureReader:
         if not hasattr(self.model, "extract_features"):
             raise UserError(f"{checkpoint}: model {name!r} has no extract_features(); cannot dump a layer")
         self.model.eval().to(device)
+        if half not in (None, "fp16", "bf16"):
+            raise ValueError(f"half={half!r}: use 'fp16', 'bf16' or None")
+        self.dtype = {None: torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[half]
+        self.model.to(self.dtype)
         self.torch = torch
 
     @staticmethod
@@ -126,6 +133,7 @@ class CheckpointFeatureReader:
             x = torch.from_numpy(wav.astype(np.float32)).to(self.device).view(1, -1)
             if self.normalize:
                 x = F.layer_norm(x, x.shape)
+            x = x.to(self.dtype)
             if self.layer == "all":
                 if not hasattr(self.model, "layer_states"):
                     raise UserError(f"--layer all needs a speechlm checkpoint; {type(self.model).__name__} "
