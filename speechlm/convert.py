@@ -195,7 +195,6 @@ def speechlm_config(src: str, m) -> dict:
                                f"{key}={want!r} (the released models' value)")
     mix = bool(config_value(m, "mix_with_unit", True))
     mask_prob, mask_length = float(config_value(m, "mask_prob", 0.8)), int(config_value(m, "mask_length", 10))
-    # scaling_for_att (Large: 32) only rescales the logits for fp16 range: the softmax is the same
     return {
         "extractor_mode": str(config_value(m, "extractor_mode", "default")),
         "conv_feature_layers": str(config_value(m, "conv_feature_layers")),
@@ -225,6 +224,8 @@ def speechlm_config(src: str, m) -> dict:
         "logit_temp": float(config_value(m, "logit_temp", 0.1)),
         "random_swap_prob": mask_prob / 2 if mix else 0.0,  # the published swap spans
         "random_swap_length": max(1, mask_length // 2),
+        # the fp16 guard of the Shared Transformer's attention (Large: 32); no effect in float32
+        "scaling_for_att": float(config_value(m, "scaling_for_att", 1.0)),
     }
 
 

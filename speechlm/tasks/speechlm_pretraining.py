@@ -95,6 +95,10 @@ def data_parallel_rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def data_parallel_world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 @register_task("speechlm_pretraining", dataclass=SpeechLMPretrainingConfig)
 class SpeechLMPretrainingTask(FairseqTask):
     cfg: SpeechLMPretrainingConfig
@@ -105,14 +109,18 @@ class SpeechLMPretrainingTask(FairseqTask):
         self._step = (-1, -1)  # (update, micro-batch) of the last train_step
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
-        """fairseq's step with torch's RNG seeded by (seed, update, rank, micro-batch): the masks, swap spans,
+        """fairseq's step with torch's RNG seeded by (seed, update, global batch): the masks, swap spans,
         layerdrop and dropout differ across ranks and across the micro-batches of an update (fairseq seeds
         every rank with seed + update alone, so ranks drew the same for same-shaped batches), and a rerun
-        or a resume from a checkpoint draws the same again."""
+        or a resume from a checkpoint draws the same again. The global batch of micro-batch m on rank r of W
+        is ``m * W + r``, the index of the batch it trains on among the update's (fairseq's iterator gives
+        rank r the batches r, r + W, ...): so W ranks draw what one process with ``update_freq`` W draws."""
         update, micro = self._step
         self._step = (update_num, micro + 1 if update == update_num else 0)
         seed = self.cfg.seed if self.cfg.seed is not None else 1
-        with step_seed(seed, update_num, data_parallel_rank(), self._step[1]):
+        global_batch = self._step[1] * data_parallel_world_size() + data_parallel_rank()
+        # the 0 keeps one process's draws as they were when the keys were (seed, update, rank, micro-batch)
+        with step_seed(seed, update_num, 0, global_batch):
             return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
 
     @staticmethod
