@@ -8,24 +8,34 @@ PY="$VENV/bin/python"
 TORCH_VERSION="${SPEECHLM_TORCH_VERSION:-2.13.0}"
 FAIRSEQ_SPEC="fairseq-fixed==0.12.3.1"
 APT_PACKAGES=(espeak-ng flite bible-kjv sox)
+# a one-node Slurm cluster on this machine: scripts/slurm_local.sh and tests/test_slurm_local.py
+SLURM_APT_PACKAGES=(slurm-wlm munge)
 log() { echo "[setup] $*"; }
 
-# 1. System packages used by the embedded corpus (synthesizers, book text).
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if ((${#missing[@]})); then
+# 1. System packages: the embedded corpus's synthesizers and book text; Slurm and munge.
+apt_updated=false
+apt_install() {  # apt_install PURPOSE PACKAGE...
+  local purpose=$1 p
+  shift
+  local missing=()
+  for p in "$@"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "apt-get install ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $apt_updated || DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_updated=true
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
     echo "[setup] WARNING: missing Debian packages: ${missing[*]}" >&2
     echo "[setup] Install them as root: sudo apt-get install ${missing[*]}" >&2
-    echo "[setup] (needed only to synthesize the embedded mini corpus)" >&2
+    echo "[setup] (needed $purpose)" >&2
   fi
-fi
+}
+apt_install "only to synthesize the embedded mini corpus" "${APT_PACKAGES[@]}"
+apt_install "only for scripts/slurm_local.sh; tests/test_slurm_local.py is skipped without them" \
+  "${SLURM_APT_PACKAGES[@]}"
 
 # 2. The virtual environment. An already installed torch >= 2.1 (e.g. a CUDA build on a GPU box)
 #    is kept by letting the venv see the system site-packages.
