@@ -13,7 +13,7 @@ import torch
 
 import speechlm  # noqa: F401  (registers the components)
 from speechlm.corpora.st import build_rows, copy_source_bleu, prepare_st_data, read_tsv
-from speechlm.corpora.st_synthetic import from_cipherese, to_cipherese
+from speechlm.corpora.st_synthetic import TARGET_LANGUAGES, from_cipherese, to_cipherese
 from speechlm.data.manifest import num_frames_50hz
 from speechlm.data.readers import load_labels, load_manifest, read_audio
 
@@ -69,6 +69,10 @@ def test_cipherese_is_reversible_reorders_and_differs_from_english():
     assert all(a.lower() != b for a, b in zip(s.replace(" ", ""), t.replace(" ", "")))
     assert "'" in to_cipherese("DON'T STOP")
     assert from_cipherese(to_cipherese("DON'T STOP")) == "DON'T STOP"
+    # the monotonic variant: the same words in the English order
+    mono = TARGET_LANGUAGES["cipherese-monotonic"](s)
+    assert mono == "itk mak roz yiuk ho znoxo rumnz"
+    assert sorted(mono.split()) == sorted(t.split()) and from_cipherese(mono, swap=False) == s
 
 
 def test_cipherese_round_trips_the_corpus_text(mini_corpus):
@@ -242,3 +246,88 @@ def test_st_train_then_fairseq_generate_prints_bleu(tmp_path, mini_corpus, st_da
     n_test = len(read_tsv(out / "test.tsv"))
     assert len(re.findall(r"^H-\d+\t", gen, flags=re.M)) == n_test
     assert re.search(r"Generate test with beam=5: BLEU = \d+\.\d+", gen), gen[-2000:]
+
+
+# ------------------------------------------------------------------------- st compare (stage 8's runner)
+
+GENERATE_LOG = """\
+2026-12-07 21:00:00 | INFO | fairseq_cli.generate | loaded 2 examples
+S-1\tsome source
+T-1\tzpo pi
+H-1\t-0.5\tz p o ▁ p i
+D-1\t-0.5\tzpo pi
+P-1\t-0.1 -0.2
+T-0\tmak itk
+H-0\t-0.3\tm a k
+D-0\t-0.3\tmak
+2026-12-07 21:00:01 | INFO | fairseq_cli.generate | Generate test with beam=5: BLEU = 12.34 50.0/40.0/0/0 (BP = 0.5)
+"""
+
+
+def test_st_compare_reads_fairseq_generate_and_aggregates_seeds(tmp_path):
+    from speechlm.cli.st_compare import aggregate, format_table, parse_row, read_generate
+    from speechlm.errors import UserError
+
+    log = tmp_path / "generate.log"
+    log.write_text(GENERATE_LOG)
+    bleu, hyps, refs = read_generate(str(log))
+    assert bleu == 12.34 and hyps == ["mak", "zpo pi"] and refs == ["mak itk", "zpo pi"]
+    log.write_text(GENERATE_LOG.splitlines()[-1])
+    with pytest.raises(UserError, match="generate.log: no BLEU line"):
+        read_generate(str(log))
+
+    row = parse_row("SpeechLM-P=runs/P.s{seed}/pretrain/checkpoint_last.pt")
+    assert (row.name, row.random_weights, row.checkpoint_for(3)) == (
+        "SpeechLM-P", False, "runs/P.s3/pretrain/checkpoint_last.pt")
+    row = parse_row("random weights=random:x.pt")
+    assert (row.slug, row.random_weights, row.checkpoint) == ("random-weights", True, "x.pt")
+    for bad in ("noequals", "=x.pt", "copy=x.pt"):
+        with pytest.raises(UserError, match="--row"):
+            parse_row(bad)
+
+    runs = [{"name": n, "seed": s, "bleu": b, "chrf": 2 * b, "seconds": 10.0, "wall_seconds": 20.0,
+             "run": f"runs/{n}.s{s}", "bleu_detail": "x"}
+            for n, s, b in (("A", 1, 10.0), ("A", 2, 14.0), ("B", 1, 1.0), ("B", 2, 1.0))]
+    rows = aggregate(runs, ["A", "B"])
+    assert [r["name"] for r in rows] == ["A", "B"]
+    assert rows[0]["bleu"] == 12.0 and rows[0]["bleu_std"] == pytest.approx(2 ** 0.5 * 2)
+    assert rows[1]["bleu_std"] == 0.0 and [s["seed"] for s in rows[0]["seeds"]] == [1, 2]
+    table = format_table(rows + [{"name": "copy", "bleu": 0.5, "chrf": 3.0, "seconds": 0.0}], "test")
+    assert "| A | 12.00 ± 2.83 | 24.0 ± 5.7 | 24x | 2 | 10 |" in table
+    assert "| copy | 0.50 | 3.0 | – | – | 0 |" in table
+
+
+@pytest.mark.slow
+def test_st_compare_writes_results_with_every_row_and_the_copy_row(tmp_path, mini_corpus, st_data):
+    import json
+
+    out, _ = st_data
+    ckpt = tmp_path / "pretrained.pt"
+    save_speechlm_checkpoint(ckpt, mini_corpus)
+    exp = tmp_path / "st"
+    cmd = [str(BIN / "speechlm"), "st", "compare", str(out), str(exp), "--row", f"pre-trained={ckpt}",
+           "--row", f"random weights=random:{ckpt}", "--seeds", "1", "--jobs", "2", "--cpu",
+           "--override", "optimization.max_update=3", "dataset.validate_interval_updates=3", "model.decoder_layers=1",
+           "model.decoder_embed_dim=32", "model.decoder_ffn_embed_dim=64", "model.decoder_attention_heads=4",
+           "lr_scheduler.warmup_updates=2"]
+    log = run(cmd, tmp_path / "compare.log")
+    results = json.loads((exp / "results.json").read_text())
+    assert [r["name"] for r in results] == ["pre-trained", "random weights", "copy"]
+    for r in results:
+        assert 0.0 <= r["bleu"] <= 100.0 and 0.0 <= r["chrf"] <= 100.0, r
+    assert results[-1]["bleu"] == pytest.approx(copy_source_bleu(str(out / "test.tsv")).score)
+    for r in results[:2]:
+        assert r["seconds"] > 0 and r["seeds"][0]["seed"] == 1
+        run_dir = exp / r["seeds"][0]["run"]
+        assert (run_dir / "checkpoint_best.pt").is_file()
+        assert list((run_dir / "tb").rglob("events.out.tfevents.*"))
+        n_test = len(read_tsv(out / "test.tsv"))
+        assert len(re.findall(r"^D-\d+\t", (run_dir / "generate.log").read_text(), flags=re.M)) == n_test
+    assert (exp / "results.png").stat().st_size > 1000
+    assert "| pre-trained |" in log and "| copy |" in log
+    # a second call trains and decodes nothing: same results
+    before = (exp / "results.json").read_text()
+    stamps = {p: p.stat().st_mtime_ns for p in exp.glob("runs/*/*") if p.is_file()}
+    run(cmd, tmp_path / "compare2.log")
+    assert json.loads((exp / "results.json").read_text()) == json.loads(before)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps

@@ -15,7 +15,9 @@
 #     SpeechLM-P also zero-shot through its UCTC head
 #   (stages 4-6 run as one chain per row, J chains at a time: a row fine-tunes as soon as it is pre-trained)
 #   7 the comparison: EXP/results.json, EXP/results.png, the table (TensorBoard logs: EXP/runs/*/tb)
-#   8 (only when asked: --stage 8 --stop-stage 8) speech translation into a SYNTHETIC language
+#   8 (only when asked: --stage 8 --stop-stage 8) speech translation into a SYNTHETIC language: ST fine-tuning
+#     of the random-weights, speech-only and SpeechLM-P encoders (+ SpeechLM-H with --full), BLEU and chrF of
+#     test next to copying the source: EXP/st/results.json, EXP/st/results.png, the table
 # --full adds the rows "SpeechLM-P, no swapping", "oracle units" (the synthesizer's true alignments as
 # speech units) and SpeechLM-H, and runs every row with seeds 1 2 3 (mean and spread in the table).
 # SpeechLM-H's hidden units (stage 3h, examples/mini/hidden_units.sh, once for all seeds) are k-means
@@ -275,20 +277,21 @@ if run_stage 7; then
   say "stage 7: the comparison (same pre-training updates and fine-tuning for every row)"
   "$PY" "$REPO/scripts/mini_summary.py" --exp "$exp" --jobs "$jobs"
 fi
-# stage 8 fine-tunes the first seed's SpeechLM-P (--seeds "2 3": seed 2's)
-st="$exp/st_data"; st_exp="$exp/st"; pre="$exp/runs/SpeechLM-P.s$first_seed/pretrain"
-if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
-  say "stage 8: speech translation into the SYNTHETIC Cipherese (speechlm/corpora/st_synthetic.py)"
+# stage 8: ST fine-tuning of each encoder into the synthetic Cipherese, like stages 4-7 for ASR: the same data,
+# updates and decoder (examples/mini/config/st) for every row; random weights take speech-only's architecture
+if run_stage 8; then
+  stage_begin
+  st="$exp/st_data"
+  say "stage 8: speech translation into the SYNTHETIC Cipherese (speechlm/corpora/st_synthetic.py) -> $exp/st"
   [ -f "$st/config.yaml" ] || speechlm st prepare "$corpus" "$st" --synthetic cipherese --splits train,valid,test
-  speechlm st baseline "$st" --split test
-  if [ ! -f "$st_exp/done" ]; then
-    (cd "$REPO" && fairseq-hydra-train --config-dir examples/mini/config/st --config-name speechlm_st_tiny \
-      task.data="$st" model.w2v_path="$pre/checkpoint_last.pt" common.user_dir="$REPO/speechlm" \
-      common.cpu=$cpu checkpoint.save_dir="$st_exp" hydra.run.dir="$st_exp/hydra")
-    touch "$st_exp/done"
-  fi
-  (cd "$REPO" && fairseq-generate "$st" --user-dir "$REPO/speechlm" --task speech_to_text \
-    $($cpu && echo --cpu) --path "$st_exp/checkpoint_best.pt" --gen-subset test --beam 5 --max-tokens 20000 \
-    --required-batch-size-multiple 1 --scoring sacrebleu) | tail -1
+  ckpt="$exp/runs/%s.s{seed}/pretrain/checkpoint_last.pt"  # {seed}: filled in by `speechlm st compare`
+  st_rows=(--row "random weights=random:$(printf "$ckpt" speech-only)"
+           --row "speech-only (UMLM)=$(printf "$ckpt" speech-only)" --row "SpeechLM-P=$(printf "$ckpt" SpeechLM-P)")
+  if $full; then st_rows+=(--row "SpeechLM-H=$(printf "$ckpt" SpeechLM-H)"); fi
+  cpu_flag=(); if $cpu; then cpu_flag=(--cpu); fi
+  # shellcheck disable=SC2086
+  (cd "$REPO" && speechlm st compare "$st" "$exp/st" "${st_rows[@]}" --seeds $seeds --jobs "$jobs" \
+    --threads "$threads" "${cpu_flag[@]}")
+  stage_end 8
 fi
 say "done; log: $log"

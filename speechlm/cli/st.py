@@ -3,6 +3,7 @@
     speechlm st prepare CORPUS OUT --target-ext de            # real translations {split}.de
     speechlm st prepare CORPUS OUT --synthetic cipherese      # mini recipe (synthetic language)
     speechlm st baseline OUT --split test                     # BLEU of copying the source
+    speechlm st compare OUT EXP --row NAME=CKPT ... [--seeds 1 2 3]  # fine-tune + decode each encoder
 
 then train ``speechlm_st`` (``examples/mini/config/st``, ``examples/covost2/config``) and decode with
 ``fairseq-generate OUT --user-dir speechlm --task speech_to_text --path CKPT --beam 5
@@ -11,7 +12,10 @@ then train ``speechlm_st`` (``examples/mini/config/st``, ``examples/covost2/conf
 
 
 def add_args(parser):
-    sub = parser.add_subparsers(dest="st_verb", metavar="{prepare,baseline}", required=True)
+    from speechlm.cli import st_compare
+    from speechlm.corpora.st_synthetic import TARGET_LANGUAGES
+
+    sub = parser.add_subparsers(dest="st_verb", metavar="{prepare,baseline,compare}", required=True)
     p = sub.add_parser("prepare", help="manifests + targets -> speech_to_text TSV, char spm, config")
     p.add_argument("data", help="directory with {split}.tsv manifests and their label files")
     p.add_argument("out", help="output directory (the DATA argument of fairseq's speech_to_text)")
@@ -22,14 +26,17 @@ def add_args(parser):
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--target-ext",
                    help="real translations: read targets from {split}.EXT, one line per row")
-    g.add_argument("--synthetic", choices=["cipherese"],
+    g.add_argument("--synthetic", choices=sorted(TARGET_LANGUAGES),
                    help="derive a SYNTHETIC target language from the transcripts (offline demo; "
-                        "see speechlm/corpora/st_synthetic.py)")
+                        "cipherese-monotonic: without the word swaps; see speechlm/corpora/st_synthetic.py)")
     p.add_argument("--source-ext", default="wrd",
                    help="transcripts, kept as src_text (default: %(default)s)")
     b = sub.add_parser("baseline", help="sacrebleu BLEU of copying the source as the translation")
     b.add_argument("data", help="directory written by `speechlm st prepare`")
     b.add_argument("--split", default="test", help="split to score (default: %(default)s)")
+    c = sub.add_parser("compare", help="ST fine-tuning from each encoder (rows x seeds), decoded and scored: "
+                                       "results.json, a table, a PNG")
+    st_compare.add_args(c)
 
 
 def run(args):
@@ -37,6 +44,10 @@ def run(args):
 
     from speechlm.corpora.st import copy_source_bleu, prepare_st_data
 
+    if args.st_verb == "compare":
+        from speechlm.cli import st_compare
+
+        return st_compare.run(args)
     if args.st_verb == "prepare":
         splits = [s for s in args.splits.split(",") if s]
         counts = prepare_st_data(

@@ -45,19 +45,24 @@ def _swap_pairs(words):
     return out
 
 
-def to_cipherese(english: str) -> str:
+def to_cipherese(english: str, swap: bool = True) -> str:
     """Upper-case English words (``.wrd`` style) -> Cipherese, one space between words.
 
-    Lower-case input letters are treated as upper-case; the output is lower-case.
+    Lower-case input letters are treated as upper-case; the output is lower-case. ``swap=False`` keeps the
+    English word order (the letter rule alone: ``cipherese-monotonic``, to measure what the reordering costs).
     """
     words = ["".join(_ENCODE.get(c, c) for c in w.upper()) for w in english.split()]
-    return " ".join(_swap_pairs(words))
+    return " ".join(_swap_pairs(words) if swap else words)
 
 
-def from_cipherese(text: str) -> str:
-    """Inverse of :func:`to_cipherese`: Cipherese -> upper-case English."""
+def from_cipherese(text: str, swap: bool = True) -> str:
+    """Inverse of :func:`to_cipherese` (with the same ``swap``): Cipherese -> upper-case English."""
     words = ["".join(_DECODE.get(c, c) for c in w) for w in text.split()]
-    return " ".join(_swap_pairs(words))
+    return " ".join(_swap_pairs(words) if swap else words)
 
 
-TARGET_LANGUAGES = {"cipherese": to_cipherese}
+# `speechlm st prepare --synthetic NAME`
+TARGET_LANGUAGES = {
+    "cipherese": to_cipherese,
+    "cipherese-monotonic": lambda english: to_cipherese(english, swap=False),
+}
