@@ -32,7 +32,10 @@ from speechlm.errors import UserError
 
 RANDOM_PREFIX = "random:"
 BLEU_LINE = re.compile(r"Generate \S+ with beam=\d+: BLEU = ([\d.]+)")
-MAX_LEN_A = 0.003  # characters per input sample at most: 48 a second
+# beam search copies the encoder output of the batch at every step (fairseq's reorder_encoder_out): one batch of
+# the whole mini test set (20,000 frames) spent more CPU in those copies than in the model (half of it sys time)
+DECODE_MAX_FRAMES = 4000
+MAX_LEN_A = 0.002  # characters per input sample at most: 32 a second
 VALID_LINE = re.compile(r"valid on '\S+' subset \| loss ([\d.]+) .*?\| num_updates (\d+)")
 
 
@@ -167,12 +170,12 @@ def decode_run(args, run_dir: str, env: dict) -> dict:
 
     log = os.path.join(run_dir, "generate.log")
     # the longest output: MAX_LEN_A * samples + 10 (with raw audio fairseq's src_len counts samples); the
-    # mini corpus's fastest utterance has 0.0016 characters per sample. fairseq's default (0 * len + 200)
+    # mini corpus's fastest utterance has 0.0016 characters per sample (26 a second). fairseq's default (0 * len + 200)
     # cuts long sentences, and a model that does not stop runs to the decoder's 1024 positions
     cmd = [_tool("fairseq-generate"), os.path.abspath(args.data), "--user-dir", os.path.dirname(speechlm.__file__),
            "--task", "speech_to_text", "--config-yaml", "config.yaml",
            "--path", os.path.join(run_dir, "checkpoint_best.pt"), "--gen-subset", args.split,
-           "--beam", str(args.beam), "--max-tokens", "20000", "--required-batch-size-multiple", "1",
+           "--beam", str(args.beam), "--max-tokens", str(DECODE_MAX_FRAMES), "--required-batch-size-multiple", "1",
            "--max-len-a", str(MAX_LEN_A), "--max-len-b", "10", "--scoring", "sacrebleu"]
     if args.cpu:
         cmd.append("--cpu")
