@@ -29,6 +29,7 @@ def test_identical_views_meet_everywhere():
     phones = rng.integers(0, 7, size=300)
     st = shared_space.layer_stats(3, x, x.copy(), phones, groups=None)  # no exclusion: every frame finds itself
     assert st.same_phone_nn == 100.0 and st.speech_nn == 100.0 and st.text_nn == 100.0
+    assert st.same_phone_nn_centred == 100.0
     assert st.cka == pytest.approx(1.0) and st.mean_cos == pytest.approx(1.0) and st.norm_ratio == pytest.approx(1.0)
     assert st.layer == 3 and st.frames == 300
     shares = np.bincount(phones) / 300
@@ -41,6 +42,11 @@ def test_phonetic_views_meet_across_utterances_and_unrelated_views_sit_at_chance
     st = shared_space.layer_stats(1, s, t, phones, groups)
     assert st.same_phone_nn == 100.0 and st.speech_nn == 100.0 and st.text_nn == 100.0
     assert st.cka > 0.9
+    # speech moved by a constant vector along phone 0's text direction: every speech frame's nearest text
+    # frame is a phone-0 frame (a hub), until each view is centred
+    st = shared_space.layer_stats(1, s + 3.0 * np.eye(s.shape[1])[0], t, phones, groups)
+    assert st.same_phone_nn == pytest.approx(100 * np.mean(phones == 0), abs=0.01)
+    assert st.same_phone_nn_centred == 100.0
     # text frames unrelated to the speech's phones: the nearest one has the same phone about at chance
     t_random = rng.normal(size=t.shape)
     st = shared_space.layer_stats(1, s, t_random, phones, groups)
@@ -100,7 +106,7 @@ def test_shared_space_verb_on_a_tiny_model(mini_corpus, tmp_path, capsys):
     assert [r["layer"] for r in rows] == [0, 1, 2]  # input + the two Shared Transformer layers
     n_valid = len((mini_corpus / "valid.tsv").read_text().splitlines()) - 1
     for r in rows:
-        assert {"layer", "same_phone_nn", "chance", "mean_cos", "cka", "speech_nn", "text_nn", "norm_ratio",
+        assert {"layer", "same_phone_nn", "chance", "same_phone_nn_centred", "mean_cos", "cka", "speech_nn", "text_nn", "norm_ratio",
                 "frames"} <= set(r)
         assert 0 <= r["same_phone_nn"] <= 100 and 0 < r["chance"] < 100
         assert -1 <= r["mean_cos"] <= 1 and 0 <= r["cka"] <= 1 and r["norm_ratio"] > 0
@@ -167,3 +173,26 @@ def _args(ckpt, corpus, **kw):
     base = dict(checkpoint=str(ckpt), corpus=str(corpus), split="valid", out=None, units_dir=None, label="phn",
                 random_init=False, seed=1, frames_per_utt=10, max_utts=3, tsne_points=20, no_plot=True)
     return argparse.Namespace(**{**base, **kw})
+
+
+def test_unit_embed_scale_multiplies_the_unit_embedding_on_every_path():
+    from speechlm.models.speechlm import SpeechLMConfig, SpeechLMModel
+
+    torch.manual_seed(0)
+    model = SpeechLMModel(SpeechLMConfig(**TINY, unit_embed_scale=4.0), 12, 1, 8).eval()
+    units = torch.randint(4, 12, (2, 30))
+    assert torch.allclose(model.embed_units(units), 4.0 * model.unit_embed(units))
+    text, _ = model.extract_text_features(units)
+    assert torch.allclose(text, model.shared_encoder(4.0 * model.unit_embed(units), None), atol=1e-6)
+    # swapped speech frames enter the Shared Transformer as the scaled embedding of their unit
+    model.cfg.random_swap_prob, model.cfg.random_swap_length = 0.5, 1
+    wav = torch.randn(1, 16000) * 0.1
+    T = model.extract_features(wav)[0].size(1)
+    target = torch.randint(4, 12, (1, T))
+    seen = []
+    model.shared_encoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    torch.manual_seed(1)
+    out = model(wav, target=target, mask=True)
+    swapped = out["swap_indices"][0]
+    assert swapped.sum() > 5
+    assert torch.allclose(seen[0][0, swapped], 4.0 * model.unit_embed(target[0, swapped]))

@@ -15,6 +15,8 @@ Per layer, on frames subsampled per utterance (the same instants in both views):
 
 - ``same_phone_nn``: % of speech frames whose nearest text frame (cosine) carries the same true phone;
   ``chance``: the same for a text frame drawn at random (sum over phones of the two views' frame shares);
+- ``same_phone_nn_centred``: the same after subtracting each view's mean vector (a constant offset
+  between the views -- a "modality direction" -- no longer counts);
 - ``speech_nn`` / ``text_nn``: the same within one view (how phonetic each view is on its own);
 - ``mean_cos``: cosine between the mean speech vector and the mean text vector;
 - ``cka``: linear CKA (Kornblith et al., 2019) between speech frame t and text frame t, paired by
@@ -63,6 +65,7 @@ class LayerStats:
     layer: int
     same_phone_nn: float
     chance: float
+    same_phone_nn_centred: float
     speech_nn: float
     text_nn: float
     mean_cos: float
@@ -134,7 +137,7 @@ def layer_views(model, wav: np.ndarray, units: np.ndarray, normalize: bool = Fal
         u = torch.from_numpy(units).view(1, -1)
         n_shared = len(model.shared_encoder.layers)
         speech = [h] + [model.shared_encoder(h, None, k) for k in range(1, n_shared + 1)]
-        text = [model.unit_embed(u)] + [model.extract_text_features(u, None, k)[0] for k in range(1, n_shared + 1)]
+        text = [model.embed_units(u)] + [model.extract_text_features(u, None, k)[0] for k in range(1, n_shared + 1)]
     return [s[0].float().numpy() for s in speech], [t[0].float().numpy() for t in text]
 
 
@@ -176,8 +179,8 @@ def nearest_same_label(queries: np.ndarray, q_labels: np.ndarray, keys: np.ndarr
     import torch
     import torch.nn.functional as F
 
-    q = F.normalize(torch.from_numpy(queries).double(), dim=1)
-    k = F.normalize(torch.from_numpy(keys).double(), dim=1)
+    q = F.normalize(torch.from_numpy(queries).float(), dim=1)
+    k = F.normalize(torch.from_numpy(keys).float(), dim=1)
     ql, kl = torch.from_numpy(q_labels), torch.from_numpy(k_labels)
     exclude = q_groups is not None and k_groups is not None
     if exclude:
@@ -227,6 +230,8 @@ def layer_stats(layer: int, speech: np.ndarray, text: np.ndarray, phones: np.nda
         layer=layer,
         same_phone_nn=round(nearest_same_label(speech, phones, text, phones, groups, groups), 2),
         chance=round(chance_level(phones, phones), 2),
+        same_phone_nn_centred=round(nearest_same_label(speech - speech.mean(0), phones, text - text.mean(0), phones,
+                                                       groups, groups), 2),
         speech_nn=round(nearest_same_label(speech, phones, speech, phones, groups, groups), 2),
         text_nn=round(nearest_same_label(text, phones, text, phones, groups, groups), 2),
         mean_cos=round(mean_cosine(speech, text), 4),
@@ -272,12 +277,13 @@ def stats_json(stats: Sequence[LayerStats]) -> List[dict]:
 
 
 def format_table(stats: Sequence[LayerStats]) -> str:
-    lines = ["| layer | same-phone NN % (chance) | speech→speech NN % | text→text NN % | mean cos | CKA | "
-             "norm speech / text |", "|---|---|---|---|---|---|---|"]
+    lines = ["| layer | same-phone NN % (chance) | centred | speech→speech NN % | text→text NN % | mean cos | CKA | "
+             "norm speech / text |", "|---|---|---|---|---|---|---|---|"]
     for s in stats:
         name = "0 (input)" if s.layer == 0 else str(s.layer)
         cka = "–" if s.cka is None else f"{s.cka:.3f}"
-        lines.append(f"| {name} | {s.same_phone_nn:.1f} ({s.chance:.1f}) | {s.speech_nn:.1f} | {s.text_nn:.1f} | "
+        lines.append(f"| {name} | {s.same_phone_nn:.1f} ({s.chance:.1f}) | {s.same_phone_nn_centred:.1f} | "
+                     f"{s.speech_nn:.1f} | {s.text_nn:.1f} | "
                      f"{s.mean_cos:.3f} | {cka} | {s.norm_ratio:.2f} |")
     return "\n".join(lines)
 

@@ -112,6 +112,13 @@ class SpeechLMConfig(FairseqDataclass):
                           "divided by it before q.k and q.r, logits multiplied back and their row maximum "
                           "subtracted before the softmax (published Large: 32; 1 = off; no effect in float32)"},
     )
+    unit_embed_scale: float = field(
+        default=1.0,
+        metadata={"help": "factor on the unit embedding wherever it enters the Shared Transformer (text and "
+                          "swapped frames); 1.0 as the published models (fairseq no_scale_embedding). The "
+                          "Speech Transformer's output has norm ~sqrt(D), an initial unit embedding ~1: "
+                          "sqrt(D) puts both at one scale (examples/mini/SHARED_SPACE.md)"},
+    )
     uctc_letters: Any = field(
         default=None,
         metadata={"help": "symbols of the letter dictionary the UCTC head predicts; filled in when the "
@@ -316,6 +323,11 @@ class SpeechLMModel(BaseFairseqModel):
                                SWAP_STREAM, mask_indices.device)
         return swap & ~mask_indices
 
+    def embed_units(self, units: torch.Tensor) -> torch.Tensor:
+        """``(B,T)`` unit ids -> ``(B,T,D)`` the Shared Transformer's input for them (``unit_embed_scale`` applied)."""
+        x = self.unit_embed(units)
+        return x if self.cfg.unit_embed_scale == 1.0 else x * self.cfg.unit_embed_scale
+
     def umlm_logits(self, h: torch.Tensor, layer: int) -> torch.Tensor:
         """``h (N, D) -> (N, num_units)`` logits cos(W_layer h, e_layer(z)) / tau for every unit z."""
         q = F.normalize(self.umlm_proj[layer](h).float(), dim=-1)
@@ -365,10 +377,10 @@ class SpeechLMModel(BaseFairseqModel):
         h_mixed = h_speech
         if swap_indices is not None and target is not None and mask:
             swap = swap_indices.to(device=x.device, dtype=torch.bool)
-            h_mixed = torch.where(swap.unsqueeze(-1), self.unit_embed(target).to(h_speech.dtype), h_speech)
+            h_mixed = torch.where(swap.unsqueeze(-1), self.embed_units(target).to(h_speech.dtype), h_speech)
         elif self.cfg.random_swap_prob > 0 and target is not None and mask:
             swap = self.swap_positions(mask_indices, frame_padding)
-            h_mixed = torch.where(swap.unsqueeze(-1), self.unit_embed(target).to(h_speech.dtype), h_speech)
+            h_mixed = torch.where(swap.unsqueeze(-1), self.embed_units(target).to(h_speech.dtype), h_speech)
         h_shared = self.shared_encoder(h_mixed, frame_padding)
 
         out = {"mask_indices": mask_indices, "swap_indices": swap, "padding_mask": frame_padding,
@@ -448,7 +460,7 @@ class SpeechLMModel(BaseFairseqModel):
         self._require_pretraining_heads()
         if self.uctc_head is None:
             raise RuntimeError("this SpeechLM model has no UCTC head (built without a letter dictionary)")
-        x = self.unit_embed(units)
+        x = self.embed_units(units)
         if mask_indices is not None:
             if not mask or mask_indices.shape != units.shape:
                 raise ValueError(f"mask_indices {tuple(mask_indices.shape)} given with mask={mask}; "
@@ -476,7 +488,7 @@ class SpeechLMModel(BaseFairseqModel):
         if output_layer is not None and not 1 <= output_layer <= len(self.shared_encoder.layers):
             raise ValueError(f"output_layer={output_layer} outside 1..{len(self.shared_encoder.layers)}")
         self._require_pretraining_heads()
-        return self.shared_encoder(self.unit_embed(units), padding_mask, output_layer), padding_mask
+        return self.shared_encoder(self.embed_units(units), padding_mask, output_layer), padding_mask
 
     def speech_encoder_parameters(self) -> int:
         """Parameters of the speech encoder: front end, projection, mask embedding and all L layers."""
