@@ -18,6 +18,10 @@ Reads what ``examples/mini/run.sh`` leaves in ``EXP/runs/RUN/`` (one directory p
 - the pre-training TensorBoard events (fairseq's ``common.tensorboard_logdir``): ``umlm_acc_0/1``,
   ``uctc_loss``, ``text_ler`` per update, and ``num_updates``;
 
+- ``shared_space/shared_space.json`` (``speechlm analyze shared-space`` on ``valid``: one object per Shared
+  Transformer layer, 0 = its input, with ``same_phone_nn``, ``chance``, ``cka`` ...), carried by the row as
+  ``shared_space`` (a run that re-uses another's pre-training, ``time_from``, shows that run's);
+
 and ``EXP/units/score.{train,valid}.json`` (the phone-units tokenizer against the true alignments). When
 ``EXP/corpus/{test,test_other}.{tsv,spk}`` are there, the Viterbi letter error is also given per voice
 (``cer_by_voice``), which shows what the unseen voices of ``test_other`` cost.
@@ -178,9 +182,41 @@ def collect(exp: str) -> List[dict]:
         t = read_time(sorted(glob.glob(os.path.join(run_dir, "time.*")))
                       + [os.path.join(exp, p) for p in meta.get("time_from", [])])
         run["seconds"], run["cpu_seconds"] = round(t["wall"], 1), round(t["cpu"], 1)
+        layers = read_shared_space(exp, run_dir, meta)
+        if layers is not None:
+            run["shared_space"] = layers
         runs.append(run)
     runs.sort(key=lambda r: (r["order"], r["name"], r["seed"]))
     return runs
+
+
+def read_shared_space(exp: str, run_dir: str, meta: dict) -> Optional[List[dict]]:
+    """``RUN/shared_space/shared_space.json``, or that of the run whose pre-training this one re-uses
+    (``meta["time_from"]``: the zero-shot row is SpeechLM-P's model); None when there is none."""
+    for d in [run_dir] + [os.path.dirname(os.path.join(exp, p)) for p in meta.get("time_from", [])]:
+        path = os.path.join(d, "shared_space", "shared_space.json")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+    return None
+
+
+def mean_layers(per_seed: List[List[dict]]) -> List[dict]:
+    """Per layer, the mean over seeds of every number of ``shared_space`` (``*_std`` with two seeds or more)."""
+    import statistics
+
+    out = []
+    for layers in zip(*per_seed):
+        row = {"layer": layers[0]["layer"]}
+        for k in layers[0]:
+            vals = [x.get(k) for x in layers]
+            if k == "layer" or not all(isinstance(v, (int, float)) for v in vals):
+                continue
+            row[k] = round(statistics.fmean(vals), 4 if k in ("mean_cos", "cka") else 2)
+            if len(vals) > 1:
+                row[k + "_std"] = round(statistics.stdev(vals), 4 if k in ("mean_cos", "cka") else 2)
+        out.append(row)
+    return out
 
 
 def aggregate(runs: List[dict]) -> List[dict]:
@@ -203,6 +239,8 @@ def aggregate(runs: List[dict]) -> List[dict]:
         if all("cer_by_voice" in r for r in rs):
             row["cer_by_voice"] = {s: {v: round(statistics.fmean(r["cer_by_voice"][s][v] for r in rs), 2)
                                        for v in rs[0]["cer_by_voice"][s]} for s in SUBSETS}
+        if all("shared_space" in r for r in rs):
+            row["shared_space"] = mean_layers([r["shared_space"] for r in rs])
         row["pretrain_updates"] = rs[0]["pretrain_updates"]
         row["seconds"] = round(statistics.fmean(r["seconds"] for r in rs), 1)
         row["cpu_seconds"] = round(statistics.fmean(r["cpu_seconds"] for r in rs), 1)
@@ -247,7 +285,24 @@ def format_table(rows: List[dict], tokenizer: Dict[str, dict]) -> str:
                 cells = [f"{r['cer_by_voice'][s].get(v, float('nan')):.1f}" for r in by_voice]
                 lines.append(f"| {s}: {v} | " + " | ".join(cells) + " |")
         lines.append("")
-    return "\n".join(lines + format_tokenizer(tokenizer))
+    return "\n".join(lines + format_shared_space(rows) + format_tokenizer(tokenizer))
+
+
+def format_shared_space(rows: List[dict]) -> List[str]:
+    """One line per row with a ``shared_space``: same-phone nearest-neighbour % and CKA per layer."""
+    with_ss = [r for r in rows if "shared_space" in r]
+    if not with_ss:
+        return []
+    lines = ["Shared space on `valid` (speechlm analyze shared-space): % of speech frames whose nearest text frame "
+             "(another utterance's) has the same true phone, and linear CKA of time-paired frames, per layer "
+             "from the Shared Transformer's input (0) to its top:", "",
+             "| row | same-phone NN % per layer (chance) | CKA per layer |", "|---|---|---|"]
+    for r in with_ss:
+        ss = r["shared_space"]
+        nn = " / ".join(f"{x['same_phone_nn']:.1f}" for x in ss)
+        cka = " / ".join("–" if x.get("cka") is None else f"{x['cka']:.2f}" for x in ss)
+        lines.append(f"| {r['name']} | {nn} ({ss[0]['chance']:.1f}) | {cka} |")
+    return lines + [""]
 
 
 def format_tokenizer(tokenizer: Dict[str, dict]) -> List[str]:

@@ -1,5 +1,7 @@
 """`speechlm analyze shared-space` and its measures (speechlm/analysis/shared_space.py)."""
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,3 +198,43 @@ def test_unit_embed_scale_multiplies_the_unit_embedding_on_every_path():
     swapped = out["swap_indices"][0]
     assert swapped.sum() > 5
     assert torch.allclose(seen[0][0, swapped], 4.0 * model.unit_embed(target[0, swapped]))
+
+
+def _summary_run(exp: Path, run: str, name: str, seed: int, order: int, layers=None, time_from=None):
+    d = exp / "runs" / run
+    (d / "decode").mkdir(parents=True)
+    for subset in ("test", "test_other"):
+        for kind in ("hypo", "ref"):
+            (d / "decode" / f"{subset}.{kind}.wrd").write_text("A B (utt0)\n")
+    (d / "time.decode").write_text('{"wall": 2.0, "user": 1.0, "sys": 0.0}\n')
+    (d / "meta.json").write_text(json.dumps({"name": name, "seed": seed, "order": order, "pretrain_updates": 6,
+                                             "tensorboard": None, "decode": f"runs/{run}/decode",
+                                             "time_from": [time_from] if time_from else []}))
+    if layers is not None:
+        (d / "shared_space").mkdir()
+        (d / "shared_space" / "shared_space.json").write_text(json.dumps(layers))
+
+
+def test_mini_summary_carries_the_shared_space_of_every_row(tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import mini_summary
+
+    def layers(nn, cka):
+        return [{"layer": k, "same_phone_nn": v, "chance": 4.0, "cka": c, "frames": 100}
+                for k, (v, c) in enumerate(zip(nn, cka))]
+
+    _summary_run(tmp_path, "P.s1", "SpeechLM-P", 1, 3, layers([5.0, 10.0, 20.0], [0.3, 0.4, 0.5]))
+    _summary_run(tmp_path, "P.s2", "SpeechLM-P", 2, 3, layers([7.0, 12.0, 30.0], [0.3, 0.6, None]))
+    _summary_run(tmp_path, "Z.s1", "zero-shot", 1, 4, time_from="runs/P.s1/time.decode")
+    _summary_run(tmp_path, "F.s1", "fine-tuned elsewhere", 1, 5)  # no shared space: no key
+    assert mini_summary.main(["--exp", str(tmp_path)]) == 0
+    p, z, f = json.loads((tmp_path / "results.json").read_text())
+    assert [x["layer"] for x in p["shared_space"]] == [0, 1, 2]
+    assert [x["same_phone_nn"] for x in p["shared_space"]] == [6.0, 11.0, 25.0]
+    assert p["shared_space"][2]["same_phone_nn_std"] == pytest.approx(7.07, abs=0.01)
+    assert p["shared_space"][0]["chance"] == 4.0 and p["shared_space"][1]["cka"] == pytest.approx(0.5)
+    assert "cka" not in p["shared_space"][2]  # a seed without it (constant view): no mean over the other
+    assert z["shared_space"] == layers([5.0, 10.0, 20.0], [0.3, 0.4, 0.5])  # the model it decodes: P.s1's
+    assert "shared_space" not in f
+    out = capsys.readouterr().out
+    assert "| SpeechLM-P | 6.0 / 11.0 / 25.0 (4.0) | 0.30 / 0.50 / – |" in out

@@ -12,7 +12,9 @@
 #   4 pre-training, one run per row: speech-only (UMLM alone) and SpeechLM-P (speech + unpaired text)
 #   5 CTC fine-tuning on train_paired of every row, and of the same model from random weights
 #   6 decoding of test and test_other, Viterbi and with the word 4-gram (weights chosen on valid);
-#     SpeechLM-P also zero-shot through its UCTC head
+#     SpeechLM-P also zero-shot through its UCTC head; the shared space of every pre-trained model (and of
+#     the random weights) on valid: speech vs text frames per Shared Transformer layer (speechlm analyze
+#     shared-space -> EXP/runs/RUN/shared_space/shared_space.{json,png})
 #   (stages 4-6 run as one chain per row, J chains at a time: a row fine-tunes as soon as it is pre-trained)
 #   7 the comparison: EXP/results.json, EXP/results.png, the table (TensorBoard logs: EXP/runs/*/tb)
 #   8 (only when asked: --stage 8 --stop-stage 8) speech translation into a SYNTHETIC language: ST fine-tuning
@@ -118,6 +120,15 @@ zero_shot() {
     --checkpoint "$2" --data "$corpus" --subsets test,test_other --results-path "$d/decode") \
     && touch "$d/decode/done"
 }
+# shared_space RUN CHECKPOINT [ARGS...]: where speech meets text in the pre-trained model, on valid: per
+# Shared Transformer layer the same-phone nearest neighbour of speech frames among text frames, CKA, t-SNE
+shared_space() {
+  local run=$1 ckpt=$2; shift 2
+  local d="$exp/runs/$run"
+  if [ -f "$d/shared_space/shared_space.json" ]; then return 0; fi
+  (cd "$REPO" && timed "$d/shared_space" speechlm analyze shared-space "$ckpt" "$corpus" --split valid \
+    --out "$d/shared_space" "$@")
+}
 
 if run_stage 0; then
   stage_begin
@@ -220,6 +231,9 @@ chain() {
   if run_stage 5; then finetune "$run" "$d/pretrain/checkpoint_last.pt" "$seed" || return 1; fi
   if run_stage 6; then
     decode "$run" && lm_decode "$run" || return 1
+    local units=()  # SpeechLM-H reads k-means units: its text side gets valid's units, not the phones
+    [ "${run%%.*}" = SpeechLM-H ] && units=(--units-dir "$exp/hidden/data" --label km)
+    shared_space "$run" "$d/pretrain/checkpoint_last.pt" "${units[@]}" || return 1
     if [ "${run%%.*}" = SpeechLM-P ]; then
       zero_shot "SpeechLM-P-zero-shot.s$seed" "$d/pretrain/checkpoint_last.pt" || return 1
     fi
@@ -235,7 +249,10 @@ random_chain() {
   if run_stage 5; then
     finetune "random.s$seed" "$first/pretrain/checkpoint_last.pt" "$seed" model.no_pretrained_weights=true || return 1
   fi
-  if run_stage 6; then decode "random.s$seed" && lm_decode "random.s$seed"; fi
+  if run_stage 6; then
+    decode "random.s$seed" && lm_decode "random.s$seed" || return 1
+    shared_space "random.s$seed" "$first/pretrain/checkpoint_last.pt" --random-init --seed "$seed"
+  fi
 }
 lo=$(( stage > 4 ? stage : 4 )); hi=$(( stop_stage < 6 ? stop_stage : 6 ))
 if [ "$lo" -le "$hi" ]; then
