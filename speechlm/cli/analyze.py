@@ -57,7 +57,8 @@ def run(args):
     stats, (speech, text, _, _) = shared_space.analyze(model, data, args.frames_per_utt, args.seed, normalize)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "shared_space")
     shared_space.write_json(shared_space.stats_json(stats), os.path.join(out, "shared_space.json"))
-    what = f"{os.path.basename(args.checkpoint)}{' (random init)' if args.random_init else ''}"
+    tail = os.path.normpath(os.path.abspath(args.checkpoint)).split(os.sep)[-3:]  # e.g. RUN/pretrain/checkpoint_last.pt
+    what = f"{'/'.join(tail)}{' (random init)' if args.random_init else ''}"
     print(f"{what} on {args.corpus}/{args.split}: {len(data.utterances)} utterances, {stats[0].frames} "
           f"frames per view; neighbours from other utterances")
     print(shared_space.format_table(stats))
