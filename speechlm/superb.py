@@ -12,8 +12,8 @@ The protocol of SUPERB (and of the SpeechLM paper's Table 3), shrunk to the embe
   pooling + linear over the intents of the SLU corpus (``speechlm.corpora.slu``; accuracy);
 - each head trains for a fixed number of epochs (no model selection) and is scored on the test split.
 
-Upstreams (``Upstream``): ``fbank`` (80 log-Mel at 100 Hz, per-utterance mean/variance normalised; one
-"layer"), ``random`` (a SpeechLM of a given architecture with random weights) and ``checkpoint`` (a
+Upstreams (``Upstream``): ``fbank`` (80 log-Mel at 100 Hz, not normalised; one "layer"), ``random`` (a
+SpeechLM of a given architecture with random weights) and ``checkpoint`` (a
 ``speechlm`` checkpoint through the s3prl upstream).
 """
 import json
@@ -71,9 +71,9 @@ class Upstream:
             from speechlm.data.fbank import compute_fbank
 
             def fbank(wav):
-                x = compute_fbank(wav)
-                x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-5)
-                return x[None].astype(np.float16)
+                # raw log-Mel: a per-utterance mean normalisation would zero every mean-pooled vector
+                # (SID, IC at chance); the heads' biases absorb the offset
+                return compute_fbank(wav)[None].astype(np.float16)
 
             return fbank
         from speechlm.s3prl import UpstreamExpert
@@ -374,9 +374,12 @@ def table(results: dict) -> str:
 
 def plot_layer_weights(results: dict, path: str) -> None:
     """One panel per upstream: the learned layer weights (mean over seeds) of each task."""
+    import logging
+
     import matplotlib
 
     matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # font-search chatter
     import matplotlib.pyplot as plt
 
     ups = [u for u in results["upstreams"] if any(u in results["tasks"][t] for t in results["tasks"])]
