@@ -33,7 +33,7 @@ def test_phone_sequences_and_ctc_scoring():
     logits = torch.full((1, 6, 4), -5.0)
     for t, k in enumerate([0, 2, 2, 0, 3, 1]):
         logits[0, t, k] = 5.0
-    assert superb._ctc_greedy(logits, torch.tensor([6])) == [[2, 3, 1]]
+    assert superb.greedy_ctc(logits, torch.tensor([6]), blank=0) == [[2, 3, 1]]
     assert superb._edit_rate([[2, 3, 1]], [[2, 3]]) == 50.0
 
 
