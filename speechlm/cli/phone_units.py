@@ -124,6 +124,8 @@ def _train(args):
             os.path.join(train_dir, "features") if args.checkpoint else None)
     except ValueError as e:
         sys.exit(f"speechlm phone-units train: {e}")
+    for pseudo_split, phn, n in data.pseudo:
+        print(f"[phone-units] + {n} utterances of {pseudo_split} with targets from {phn}", file=sys.stderr)
     if data.skipped:
         print(f"[phone-units] skipped {len(data.skipped)} utterances with words missing from the lexicon, "
               f"e.g. {args.split}.wrd line {data.skipped[0][0]}: {data.skipped[0][1]}", file=sys.stderr)

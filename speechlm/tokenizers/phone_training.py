@@ -116,13 +116,15 @@ class RecognizerTrainingData:
     """What a phone recognizer trains on (``speechlm phone-units train``): ``train`` (the transcribed
     utterances of a split, then any pseudo-labelled ones), ``valid`` (or None), ``transcribed`` (how many
     of ``train`` have transcripts), ``skipped`` ((``.wrd`` line, word) of utterances left out for a word
-    missing from the lexicon) and ``input_dim`` (feature channels)."""
+    missing from the lexicon), ``input_dim`` (feature channels) and ``pseudo`` ((split, label file,
+    utterances) of each pseudo-labelled part)."""
 
     train: object
     valid: Optional[PhoneCtcDataset]
     transcribed: int
     skipped: List[Tuple[int, str]]
     input_dim: int
+    pseudo: List[Tuple[str, str, int]]
 
 
 def recognizer_training_data(corpus: str, split: str, lexicon, featurize: Callable, pseudo=(),
@@ -138,10 +140,10 @@ def recognizer_training_data(corpus: str, split: str, lexicon, featurize: Callab
         return cache_dir and os.path.join(cache_dir, name)
 
     train, skipped = PhoneCtcDataset.from_split(corpus, split, lexicon, featurize, cache(split))
-    parts = [train]
+    parts, pseudo_parts = [train], []
     for pseudo_split, phn in pseudo:
         parts.append(PhoneCtcDataset.from_frame_labels(corpus, pseudo_split, phn, featurize, cache(pseudo_split)))
-        logger.info(f"+ {len(parts[-1])} utterances of {pseudo_split} with targets from {phn}")
+        pseudo_parts.append((pseudo_split, phn, len(parts[-1])))
     data = ConcatDataset(parts) if len(parts) > 1 else train
     if not len(data):
         raise ValueError(f"no usable utterance in {corpus}/{split}")
@@ -149,7 +151,7 @@ def recognizer_training_data(corpus: str, split: str, lexicon, featurize: Callab
     if valid_split and all(os.path.isfile(os.path.join(corpus, f"{valid_split}.{e}")) for e in ("tsv", "wrd")):
         valid, _ = PhoneCtcDataset.from_split(corpus, valid_split, lexicon, featurize, cache(valid_split))
     input_dim = next(p for p in parts if len(p)).features(0).shape[1]
-    return RecognizerTrainingData(data, valid, len(train), skipped, input_dim)
+    return RecognizerTrainingData(data, valid, len(train), skipped, input_dim, pseudo_parts)
 
 
 @dataclass
