@@ -159,6 +159,12 @@ def test_imports_point_down_the_floors():
     assert not bad, "imports that point up or sideways:\n" + "\n".join(bad)
 
 
+def test_the_walker_sees_imports_inside_functions(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("def f():\n    from speechlm.tasks.x import y\n")
+    assert (2, "speechlm.tasks.x") in list(imports_of(f))
+
+
 def test_the_floor_check_sees_an_arrow_up(tmp_path):
     """The walker finds imports inside functions, and the floors order rooms as the docstring draws."""
     f = tmp_path / "m.py"

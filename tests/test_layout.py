@@ -1,5 +1,4 @@
 """The package's shape: import arrows point one way, and the command line stays light."""
-import ast
 import os
 import subprocess
 import sys
@@ -8,40 +7,6 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "speechlm"
-# building blocks: they must not reach up to the tasks or the command line
-LOWER = ("data", "modules", "models", "corpora", "tokenizers", "splat")
-UPPER = ("speechlm.tasks", "speechlm.cli")
-
-
-def imported_modules(path: Path):
-    """(line, module) for every import in the file, including those inside functions."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield node.lineno, alias.name
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            yield node.lineno, node.module
-            for alias in node.names:
-                yield node.lineno, f"{node.module}.{alias.name}"
-
-
-def test_building_blocks_never_import_tasks_or_cli():
-    bad = []
-    for sub in LOWER:
-        for path in sorted((PACKAGE / sub).rglob("*.py")):
-            for line, mod in imported_modules(path):
-                if mod == UPPER[0] or mod == UPPER[1] or mod.startswith(tuple(u + "." for u in UPPER)):
-                    bad.append(f"{path.relative_to(PACKAGE.parent)}:{line}: imports {mod}")
-    assert not bad, "imports that point back up:\n" + "\n".join(sorted(set(bad)))
-
-
-def test_the_walker_sees_imports_inside_functions(tmp_path):
-    f = tmp_path / "m.py"
-    f.write_text("def f():\n    from speechlm.tasks.x import y\n")
-    assert (2, "speechlm.tasks.x") in list(imported_modules(f))
-
-
 def _console_script() -> str:
     script = Path(sys.executable).with_name("speechlm")
     if not script.is_file():
