@@ -176,7 +176,6 @@ def speechlm_config(src: str, m) -> dict:
     _require(src, m, "use_rel_pos_enc", True, "relative position keys")
     _require(src, m, "add_unit_encoder", True, "the Shared Transformer")
     _require(src, m, "use_pred_unit", False, "swapping with the frame's own unit")
-    _require(src, m, "l2_embedding", False, "no embedding L2 loss")
     _require(src, m, "target_glu", False, "no target GLU")
     if config_value(m, "text_ctc_conv_kernel", 2) != 2:
         raise ConvertError(f"{src}: model.text_ctc_conv_kernel={config_value(m, 'text_ctc_conv_kernel')}: "
@@ -222,6 +221,7 @@ def speechlm_config(src: str, m) -> dict:
         "no_mask_overlap": bool(config_value(m, "no_mask_overlap", False)),
         "mask_min_space": int(config_value(m, "mask_min_space", 1)),
         "logit_temp": float(config_value(m, "logit_temp", 0.1)),
+        "l2_embedding": bool(config_value(m, "l2_embedding", False)),
         "random_swap_prob": mask_prob / 2 if mix else 0.0,  # the published swap spans
         "random_swap_length": max(1, mask_length // 2),
         # the fp16 guard of the Shared Transformer's attention (Large: 32); no effect in float32

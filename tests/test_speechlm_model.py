@@ -91,6 +91,37 @@ def test_swapped_frames_carry_the_unit_embedding():
     torch.testing.assert_close(seen["x"][~swap], seen["h"][~swap])
 
 
+def test_embedding_l2_is_the_published_formula_and_the_criterion_adds_it_per_masked_frame():
+    """``l2_embedding``: mean over D of (speech - e(z))^2 / |e(z)|^2 at the masked frames, averaged; the
+    criterion adds ``embedding_l2_weight`` x that x masked frames (off: the loss is the same as before)."""
+    from speechlm.criterions.speechlm import SpeechLMCriterion, SpeechLMCriterionConfig
+
+    class _Task:
+        letter_dictionary = None
+
+    source, target = torch.randn(2, 8000), torch.randint(4, 12, (2, 24))
+    model = tiny_model(l2_embedding=True, unit_embed_scale=3.0, random_swap_prob=0.0).train()
+    seen = {}
+    model.speech_encoder.register_forward_hook(lambda m, args, out: seen.__setitem__("h", out))
+    torch.manual_seed(5)
+    out = model(source, None, target=target)
+    m = out["mask_indices"]
+    h, e = seen["h"][m], 3.0 * model.unit_embed(target)[m]
+    want = torch.stack([((h[i] - e[i]) ** 2).mean() / (e[i] ** 2).sum() for i in range(len(h))]).mean()
+    torch.testing.assert_close(out["embedding_l2_loss"], want)
+    speech = {"net_input": {"source": source, "padding_mask": None}, "target": target,
+              "ntokens": target.numel(), "nsentences": 2}
+    losses = {}
+    for w in (0.0, 2.5):
+        torch.manual_seed(5)
+        losses[w], n, log = SpeechLMCriterion(SpeechLMCriterionConfig(embedding_l2_weight=w), _Task())(
+            model, {"speech": speech})
+        assert n == int(m.sum()) and log["embedding_l2"] == pytest.approx(want.item() * n, rel=1e-5)
+    assert (losses[2.5] - losses[0.0]).item() == pytest.approx(2.5 * want.item() * n, rel=1e-4)
+    torch.manual_seed(5)
+    assert "embedding_l2_loss" not in tiny_model(random_swap_prob=0.0).train()(source, None, target=target)
+
+
 def test_umlm_logits_are_cosine_over_temperature_on_a_hand_made_example():
     model = tiny_model(encoder_embed_dim=4, encoder_attention_heads=2, encoder_ffn_embed_dim=8,
                        conv_pos_groups=2, logit_temp=0.1, final_dim=4)

@@ -3,7 +3,8 @@
 On the speech batch: cross-entropy of the unit at every masked frame, from the Speech Transformer
 (layer 0) and the Shared Transformer (layer 1) outputs, summed; ``sample_size`` = masked frames; plus
 ``feature_penalty_weight`` (10, as the published model) x the mean square of the conv front end's
-output, per masked frame. On the text batch: CTC from the UCTC head to the letters (blank = the
+output, per masked frame; with ``model.l2_embedding`` (off in the released models) also
+``embedding_l2_weight`` x the model's embedding L2 loss, per masked frame. On the text batch: CTC from the UCTC head to the letters (blank = the
 letter dictionary's ``<s>``, as fairseq's ``ctc`` criterion), rescaled so that after fairseq divides
 by ``sample_size`` the total is ``UMLM per masked frame (both layers) + 10 * penalty +
 text_loss_weight * UCTC per target token`` (letters plus each sentence's ``</s>``: the text batch's
@@ -37,6 +38,10 @@ class SpeechLMCriterionConfig(FairseqDataclass):
     feature_penalty_weight: float = field(
         default=10.0, metadata={"help": "weight of the front end's feature penalty (published: 10)"}
     )
+    embedding_l2_weight: float = field(
+        default=1.0, metadata={"help": "weight of the embedding L2 loss when model.l2_embedding is on (the "
+                                       "published loss_weights' second entry)"}
+    )
 
 
 def uctc_loss(logits, input_lengths, targets, target_lengths, blank: int, reduction: str = "sum"):
@@ -59,6 +64,7 @@ class SpeechLMCriterion(FairseqCriterion):
         letters = getattr(task, "letter_dictionary", None)
         self.blank = letters.bos() if letters is not None else 0
         self.feature_penalty_weight = cfg.feature_penalty_weight
+        self.embedding_l2_weight = cfg.embedding_l2_weight
 
     def forward(self, model, sample, reduce=True):
         log = {}
@@ -79,6 +85,10 @@ class SpeechLMCriterion(FairseqCriterion):
             pen = out["features_pen"]
             loss = loss + self.feature_penalty_weight * pen * sample_size
             log["features_pen"] = pen.item() * sample_size
+        if "embedding_l2_loss" in out:
+            l2 = out["embedding_l2_loss"]
+            loss = loss + self.embedding_l2_weight * l2 * sample_size
+            log["embedding_l2"] = l2.item() * sample_size
 
         text = sample.get("text")
         if text is not None and self.text_loss_weight > 0:
@@ -123,6 +133,8 @@ class SpeechLMCriterion(FairseqCriterion):
             metrics.log_scalar(f"umlm_acc_{layer}", 100.0 * total(f"umlm_correct_{layer}") / max(count, 1), count, round=2)
         if any("features_pen" in lo for lo in logging_outputs):
             metrics.log_scalar("features_pen", total("features_pen") / max(sample_size, 1), sample_size, round=4)
+        if any("embedding_l2" in lo for lo in logging_outputs):
+            metrics.log_scalar("embedding_l2", total("embedding_l2") / max(sample_size, 1), sample_size, round=4)
         letters = total("text_letters")
         if letters > 0:
             metrics.log_scalar("uctc_loss", total("uctc_loss") / letters, letters, round=3)

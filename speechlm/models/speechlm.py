@@ -119,6 +119,12 @@ class SpeechLMConfig(FairseqDataclass):
                           "Speech Transformer's output has norm ~sqrt(D), an initial unit embedding ~1: "
                           "sqrt(D) puts both at one scale (examples/mini/SHARED_SPACE.md)"},
     )
+    l2_embedding: bool = field(
+        default=False,
+        metadata={"help": "the published option (off in the released models): an L2 loss pulling the Shared "
+                          "Transformer's speech input at masked frames towards their unit's embedding, "
+                          "mean square / the embedding's squared norm (the criterion's embedding_l2_weight)"},
+    )
     uctc_letters: Any = field(
         default=None,
         metadata={"help": "symbols of the letter dictionary the UCTC head predicts; filled in when the "
@@ -328,6 +334,12 @@ class SpeechLMModel(BaseFairseqModel):
         x = self.unit_embed(units)
         return x if self.cfg.unit_embed_scale == 1.0 else x * self.cfg.unit_embed_scale
 
+    def embedding_l2(self, h_speech: torch.Tensor, target: torch.Tensor, mask_indices: torch.Tensor) -> torch.Tensor:
+        """The published ``l2_embedding`` loss: at the masked frames, mean over D of (speech - unit embedding)^2
+        divided by the embedding's squared norm, averaged over the frames (a scalar)."""
+        e = self.embed_units(target)[mask_indices].float()
+        return ((h_speech[mask_indices].float() - e).pow(2).mean(-1) / e.pow(2).sum(-1)).mean()
+
     def umlm_logits(self, h: torch.Tensor, layer: int) -> torch.Tensor:
         """``h (N, D) -> (N, num_units)`` logits cos(W_layer h, e_layer(z)) / tau for every unit z."""
         q = F.normalize(self.umlm_proj[layer](h).float(), dim=-1)
@@ -385,6 +397,8 @@ class SpeechLMModel(BaseFairseqModel):
 
         out = {"mask_indices": mask_indices, "swap_indices": swap, "padding_mask": frame_padding,
                "features_pen": penalty}
+        if self.cfg.l2_embedding and target is not None and mask_indices.any():
+            out["embedding_l2_loss"] = self.embedding_l2(h_speech, target, mask_indices)
         out["umlm_logits"] = [
             self.umlm_logits(h_speech[mask_indices], 0),
             self.umlm_logits(h_shared[mask_indices], 1),
