@@ -178,3 +178,45 @@ def test_second_iteration_units_come_from_the_checkpoint_layer(mini_corpus, hidd
     assert (out / "km.npy").stat().st_mtime_ns == stamp
     r = _run_script(*args, hidden["out"], "--k", K, "--checkpoint", checkpoint, "--layer", 1)
     assert r.returncode == 1 and "holds the features of MFCC" in r.stderr, r.stderr
+
+
+def test_no_paired_data_row_has_one_vocabulary_for_km_speech_and_phoneme_text(mini_corpus, hidden, tmp_path):
+    """--no-paired (run.sh --full's "SpeechLM without paired data"): the MFCC k-means units of the speech and
+    the text's phonemes in one dictionary; no recognizer needed; 4 pre-training updates read both sides."""
+    from fairseq.data import Dictionary
+
+    from speechlm.data.unit_text_dataset import load_text_dataset
+
+    out = tmp_path / "np"
+    for part in ("feat", "km"):  # the MFCC features and clusters of the fixture's run: steps 1-2 skipped
+        shutil.copytree(hidden["out"] / part, out / part)
+    shutil.copy(hidden["out"] / "km.npy", out / "km.npy")
+    r = _run_script(mini_corpus, tmp_path / "no_recognizer_here", hidden["text"], out, "--k", K, "--no-paired")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    np_dir = out / "nopaired"
+    units = Dictionary.load(str(np_dir / "data/dict.kmphn.txt"))
+    phones = [ln.split()[0] for ln in _lines(mini_corpus / "dict.phn.txt")]
+    assert units.symbols[4:] == [str(k) for k in range(K)] + phones
+    assert _lines(np_dir / "data/valid.kmphn") == _lines(hidden["out"] / "km/valid.km")
+    letters = Dictionary.load(str(mini_corpus / "dict.ltr.txt"))
+    ds = load_text_dataset(str(np_dir / "text_bin"), "train", "kmphn", units, letters)
+    phn = _lines(hidden["text"] / "train.phn")
+    assert len(ds) == len(phn) and units.string(ds[3]["units"]).split() == phn[3].split()
+    assert not (out / "align").exists() and not (out / "t2u").exists()
+    save = tmp_path / "pretrain"
+    cmd = [str(Path(sys.executable).parent / "fairseq-hydra-train"),
+           "--config-dir", "examples/mini/config/pretrain", "--config-name", "speechlm_tiny",
+           f"task.data={np_dir / 'data'}", f"task.text_data={np_dir / 'text_bin'}", "task.labels=[kmphn]",
+           f"common.user_dir={REPO / 'speechlm'}", f"checkpoint.save_dir={save}", f"hydra.run.dir={save}/hydra",
+           "optimization.max_update=4", "common.log_interval=2", "dataset.disable_validation=true",
+           "checkpoint.save_interval_updates=4"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=1200)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert f"unit dictionary: {K + len(phones) + 4} types" in log
+    rows = [dict(re.findall(r"(\w+)=([^,\s]+)", line.split(" - ", 1)[1])) for line in log.splitlines()
+            if "[train_inner]" in line]
+    assert len(rows) == 2 and all(math.isfinite(float(r["uctc_loss"])) for r in rows), log[-2000:]
+    r = _run_script(mini_corpus, tmp_path, hidden["text"], tmp_path / "x", "--no-paired", "--checkpoint",
+                    save / "checkpoint_last.pt", "--layer", 1)
+    assert r.returncode == 2 and "--no-paired clusters MFCC" in r.stderr

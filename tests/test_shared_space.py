@@ -117,6 +117,9 @@ def test_shared_space_verb_on_a_tiny_model(mini_corpus, tmp_path, capsys):
     # neighbour of a frame carries its phone whenever another utterance says that phone
     assert rows[0]["text_nn"] > 90
     assert (out / "shared_space.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    heads = json.loads((out / "cross_reading.json").read_text())
+    assert set(heads) == {"umlm_acc_speech", "umlm_acc_text", "uctc_ler_speech", "uctc_ler_text"}
+    assert "| UCTC, letter error % |" in printed
     assert "| 0 (input) |" in printed and "CPU s" in printed
 
 
@@ -136,6 +139,51 @@ def test_the_same_frames_in_both_views_give_full_agreement(mini_corpus):
     # a sanity case on real frames: the text view against itself, own frames allowed -> 100 %, CKA 1
     st = shared_space.layer_stats(2, text[2], text[2], phones, None)
     assert st.same_phone_nn == 100.0 and st.cka == pytest.approx(1.0)
+
+
+def test_cross_reading_scores_each_head_on_each_view(mini_corpus, tmp_path):
+    """UMLM accuracy = the head's argmax against the frame's unit, per view; UCTC letter error = greedy CTC
+    against SPLIT.ltr: a head that only says blank deletes every letter (100 %), one that always says one
+    letter leaves len(ref) - 1 errors where the reference has it; a letter outside the dictionary is named."""
+    from fairseq.data import Dictionary
+
+    model = _save_tiny(tmp_path / "tiny.pt", mini_corpus).eval()
+    units = Dictionary.load(str(mini_corpus / "dict.phn.txt"))
+    letter_dict = Dictionary.load(str(mini_corpus / "dict.ltr.txt"))
+    data = shared_space.load_data(str(mini_corpus), "valid", units, max_utts=3)
+    letters = shared_space.read_letters(str(mini_corpus), "valid", letter_dict, 3)
+    r = shared_space.cross_reading(model, data, letters, letter_dict.bos())
+    hits, frames = 0, 0
+    with torch.inference_mode():
+        for utt in data.utterances:
+            u = torch.from_numpy(utt.units).view(1, -1)
+            h = model.extract_text_features(u, None, 2)[0][0]
+            hits += int((model.umlm_logits(h, 1).argmax(-1) == u[0]).sum())
+            frames += u.size(1)
+    assert r["umlm_acc_text"] == round(100 * hits / frames, 2) and 0 <= r["umlm_acc_speech"] <= 100
+    with torch.no_grad():
+        model.uctc_head.proj.bias.fill_(-1e4)
+        model.uctc_head.proj.bias[letter_dict.bos()] = 1e4
+    r = shared_space.cross_reading(model, data, letters, letter_dict.bos())
+    assert r["uctc_ler_speech"] == r["uctc_ler_text"] == 100.0
+    e = letter_dict.index("E")
+    with torch.no_grad():
+        model.uctc_head.proj.bias[letter_dict.bos()] = -1e4
+        model.uctc_head.proj.bias[e] = 1e4
+    r = shared_space.cross_reading(model, data, letters, letter_dict.bos())
+    n = sum(len(ref) for ref in letters)
+    want = sum(len(ref) - (e in ref) for ref in letters)
+    assert r["uctc_ler_text"] == r["uctc_ler_speech"] == round(100 * want / n, 2)
+    assert "uctc_ler_text" not in shared_space.cross_reading(model, data, None)
+    bad = tmp_path / "corpus"
+    bad.mkdir()
+    lines = (mini_corpus / "valid.ltr").read_text().splitlines()
+    (bad / "valid.ltr").write_text("\n".join(lines[:1] + ["A B 7 |"] + lines[2:]) + "\n")
+    with pytest.raises(UserError, match=r"valid.ltr:2: letter '7' is not in the model's letter dictionary"):
+        shared_space.read_letters(str(bad), "valid", letter_dict, 3)
+    with pytest.raises(UserError, match="1 lines for 3 utterances"):
+        (bad / "valid.ltr").write_text(lines[0] + "\n")
+        shared_space.read_letters(str(bad), "valid", letter_dict, 3)
 
 
 def test_random_init_is_seeded_and_bad_units_are_refused(mini_corpus, tmp_path):

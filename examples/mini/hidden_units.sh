@@ -4,6 +4,7 @@
 # does at full scale:
 #   bash examples/mini/hidden_units.sh CORPUS UNITS_DIR TEXT_DIR OUT_DIR [--k K] [--km-percent P]
 #        [--t2u-updates N] [--max-text-lines N] [--jobs J] [--threads T] [--checkpoint CKPT --layer L]
+#        [--no-paired]
 # CORPUS: the mini corpus (speechlm corpus mini); UNITS_DIR: run.sh stage 3's output (phone_ctc.pt, the
 # phone-units recognizer trained on train_paired); TEXT_DIR: run.sh stage 2's upsampled phone units of the
 # unpaired text ({train,valid}.{phn,ltr}, speechlm phonemize). Writes under OUT_DIR:
@@ -22,6 +23,12 @@
 #   5 the unpaired text's phone units (the same kind of units the text side of SpeechLM-P gets: phonemized,
 #     durations sampled) -> hidden units (t2u generate, J shards), then binarized as km-ltr pairs
 #                                                                            text/, text_bin/
+# --no-paired (the paper's "SpeechLM without paired data", its Table 4): steps 1-2 on MFCC only (nothing trained
+# on paired speech), then one unit vocabulary for both sides instead of steps 3-5 -- the speech's k-means units
+# and the text's phonemes (from the lexicon, no speech), dict.kmphn.txt = both symbol sets:
+#                                                                            nopaired/data/, nopaired/text_bin/
+# (swapped frames then carry the embedding of a frame's k-means unit; the text side reads phoneme embeddings;
+# only the Shared Transformer is common to both)
 # K defaults to 100: 44 min of speech give ~131k frames (1,300 per cluster), and the t2u model learns the
 # phone -> unit map from only 4 min (~12k frames, ~120 per unit); K=500 (the paper's, for 960 h) would leave
 # ~24 frames per unit there. Every step is skipped when its output exists (delete it to redo); each step's
@@ -29,14 +36,21 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../common/recipe.sh"
 k=100; km_percent=0.3; t2u_updates=400; max_text_lines=""; jobs=""; threads=""; checkpoint=""; layer=""
+no_paired=false
 parse_options "$@"
 expect_positional 4
 corpus=${positional[0]}; units=${positional[1]}; text=${positional[2]}; out=${positional[3]}
-for f in "$corpus/train.tsv" "$corpus/train_paired.tsv" "$corpus/train_paired.wrd" "$corpus/valid.tsv" \
-         "$corpus/valid.wrd" "$corpus/dict.phn.txt" "$corpus/dict.ltr.txt" "$units/phone_ctc.pt" \
-         "$text/train.phn" "$text/train.ltr" "$text/valid.phn" "$text/valid.ltr"; do
+needed=("$corpus/train.tsv" "$corpus/train_paired.tsv" "$corpus/train_paired.wrd" "$corpus/valid.tsv" \
+        "$corpus/valid.wrd" "$corpus/dict.phn.txt" "$corpus/dict.ltr.txt" \
+        "$text/train.phn" "$text/train.ltr" "$text/valid.phn" "$text/valid.ltr")
+$no_paired || needed+=("$units/phone_ctc.pt")
+for f in "${needed[@]}"; do
   [ -f "$f" ] || { echo "$0: $f not found (CORPUS: run.sh stage 0; UNITS_DIR: stage 3; TEXT_DIR: stage 2)" >&2; exit 1; }
 done
+if $no_paired && [ -n "$checkpoint" ]; then
+  echo "$0: --no-paired clusters MFCC (a checkpoint's features come from a model trained with paired data's units)" >&2
+  exit 2
+fi
 if [ -n "$checkpoint" ]; then
   [ -f "$checkpoint" ] || { echo "$0: --checkpoint $checkpoint not found" >&2; exit 1; }
   [ -n "$layer" ] || { echo "$0: --checkpoint needs --layer L (1-based Transformer layer)" >&2; exit 2; }
@@ -79,6 +93,25 @@ if [ ! -f "$data/valid.km" ]; then
   mkdir -p "$data"
   for split in train valid; do cp "$corpus/$split.tsv" "$km/$split.km" "$data/"; done
   cp "$km/dict.km.txt" "$corpus/dict.ltr.txt" "$data/"
+fi
+
+if $no_paired; then
+  np="$out/nopaired"
+  say "no paired data: one vocabulary of k-means units (speech) and phonemes (text) -> $np"
+  mkdir -p "$np/data" "$np/text"
+  # k-means symbols are numbers, phonemes letters: the two sets never share a symbol
+  cat "$km/dict.km.txt" "$corpus/dict.phn.txt" > "$np/data/dict.kmphn.txt"
+  cp "$corpus/dict.ltr.txt" "$np/data/"
+  for split in train valid; do
+    cp "$corpus/$split.tsv" "$np/data/"; cp "$km/$split.km" "$np/data/$split.kmphn"
+    cp "$text/$split.phn" "$np/text/$split.kmphn"; cp "$text/$split.ltr" "$np/text/$split.ltr"
+    if [ -f "$np/text_bin/$split.kmphn-ltr.kmphn.idx" ]; then say "  $split: binarized, skipped"; continue; fi
+    timed "$logs/binarize_nopaired_$split" speechlm binarize --units "$np/text/$split.kmphn" \
+      --letters "$np/text/$split.ltr" --unit-dict "$np/data/dict.kmphn.txt" --letter-dict "$corpus/dict.ltr.txt" \
+      --dest "$np/text_bin" --split "$split"
+  done
+  say "no paired data done: data $np/data, text $np/text_bin"
+  exit 0
 fi
 
 say "hidden units 3: phone units of train_paired and valid (forced alignment of their transcripts) -> $align"

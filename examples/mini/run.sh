@@ -21,7 +21,9 @@
 #     of the random-weights, speech-only and SpeechLM-P encoders (+ SpeechLM-H with --full), BLEU and chrF of
 #     test next to copying the source: EXP/st/results.json, EXP/st/results.png, the table
 # --full adds the rows "SpeechLM-P, no swapping", "oracle units" (the synthesizer's true alignments as
-# speech units) and SpeechLM-H, and runs every row with seeds 1 2 3 (mean and spread in the table).
+# speech units), SpeechLM-H, the text-amount rows (1 % and 0.1 % of the unpaired text) and "SpeechLM without
+# paired data" (stage 3n: k-means of MFCC as speech units, phonemes as text units), and runs every row with
+# seeds 1 2 3 (mean and spread in the table).
 # SpeechLM-H's hidden units (stage 3h, examples/mini/hidden_units.sh, once for all seeds) are k-means
 # clusters of the speech-only model's last Speech Transformer layer, as HuBERT's second iteration takes
 # its first's features: its chains start from the first seed's speech-only pre-training.
@@ -155,6 +157,19 @@ if run_stage 2; then
     speechlm binarize --units "$exp/text/$split.phn" --letters "$exp/text/$split.ltr" \
       --unit-dict "$corpus/dict.phn.txt" --letter-dict "$corpus/dict.ltr.txt" --dest "$text_bin" --split "$split"
   done
+  if $full; then  # the text-amount rows (the paper's Figure 3): the first 1 % and 0.1 % of the unpaired sentences
+    n=$(wc -l < "$exp/text/train.phn")
+    for part in "1pct:$(( n / 100 ))" "0p1pct:$(( n / 1000 ))"; do
+      dest="$exp/text_bin_${part%%:*}"
+      [ -f "$dest/train.phn-ltr.phn.idx" ] && continue
+      mkdir -p "$dest/text"
+      head -n "${part#*:}" "$exp/text/train.phn" > "$dest/text/train.phn"
+      head -n "${part#*:}" "$exp/text/train.ltr" > "$dest/text/train.ltr"
+      speechlm binarize --units "$dest/text/train.phn" --letters "$dest/text/train.ltr" --unit-dict "$corpus/dict.phn.txt" \
+        --letter-dict "$corpus/dict.ltr.txt" --dest "$dest" --split train
+      cp "$text_bin"/valid.phn-ltr.* "$dest/"
+    done
+  fi
   # the word 4-gram for stage 6's beam search: the same unpaired text, nothing of test or valid
   [ -f "$word_lm" ] || speechlm ngram "$corpus/unpaired.wrd" --order 4 --out "$word_lm"
   stage_end 2
@@ -196,7 +211,10 @@ rows=("SpeechLM-P|SpeechLM-P|3|$units|$text_bin|"
 if $full; then
   rows+=("SpeechLM-P-no-swap|SpeechLM-P, no swapping|5|$units|$text_bin|model.random_swap_prob=0"
          "oracle|SpeechLM-P, oracle units|6|$corpus|$text_bin|"
-         "SpeechLM-H|SpeechLM-H|7|$exp/hidden/data|$exp/hidden/text_bin|task.labels=[km]")
+         "SpeechLM-H|SpeechLM-H|7|$exp/hidden/data|$exp/hidden/text_bin|task.labels=[km]"
+         "P-text1pct|SpeechLM-P, 1 % of the text|8|$units|$exp/text_bin_1pct|"
+         "P-text0p1pct|SpeechLM-P, 0.1 % of the text|9|$units|$exp/text_bin_0p1pct|"
+         "no-paired|SpeechLM without paired data|10|$exp/mfcc/nopaired/data|$exp/mfcc/nopaired/text_bin|task.labels=[kmphn]")
 fi
 # hidden_units SEED: stage 3h, SpeechLM-H's units, made by the first seed's SpeechLM-H chain once the first
 # seed's speech-only model is pre-trained (k-means of its last Speech Transformer layer; the text's units from
@@ -217,6 +235,20 @@ hidden_units() {
   touch "$h/done"
   say "  stage 3h: hidden units done ($(cat "$exp/time.hidden"))"
 }
+# nopaired_units SEED: stage 3n, the no-paired-data row's units (hidden_units.sh --no-paired: k-means of MFCC for
+# the speech, the text's phonemes, one vocabulary), made once by the first seed's chain; one thread
+nopaired_units() {
+  local m="$exp/mfcc"
+  if [ "$1" != "$first_seed" ]; then
+    await "$m/done" "$exp/runs/no-paired.s$first_seed/failed" || { say "  no-paired.s$1: no units"; return 1; }
+    return 0
+  fi
+  [ -f "$m/done" ] && return 0
+  say "  stage 3n: k-means of MFCC + the text's phonemes -> $m (log: $exp/mfcc.log)"
+  timed "$exp/mfcc" bash "$REPO/examples/mini/hidden_units.sh" "$corpus" "$units" "$exp/text" "$m" --no-paired \
+    --jobs 1 --threads "$threads" || { say "  stage 3n FAILED (log: $exp/mfcc.log)"; return 1; }
+  touch "$m/done"
+}
 # Stages 4-6 as one chain per row and seed -- pre-training -> fine-tuning -> decoding (Viterbi, then the
 # word 4-gram) --, each chain's next step as soon as its own previous one is done, $jobs chains at a time
 # (a row whose pre-training is short does not wait for the longest one before it fine-tunes).
@@ -226,6 +258,9 @@ chain() {
   local d="$exp/runs/$run"
   if [ "${run%%.*}" = SpeechLM-H ] && run_stage 4; then
     hidden_units "${run##*.s}" || { touch "$d/failed"; return 1; }
+  fi
+  if [ "${run%%.*}" = no-paired ] && run_stage 4; then
+    nopaired_units "${run##*.s}" || { touch "$d/failed"; return 1; }
   fi
   if run_stage 4; then pretrain "$run" "$data" "$text" "$seed" "$@" || { touch "$d/failed"; return 1; }; fi
   if run_stage 5; then finetune "$run" "$d/pretrain/checkpoint_last.pt" "$seed" || return 1; fi

@@ -272,6 +272,79 @@ def analyze(model, data: SharedSpaceData, frames_per_utt: int = DEFAULT_FRAMES_P
     return stats, (speech, text, phones, groups)
 
 
+def cross_reading(model, data: SharedSpaceData, letters: Optional[List[List[int]]] = None, blank: int = 0,
+                  normalize: bool = False) -> dict:
+    """Each pre-training head on each view, at the top of the Shared Transformer, nothing masked: whether
+    what one side learnt reads the other side.
+
+    - ``umlm_acc_speech`` / ``umlm_acc_text``: % of frames whose unit the Shared Transformer's UMLM head picks
+      (the unit the text view carries: the true phones, or the ``--units-dir`` units) from speech / from text;
+    - ``uctc_ler_text`` / ``uctc_ler_speech``: letter error % of greedy CTC through the UCTC head on the text view
+      (true phones at true durations: the text branch's own ceiling) / on speech (the zero-shot reading);
+      only with ``letters`` (one id list per utterance) and a UCTC head.
+    """
+    import editdistance
+    import torch
+
+    from speechlm.decoding.ctc import greedy_ctc
+
+    top = len(model.shared_encoder.layers)
+    hits = {"speech": 0, "text": 0}
+    errors = {"speech": 0, "text": 0}
+    frames = n_letters = 0
+    with torch.inference_mode():
+        for i, utt in enumerate(data.utterances):
+            x = torch.from_numpy(np.ascontiguousarray(utt.wav, dtype=np.float32)).view(1, -1)
+            if normalize:
+                x = torch.nn.functional.layer_norm(x, x.shape)
+            u = torch.from_numpy(utt.units).view(1, -1)
+            m = u.size(1)
+            views = {"speech": model.extract_features(x, None)[0][:, :m],
+                     "text": model.extract_text_features(u, None, top)[0]}
+            for name, h in views.items():
+                hits[name] += int((model.umlm_logits(h[0], 1).argmax(-1) == u[0]).sum())
+                if letters is not None and model.uctc_head is not None:
+                    hyp = greedy_ctc(model.uctc_head(h), [m], blank)[0]
+                    errors[name] += editdistance.eval(hyp, letters[i])
+            frames += m
+            n_letters += len(letters[i]) if letters is not None else 0
+    out = {f"umlm_acc_{k}": round(100.0 * v / max(frames, 1), 2) for k, v in hits.items()}
+    if letters is not None and model.uctc_head is not None:
+        out.update({f"uctc_ler_{k}": round(100.0 * v / max(n_letters, 1), 2) for k, v in errors.items()})
+    return out
+
+
+def read_letters(corpus: str, split: str, letter_dict, n: int) -> List[List[int]]:
+    """The first ``n`` lines of ``CORPUS/SPLIT.ltr`` as ids of ``letter_dict``; ``UserError`` naming the file and
+    line for a missing file, too few lines or a letter outside the dictionary."""
+    path = os.path.join(corpus, f"{split}.ltr")
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no letter transcripts of {split} (the mini corpus has them); "
+                        "or give --no-letters")
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    if len(lines) < n:
+        raise UserError(f"{path}: {len(lines)} lines for {n} utterances of {split}.tsv")
+    out = []
+    for i, line in enumerate(lines[:n]):
+        ids = []
+        for sym in line.split():
+            k = letter_dict.index(sym)
+            if k == letter_dict.unk():
+                raise UserError(f"{path}:{i + 1}: letter {sym!r} is not in the model's letter dictionary")
+            ids.append(k)
+        out.append(ids)
+    return out
+
+
+def format_cross_reading(r: dict) -> str:
+    lines = ["| head (top of the Shared Transformer) | on speech | on text |", "|---|---|---|",
+             f"| UMLM, unit accuracy % | {r['umlm_acc_speech']:.1f} | {r['umlm_acc_text']:.1f} |"]
+    if "uctc_ler_speech" in r:
+        lines.append(f"| UCTC, letter error % | {r['uctc_ler_speech']:.1f} | {r['uctc_ler_text']:.1f} |")
+    return "\n".join(lines)
+
+
 def stats_json(stats: Sequence[LayerStats]) -> List[dict]:
     return [asdict(s) for s in stats]
 

@@ -10,7 +10,9 @@ their true durations (through the unit embedding) go through the Shared Transfor
 input (layer 0) to its top: the % of speech frames whose nearest text frame carries the same true phone
 (and chance), the same within each view, the cosine of the mean vectors, linear CKA of the time-paired
 frames and the norm ratio (``speechlm.analysis.shared_space``). Writes ``OUT/shared_space.json`` (a list,
-one object per layer) and ``OUT/shared_space.png`` (t-SNE per layer, speech and text coloured apart);
+one object per layer), ``OUT/shared_space.png`` (t-SNE per layer, speech and text coloured apart) and
+``OUT/cross_reading.json`` (each pre-training head on each view at the top: does the UMLM head, trained on
+speech, read text, and the UCTC head, trained on text, read speech; ``cross_reading`` in the module);
 OUT defaults to ``shared_space/`` next to the checkpoint.
 """
 import os
@@ -34,6 +36,8 @@ def add_args(parser):
     p.add_argument("--max-utts", type=int, help="first N utterances of the split only")
     p.add_argument("--tsne-points", type=int, default=500, help="frames per view in each t-SNE panel")
     p.add_argument("--no-plot", action="store_true", help="numbers only, no t-SNE figure")
+    p.add_argument("--no-letters", action="store_true",
+                   help="no UCTC letter error (SPLIT.ltr not needed); the heads' table keeps the UMLM figures")
 
 
 def run(args):
@@ -62,9 +66,21 @@ def run(args):
     print(f"{what} on {args.corpus}/{args.split}: {len(data.utterances)} utterances, {stats[0].frames} "
           f"frames per view; neighbours from other utterances")
     print(shared_space.format_table(stats))
+    letters, blank = None, 0
+    if not args.no_letters and model.uctc_head is not None:
+        ltr_path = os.path.join(args.corpus, "dict.ltr.txt")
+        letter_dict = load_dictionary(ltr_path, "letter")
+        if len(letter_dict) != model.num_letters:
+            raise UserError(f"{ltr_path}: {len(letter_dict)} symbols, but {args.checkpoint}'s UCTC head predicts "
+                            f"{model.num_letters} letters; give the corpus it was pre-trained with, or --no-letters")
+        letters, blank = shared_space.read_letters(args.corpus, args.split, letter_dict, len(data.utterances)), \
+            letter_dict.bos()
+    heads = shared_space.cross_reading(model, data, letters, blank, normalize)
+    shared_space.write_json(heads, os.path.join(out, "cross_reading.json"))
+    print(shared_space.format_cross_reading(heads))
     if not args.no_plot:
         shared_space.plot_tsne(speech, text, stats, os.path.join(out, "shared_space.png"), args.tsne_points, args.seed,
                     title=f"{what}: speech vs text frames ({args.split})")
-    print(f"written: {out}/shared_space.json{'' if args.no_plot else ', shared_space.png'} "
+    print(f"written: {out}/shared_space.json, cross_reading.json{'' if args.no_plot else ', shared_space.png'} "
           f"({time.process_time() - t0:.1f} CPU s)")
     return 0
