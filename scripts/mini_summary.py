@@ -185,38 +185,46 @@ def collect(exp: str) -> List[dict]:
         layers = read_shared_space(exp, run_dir, meta)
         if layers is not None:
             run["shared_space"] = layers
+        heads = read_shared_space(exp, run_dir, meta, "cross_reading.json")
+        if heads is not None:
+            run["cross_reading"] = heads
         runs.append(run)
     runs.sort(key=lambda r: (r["order"], r["name"], r["seed"]))
     return runs
 
 
-def read_shared_space(exp: str, run_dir: str, meta: dict) -> Optional[List[dict]]:
-    """``RUN/shared_space/shared_space.json``, or that of the run whose pre-training this one re-uses
-    (``meta["time_from"]``: the zero-shot row is SpeechLM-P's model); None when there is none."""
+def read_shared_space(exp: str, run_dir: str, meta: dict, name: str = "shared_space.json"):
+    """``RUN/shared_space/NAME`` (``shared_space.json``: a list per layer; ``cross_reading.json``: the heads on
+    each view), or that of the run whose pre-training this one re-uses (``meta["time_from"]``: the zero-shot
+    row is SpeechLM-P's model); None when there is none."""
     for d in [run_dir] + [os.path.dirname(os.path.join(exp, p)) for p in meta.get("time_from", [])]:
-        path = os.path.join(d, "shared_space", "shared_space.json")
+        path = os.path.join(d, "shared_space", name)
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 return json.load(f)
     return None
 
 
-def mean_layers(per_seed: List[List[dict]]) -> List[dict]:
-    """Per layer, the mean over seeds of every number of ``shared_space`` (``*_std`` with two seeds or more)."""
+def mean_numbers(items: List[dict]) -> dict:
+    """The mean over ``items`` of every number they all carry (``*_std`` with two items or more); ``layer`` and
+    any key missing or not a number in one of them are left out."""
     import statistics
 
-    out = []
-    for layers in zip(*per_seed):
-        row = {"layer": layers[0]["layer"]}
-        for k in layers[0]:
-            vals = [x.get(k) for x in layers]
-            if k == "layer" or not all(isinstance(v, (int, float)) for v in vals):
-                continue
-            row[k] = round(statistics.fmean(vals), 4 if k in ("mean_cos", "cka") else 2)
-            if len(vals) > 1:
-                row[k + "_std"] = round(statistics.stdev(vals), 4 if k in ("mean_cos", "cka") else 2)
-        out.append(row)
-    return out
+    row = {}
+    for k in items[0]:
+        vals = [x.get(k) for x in items]
+        if k == "layer" or not all(isinstance(v, (int, float)) for v in vals):
+            continue
+        digits = 4 if k in ("mean_cos", "cka") else 2
+        row[k] = round(statistics.fmean(vals), digits)
+        if len(vals) > 1:
+            row[k + "_std"] = round(statistics.stdev(vals), digits)
+    return row
+
+
+def mean_layers(per_seed: List[List[dict]]) -> List[dict]:
+    """Per layer, the mean over seeds of every number of ``shared_space`` (``*_std`` with two seeds or more)."""
+    return [{"layer": layers[0]["layer"], **mean_numbers(list(layers))} for layers in zip(*per_seed)]
 
 
 def aggregate(runs: List[dict]) -> List[dict]:
@@ -241,6 +249,8 @@ def aggregate(runs: List[dict]) -> List[dict]:
                                        for v in rs[0]["cer_by_voice"][s]} for s in SUBSETS}
         if all("shared_space" in r for r in rs):
             row["shared_space"] = mean_layers([r["shared_space"] for r in rs])
+        if all("cross_reading" in r for r in rs):
+            row["cross_reading"] = mean_numbers([r["cross_reading"] for r in rs])
         row["pretrain_updates"] = rs[0]["pretrain_updates"]
         row["seconds"] = round(statistics.fmean(r["seconds"] for r in rs), 1)
         row["cpu_seconds"] = round(statistics.fmean(r["cpu_seconds"] for r in rs), 1)
@@ -295,13 +305,18 @@ def format_shared_space(rows: List[dict]) -> List[str]:
         return []
     lines = ["Shared space on `valid` (speechlm analyze shared-space): % of speech frames whose nearest text frame "
              "(another utterance's) has the same true phone, and linear CKA of time-paired frames, per layer "
-             "from the Shared Transformer's input (0) to its top:", "",
-             "| row | same-phone NN % per layer (chance) | CKA per layer |", "|---|---|---|"]
+             "from the Shared Transformer's input (0) to its top; the pre-training heads at the top on each view "
+             "(UMLM unit accuracy %, UCTC letter error %):", "",
+             "| row | same-phone NN % per layer (chance) | CKA per layer | UMLM on speech / text | "
+             "UCTC on text / speech |", "|---|---|---|---|---|"]
     for r in with_ss:
-        ss = r["shared_space"]
+        ss, heads = r["shared_space"], r.get("cross_reading", {})
         nn = " / ".join(f"{x['same_phone_nn']:.1f}" for x in ss)
         cka = " / ".join("–" if x.get("cka") is None else f"{x['cka']:.2f}" for x in ss)
-        lines.append(f"| {r['name']} | {nn} ({ss[0]['chance']:.1f}) | {cka} |")
+        umlm = (f"{heads['umlm_acc_speech']:.1f} / {heads['umlm_acc_text']:.1f}"
+                if "umlm_acc_speech" in heads else "–")
+        uctc = f"{heads['uctc_ler_text']:.1f} / {heads['uctc_ler_speech']:.1f}" if "uctc_ler_text" in heads else "–"
+        lines.append(f"| {r['name']} | {nn} ({ss[0]['chance']:.1f}) | {cka} | {umlm} | {uctc} |")
     return lines + [""]
 
 

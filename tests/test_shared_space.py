@@ -248,7 +248,7 @@ def test_unit_embed_scale_multiplies_the_unit_embedding_on_every_path():
     assert torch.allclose(seen[0][0, swapped], 4.0 * model.unit_embed(target[0, swapped]))
 
 
-def _summary_run(exp: Path, run: str, name: str, seed: int, order: int, layers=None, time_from=None):
+def _summary_run(exp: Path, run: str, name: str, seed: int, order: int, layers=None, time_from=None, heads=None):
     d = exp / "runs" / run
     (d / "decode").mkdir(parents=True)
     for subset in ("test", "test_other"):
@@ -261,6 +261,8 @@ def _summary_run(exp: Path, run: str, name: str, seed: int, order: int, layers=N
     if layers is not None:
         (d / "shared_space").mkdir()
         (d / "shared_space" / "shared_space.json").write_text(json.dumps(layers))
+    if heads is not None:
+        (d / "shared_space" / "cross_reading.json").write_text(json.dumps(heads))
 
 
 def test_mini_summary_carries_the_shared_space_of_every_row(tmp_path, capsys):
@@ -271,8 +273,12 @@ def test_mini_summary_carries_the_shared_space_of_every_row(tmp_path, capsys):
         return [{"layer": k, "same_phone_nn": v, "chance": 4.0, "cka": c, "frames": 100}
                 for k, (v, c) in enumerate(zip(nn, cka))]
 
-    _summary_run(tmp_path, "P.s1", "SpeechLM-P", 1, 3, layers([5.0, 10.0, 20.0], [0.3, 0.4, 0.5]))
-    _summary_run(tmp_path, "P.s2", "SpeechLM-P", 2, 3, layers([7.0, 12.0, 30.0], [0.3, 0.6, None]))
+    def heads(umlm_text, uctc_speech):
+        return {"umlm_acc_speech": 50.0, "umlm_acc_text": umlm_text, "uctc_ler_text": 30.0, "uctc_ler_speech": uctc_speech}
+
+    _summary_run(tmp_path, "P.s1", "SpeechLM-P", 1, 3, layers([5.0, 10.0, 20.0], [0.3, 0.4, 0.5]), heads=heads(3.0, 98.0))
+    _summary_run(tmp_path, "P.s2", "SpeechLM-P", 2, 3, layers([7.0, 12.0, 30.0], [0.3, 0.6, None]),
+                 heads=heads(5.0, 90.0))
     _summary_run(tmp_path, "Z.s1", "zero-shot", 1, 4, time_from="runs/P.s1/time.decode")
     _summary_run(tmp_path, "F.s1", "fine-tuned elsewhere", 1, 5)  # no shared space: no key
     assert mini_summary.main(["--exp", str(tmp_path)]) == 0
@@ -285,4 +291,7 @@ def test_mini_summary_carries_the_shared_space_of_every_row(tmp_path, capsys):
     assert z["shared_space"] == layers([5.0, 10.0, 20.0], [0.3, 0.4, 0.5])  # the model it decodes: P.s1's
     assert "shared_space" not in f
     out = capsys.readouterr().out
-    assert "| SpeechLM-P | 6.0 / 11.0 / 25.0 (4.0) | 0.30 / 0.50 / – |" in out
+    assert "| SpeechLM-P | 6.0 / 11.0 / 25.0 (4.0) | 0.30 / 0.50 / – | 50.0 / 4.0 | 30.0 / 94.0 |" in out
+    assert p["cross_reading"]["uctc_ler_speech"] == 94.0 and p["cross_reading"]["umlm_acc_text_std"] == pytest.approx(1.41, abs=0.01)
+    assert z["cross_reading"] == heads(3.0, 98.0)  # P.s1's model, as its shared space
+    assert "cross_reading" not in f
