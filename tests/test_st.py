@@ -219,6 +219,15 @@ def test_speechlm_st_encoder_decoder_shapes_and_padding(tmp_path, mini_corpus, s
     assert logits.shape == (2, 5, len(task.tgt_dict))
 
 
+def test_mini_st_config_keeps_the_encoder_frozen_for_every_update():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(REPO / "examples/mini/config/st/speechlm_st_tiny.yaml")
+    assert cfg.model.freeze_finetune_updates == cfg.optimization.max_update == 600
+    cfg.optimization.max_update = 37  # an override of the updates moves the freeze with it
+    assert cfg.model.freeze_finetune_updates == 37
+
+
 @pytest.mark.slow
 def test_st_train_then_fairseq_generate_prints_bleu(tmp_path, mini_corpus, st_data):
     out, _ = st_data
@@ -236,6 +245,16 @@ def test_st_train_then_fairseq_generate_prints_bleu(tmp_path, mini_corpus, st_da
     ], tmp_path / "train.log")
     losses = [float(m) for m in re.findall(r"epoch \d+ \| loss ([\d.]+)", log)]
     assert len(losses) >= 2 and losses[-1] < losses[0], losses
+    # the config keeps the encoder frozen for the whole run: only the decoder learnt
+    from speechlm.checkpoint import read_checkpoint
+
+    pre = read_checkpoint(str(ckpt))["model"]
+    prefix = "encoder.speech.w2v_model."
+    st = {k[len(prefix):]: v for k, v in read_checkpoint(str(save / "checkpoint_best.pt"))["model"].items()
+          if k.startswith(prefix)}
+    assert len(st) > 20 and set(st) <= set(pre), sorted(set(st) - set(pre))[:5]
+    for k, v in st.items():
+        assert torch.equal(v, pre[k]), f"{k} changed: the encoder was not frozen"
     ckpt.unlink()  # the fine-tuned checkpoint must not need the pre-trained file
     gen = run([
         str(BIN / "fairseq-generate"), str(out), "--user-dir", "speechlm", "--task",
