@@ -305,15 +305,18 @@ def test_st_compare_reads_fairseq_generate_and_aggregates_seeds(tmp_path):
             parse_row(bad)
 
     runs = [{"name": n, "seed": s, "bleu": b, "chrf": 2 * b, "seconds": 10.0, "wall_seconds": 20.0,
-             "run": f"runs/{n}.s{s}", "bleu_detail": "x"}
+             "run": f"runs/{n}.s{s}", "bleu_detail": "x", "valid_loss": [[100, 9.0], [200, 3.0 + b / 10]]}
             for n, s, b in (("A", 1, 10.0), ("A", 2, 14.0), ("B", 1, 1.0), ("B", 2, 1.0))]
     rows = aggregate(runs, ["A", "B"])
     assert [r["name"] for r in rows] == ["A", "B"]
     assert rows[0]["bleu"] == 12.0 and rows[0]["bleu_std"] == pytest.approx(2 ** 0.5 * 2)
+    assert rows[0]["valid_loss"] == pytest.approx(4.2) and rows[0]["valid_loss_std"] == pytest.approx(0.2 * 2 ** 0.5)
     assert rows[1]["bleu_std"] == 0.0 and [s["seed"] for s in rows[0]["seeds"]] == [1, 2]
     table = format_table(rows + [{"name": "copy", "bleu": 0.5, "chrf": 3.0, "seconds": 0.0}], "test")
-    assert "| A | 12.00 ± 2.83 | 24.0 ± 5.7 | 24x | 2 | 10 |" in table
-    assert "| copy | 0.50 | 3.0 | – | – | 0 |" in table
+    assert "| A | 12.00 ± 2.83 | 24.0 ± 5.7 | 24x | 4.200 ± 0.283 | 2 | 10 |" in table
+    assert "| copy | 0.50 | 3.0 | – | – | – | 0 |" in table
+    runs[0]["valid_loss"] = []  # a run without a validation: no valid loss for its row
+    assert "valid_loss" not in aggregate(runs, ["A"])[0]
 
 
 @pytest.mark.slow

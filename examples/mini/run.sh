@@ -17,9 +17,9 @@
 #     shared-space -> EXP/runs/RUN/shared_space/shared_space.{json,png})
 #   (stages 4-6 run as one chain per row, J chains at a time: a row fine-tunes as soon as it is pre-trained)
 #   7 the comparison: EXP/results.json, EXP/results.png, the table (TensorBoard logs: EXP/runs/*/tb)
-#   8 (only when asked: --stage 8 --stop-stage 8) speech translation into a SYNTHETIC language: ST fine-tuning
-#     of the random-weights, speech-only and SpeechLM-P encoders (+ SpeechLM-H with --full), BLEU and chrF of
-#     test next to copying the source: EXP/st/results.json, EXP/st/results.png, the table
+#   8 (only when asked: --stage 8 --stop-stage 8) speech translation into a SYNTHETIC language: an ST decoder
+#     trained on each frozen encoder, random weights, speech-only and SpeechLM-P (+ SpeechLM-H with --full),
+#     BLEU and chrF of test next to copying the source: EXP/st/results.json, EXP/st/results.png, the table
 # --full adds the rows "SpeechLM-P, no swapping", "oracle units" (the synthesizer's true alignments as
 # speech units), SpeechLM-H, the text-amount rows (1 % and 0.1 % of the unpaired text) and "SpeechLM without
 # paired data" (stage 3n: k-means of MFCC as speech units, phonemes as text units), and runs every row with
@@ -329,8 +329,8 @@ if run_stage 7; then
   say "stage 7: the comparison (same pre-training updates and fine-tuning for every row)"
   "$PY" "$REPO/scripts/mini_summary.py" --exp "$exp" --jobs "$jobs"
 fi
-# stage 8: ST fine-tuning of each encoder into the synthetic Cipherese, like stages 4-7 for ASR: the same data,
-# updates and decoder (examples/mini/config/st) for every row; random weights take speech-only's architecture
+# stage 8: ST into the synthetic Cipherese from each encoder, like stages 4-7 for ASR: the same data, updates and
+# decoder (examples/mini/config/st: encoder frozen) for every row; random weights take speech-only's architecture
 if run_stage 8; then
   stage_begin
   st="$exp/st_data"

@@ -1,8 +1,8 @@
 """`speechlm st compare`: speech translation from several encoders under one protocol, side by side.
 
-Every row fine-tunes ``speechlm_st`` (the recipe's ST config: the same data, updates and decoder for every
-row) from one encoder -- a pre-trained ``speechlm`` checkpoint, or the same architecture from random weights
--- for each seed, then decodes ``--split`` with ``fairseq-generate --scoring sacrebleu`` (BLEU) and scores
+Every row trains ``speechlm_st`` (the recipe's ST config: the same data, updates and decoder for every row;
+the mini config keeps the encoder frozen) on one encoder -- a pre-trained ``speechlm`` checkpoint, or the same
+architecture from random weights -- for each seed, then decodes ``--split`` with ``fairseq-generate --scoring sacrebleu`` (BLEU) and scores
 chrF on the same detokenized hypotheses. The copy-the-source baseline is the row named ``copy``.
 
     speechlm st compare ST_DATA OUT --row "SpeechLM-P=runs/SpeechLM-P.s{seed}/pretrain/checkpoint_last.pt" \\
@@ -15,7 +15,8 @@ Writes, under OUT:
   ``generate.log`` (fairseq's console output), ``tb/`` (TensorBoard), ``time.json`` (wall, user and sys
   seconds of training and decoding), ``score.json``; a finished step is skipped when run again;
 - ``results.json``: one object per row (``name``, ``bleu``, ``chrf``, ``seconds`` = CPU seconds of training
-  and decoding, ``wall_seconds``, per seed in ``seeds``, ``*_std`` with several seeds), ``copy`` last;
+  and decoding, ``wall_seconds``, ``valid_loss`` at the last validation, per seed in ``seeds``, ``*_std`` with
+  several seeds), ``copy`` last;
 - ``results.png`` (valid loss per update, BLEU and chrF per row); the table on the console.
 """
 import json
@@ -265,6 +266,12 @@ def aggregate(runs: List[dict], names: Sequence[str]) -> List[dict]:
             row[k] = statistics.fmean(vals)
             if len(vals) > 1:
                 row[k + "_std"] = statistics.stdev(vals)
+        # the valid loss at the last validation: while BLEU is near 0, the finer measure of what the decoder learnt
+        last = [r["valid_loss"][-1][1] for r in rs if r.get("valid_loss")]
+        if last and len(last) == len(rs):
+            row["valid_loss"] = statistics.fmean(last)
+            if len(last) > 1:
+                row["valid_loss_std"] = statistics.stdev(last)
         if len(rs) == 1:
             row["bleu_detail"] = rs[0]["bleu_detail"]
         out.append(row)
@@ -291,12 +298,14 @@ def format_table(rows: List[dict], split: str) -> str:
         return s + (" ± " + fmt.format(r[k + "_std"]) if k + "_std" in r else "")
 
     copy = next((r for r in rows if r["name"] == "copy"), None)
-    lines = [f"| row | {split} BLEU | chrF | BLEU / copy's | seeds | CPU s per run |", "|---|---|---|---|---|---|"]
+    lines = [f"| row | {split} BLEU | chrF | BLEU / copy's | valid loss | seeds | CPU s per run |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = f"{r['bleu'] / copy['bleu']:.0f}x" if copy and copy["bleu"] > 0 and r is not copy else "–"
         n = len(r.get("seeds", [])) or "–"
-        lines.append(f"| {r['name']} | {cell(r, 'bleu', '{:.2f}')} | {cell(r, 'chrf', '{:.1f}')} | {ratio} | {n} "
-                     f"| {r['seconds']:.0f} |")
+        loss = cell(r, "valid_loss", "{:.3f}") if "valid_loss" in r else "–"
+        lines.append(f"| {r['name']} | {cell(r, 'bleu', '{:.2f}')} | {cell(r, 'chrf', '{:.1f}')} | {ratio} | {loss} "
+                     f"| {n} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 
 
