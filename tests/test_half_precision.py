@@ -175,7 +175,9 @@ def st_data(mini_corpus, tmp_path_factory):
 @pytest.mark.slow
 def test_bf16_st_training_tracks_float32_and_generates_in_bf16(st_data, pretrained, tmp_path_factory):
     runs = pair(tmp_path_factory, "st", "examples/mini/config/st", "speechlm_st_tiny",
-                [f"task.data={st_data}", f"model.w2v_path={pretrained}", "model.decoder_layers=1",
+                # the mini ST config freezes the encoder; fine-tune it here so that its backward runs in bf16 too
+                [f"task.data={st_data}", f"model.w2v_path={pretrained}", "model.freeze_finetune_updates=0",
+                 "model.decoder_layers=1",
                  "model.decoder_embed_dim=32", "model.decoder_ffn_embed_dim=64", "model.decoder_attention_heads=4"])
     assert_bf16_tracks_fp32(runs["fp32"][1], runs["bf16"][1])
     ckpt = runs["bf16"][0] / "checkpoint_last.pt"
