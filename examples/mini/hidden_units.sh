@@ -59,7 +59,8 @@ elif [ -n "$layer" ]; then
   echo "$0: --layer is for --checkpoint's features (without it: MFCC)" >&2; exit 2
 fi
 mkdir -p "$out/logs"
-corpus="$(cd "$corpus" && pwd)"; units="$(cd "$units" && pwd)"; text="$(cd "$text" && pwd)"; out="$(cd "$out" && pwd)"
+corpus="$(cd "$corpus" && pwd)"; text="$(cd "$text" && pwd)"; out="$(cd "$out" && pwd)"
+$no_paired || units="$(cd "$units" && pwd)"  # --no-paired reads nothing of UNITS_DIR
 logs="$out/logs"
 [ -n "$jobs" ] || jobs=$(( ncpu >= 2 ? 2 : 1 ))
 [ -n "$threads" ] || threads=$(( ncpu / jobs > 0 ? ncpu / jobs : 1 ))
