@@ -198,6 +198,7 @@ def test_no_paired_data_row_has_one_vocabulary_for_km_speech_and_phoneme_text(mi
     phones = [ln.split()[0] for ln in _lines(mini_corpus / "dict.phn.txt")]
     assert units.symbols[4:] == [str(k) for k in range(K)] + phones
     assert _lines(np_dir / "data/valid.kmphn") == _lines(hidden["out"] / "km/valid.km")
+    assert _lines(np_dir / "phones/valid.kmphn") == _lines(mini_corpus / "valid.phn")  # the analysis' text view
     letters = Dictionary.load(str(mini_corpus / "dict.ltr.txt"))
     ds = load_text_dataset(str(np_dir / "text_bin"), "train", "kmphn", units, letters)
     phn = _lines(hidden["text"] / "train.phn")

@@ -111,6 +111,8 @@ if $no_paired; then
       --letters "$np/text/$split.ltr" --unit-dict "$np/data/dict.kmphn.txt" --letter-dict "$corpus/dict.ltr.txt" \
       --dest "$np/text_bin" --split "$split"
   done
+  # for `speechlm analyze shared-space --units-dir $np/phones --label kmphn`: valid's true phones in this vocabulary
+  mkdir -p "$np/phones"; cp "$np/data/dict.kmphn.txt" "$np/phones/"; cp "$corpus/valid.phn" "$np/phones/valid.kmphn"
   say "no paired data done: data $np/data, text $np/text_bin"
   exit 0
 fi

@@ -268,6 +268,7 @@ chain() {
     decode "$run" && lm_decode "$run" || return 1
     local units=()  # SpeechLM-H reads k-means units: its text side gets valid's units, not the phones
     [ "${run%%.*}" = SpeechLM-H ] && units=(--units-dir "$exp/hidden/data" --label km)
+    [ "${run%%.*}" = no-paired ] && units=(--units-dir "$exp/mfcc/nopaired/phones" --label kmphn)  # its phones
     shared_space "$run" "$d/pretrain/checkpoint_last.pt" "${units[@]}" || return 1
     if [ "${run%%.*}" = SpeechLM-P ]; then
       zero_shot "SpeechLM-P-zero-shot.s$seed" "$d/pretrain/checkpoint_last.pt" || return 1
